@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, LoadOptions
+
+
+def parse_skip_modules(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return DEFAULT_SKIP_MODULES
+    return tuple(m.strip() for m in text.split(",") if m.strip() and m.strip() != "none")
+
+
+def inspect_command(
+    model: str = typer.Argument("smollm2-135m", help="HF id, local folder or offline alias"),
+    precision: str = typer.Option("nf4", "--precision", "-p"),
+    compute_dtype: str = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for device)"),
+    skip_modules: str = typer.Option(None, help="modules left unquantized, comma-separated; 'none' quantizes all"),
+    int8_threshold: float = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier threshold"),
+    device_map: str = typer.Option(None, help="accelerate device map, e.g. auto"),
+    trust_remote_code: bool = typer.Option(False, help="run code shipped with the model"),
+    as_json: bool = typer.Option(False, "--json", help="print the inspection as JSON"),
+) -> None:
+    """Load MODEL in a precision and show what was quantized and what it weighs."""
+    from quantbench.loading import load
+
+    options = LoadOptions(
+        compute_dtype=compute_dtype,
+        skip_modules=parse_skip_modules(skip_modules),
+        int8_threshold=int8_threshold,
+        device_map=device_map,
+        trust_remote_code=trust_remote_code,
+    )
+    loaded = load(model, precision, options)
+    info = loaded.inspection
+    if as_json:
+        payload = {
+            "model": loaded.model_ref.name,
+            "random_weights": loaded.model_ref.random_weights,
+            "precision": loaded.precision.name,
+            "device": loaded.device,
+            **info.to_dict(),
+        }
+        print(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"{loaded.model_ref.label} as {loaded.precision.name}", show_header=False)
+    rows = {
+        "parameters": f"{info.parameters:,}",
+        "quantized layers": ", ".join(f"{k} x{v}" for k, v in info.quantized_layers.items()) or "none",
+        "quant types": ", ".join(f"{k} x{v}" for k, v in info.quant_types.items()) or "-",
+        "double quant": "yes" if info.double_quant else "no",
+        "unquantized linears": ", ".join(info.unquantized_linears) or "none",
+        "full-precision modules": ", ".join(f"{k} ({v})" for k, v in info.full_precision_modules.items()),
+        "storage dtypes": ", ".join(f"{k}: {v / 2**20:.1f} MiB" for k, v in info.storage_dtypes.items()),
+        "compute dtype": info.compute_dtype,
+        "weights footprint": f"{info.footprint_bytes:,} B ({info.footprint_bytes / 2**20:.1f} MiB)",
+        "ratio to fp16": f"{info.ratio_to_fp16:.3f}",
+        "placement": ", ".join(f"{k}: {v / 2**20:.1f} MiB" for k, v in info.devices.items()),
+        "load time": f"{loaded.load_seconds:.1f} s",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)

@@ -1,0 +1,129 @@
+"""load(model, precision) -> Loaded: the model, its tokenizer and what was quantized."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from quantbench.errors import QuantbenchError
+from quantbench.inspect import Inspection, inspect_model
+from quantbench.models import ModelRef, resolve
+from quantbench.precisions import (
+    LoadOptions,
+    Precision,
+    get_precision,
+    resolve_compute_dtype,
+)
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any  # None for random-weight architectures: they are fed random token ids
+    inspection: Inspection
+    precision: Precision
+    model_ref: ModelRef
+    device: str
+    compute_dtype: torch.dtype
+    load_seconds: float
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_backend(precision: Precision, device: str) -> None:
+    """One clear line when a precision cannot run here, before anything is loaded."""
+    if precision.needs_gpu and not device.startswith("cuda"):
+        raise QuantbenchError(f"precision '{precision.name}' needs a CUDA GPU; none is visible")
+    if precision.backend == "bitsandbytes":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise QuantbenchError(
+                f"precision '{precision.name}' needs bitsandbytes: pip install bitsandbytes"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as err:  # a broken native library is a user-environment problem
+            raise QuantbenchError(
+                f"bitsandbytes cannot run on this device ({type(err).__name__}: {err})"
+            ) from None
+    elif precision.extra and importlib.util.find_spec(precision.backend) is None:
+        raise QuantbenchError(
+            f"precision '{precision.name}' needs {precision.backend}: "
+            f"pip install 'quantbench[{precision.extra}]'"
+        )
+
+
+def from_pretrained_kwargs(
+    precision: Precision, options: LoadOptions, device: str
+) -> tuple[dict[str, Any], torch.dtype]:
+    compute_dtype = resolve_compute_dtype(options, device)
+    device_map = options.device_map or ("auto" if precision.name == "int8-offload" else device)
+    kwargs: dict[str, Any] = {
+        "dtype": precision.unquantized_dtype(compute_dtype),
+        "device_map": device_map,
+        "trust_remote_code": options.trust_remote_code,
+        "use_safetensors": True,
+    }
+    if (config := precision.quantization_config(options, compute_dtype)) is not None:
+        kwargs["quantization_config"] = config
+    if options.max_memory:
+        kwargs["max_memory"] = options.max_memory
+    return kwargs, compute_dtype
+
+
+def load(
+    model: str | ModelRef,
+    precision: str | Precision = "nf4",
+    options: LoadOptions | None = None,
+    *,
+    device: str | None = None,
+    adapter: str | None = None,
+    **overrides: Any,
+) -> Loaded:
+    """Load `model` in `precision`; keyword overrides go to LoadOptions (e.g. device_map)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    precision = get_precision(precision) if isinstance(precision, str) else precision
+    options = replace(options or LoadOptions(), **overrides)
+    device = device or default_device()
+    check_backend(precision, device)
+    ref = resolve(model) if isinstance(model, str) else model
+    kwargs, compute_dtype = from_pretrained_kwargs(precision, options, device)
+
+    start = time.perf_counter()
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(ref.source, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, ValueError) as err:
+        raise QuantbenchError(f"cannot load '{ref.name}' as {precision.name}: {_one_line(err)}") from None
+    if adapter:
+        from peft import PeftModel
+
+        hf_model = PeftModel.from_pretrained(hf_model, adapter)
+    hf_model.eval()
+    load_seconds = time.perf_counter() - start
+
+    tokenizer = None
+    if not ref.random_weights:
+        tokenizer = AutoTokenizer.from_pretrained(ref.source, trust_remote_code=options.trust_remote_code)
+    return Loaded(
+        model=hf_model,
+        tokenizer=tokenizer,
+        inspection=inspect_model(hf_model, compute_dtype),
+        precision=precision,
+        model_ref=ref,
+        device=device,
+        compute_dtype=compute_dtype,
+        load_seconds=load_seconds,
+    )
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
