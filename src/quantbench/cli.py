@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
+import warnings
 
 import typer
 
@@ -31,12 +33,21 @@ _ORDER = ["inspect", "run", "report", "estimate", "recommend", "finetune", "opti
 def _register_commands() -> None:
     from quantbench import commands
 
-    found = [m.name for m in pkgutil.iter_modules(commands.__path__)]
+    found = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
     for name in sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n)):
         importlib.import_module(f"quantbench.commands.{name}").register(app)
 
 
+def _quiet_libraries() -> None:
+    """Our own progress display replaces the libraries' bars and advisory warnings."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore")
+
+
 def main() -> None:
+    _quiet_libraries()
     _register_commands()
     try:
         app()

@@ -93,6 +93,7 @@ def load(
     device = device or default_device()
     check_backend(precision, device)
     ref = resolve(model) if isinstance(model, str) else model
+    options = _keep_tied_head(ref, options)
     kwargs, compute_dtype = from_pretrained_kwargs(precision, options, device)
 
     start = time.perf_counter()
@@ -122,6 +123,18 @@ def load(
         compute_dtype=compute_dtype,
         load_seconds=load_seconds,
     )
+
+
+def _keep_tied_head(ref: ModelRef, options: LoadOptions) -> LoadOptions:
+    """A tied lm_head is the embedding matrix: bitsandbytes cannot quantize it, so it stays."""
+    from transformers import AutoConfig
+
+    if "lm_head" in options.skip_modules:
+        return options
+    config = AutoConfig.from_pretrained(ref.source, trust_remote_code=options.trust_remote_code)
+    if getattr(config, "tie_word_embeddings", False):
+        return replace(options, skip_modules=(*options.skip_modules, "lm_head"))
+    return options
 
 
 def _one_line(err: Exception) -> str:

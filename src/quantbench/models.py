@@ -97,6 +97,8 @@ def load_config(name: str, trust_remote_code: bool = False) -> Any:
         if (folder / "config.json").exists():
             return AutoConfig.from_pretrained(folder)
         return AutoConfig.from_pretrained(_smollm2_gguf().parent, gguf_file=SMOLLM2_GGUF)
+    if not Path(name).is_dir():
+        _check_reachable(name)
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except ValueError as err:  # an architecture transformers does not know
@@ -117,13 +119,30 @@ def _not_found_message(name: str) -> str:
 
 
 def _check_reachable(name: str) -> None:
-    """Fail early, with one line, for an id that is neither local nor on the Hub."""
+    """Fail early, with one line, for an id that is neither cached nor reachable on the Hub.
+
+    huggingface_hub retries a dead network for about a minute; a DNS look-up answers at once.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise QuantbenchError(_not_found_message(name))
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise QuantbenchError(_not_found_message(name)) from None
     from huggingface_hub import hf_hub_download
 
     try:
         hf_hub_download(name, "config.json")
-    except Exception:
-        raise QuantbenchError(_not_found_message(name)) from None
+    except Exception as err:
+        raise QuantbenchError(f"model '{name}' not found on the Hub: {_first_line(err)}") from None
 
 
 def _smollm2_gguf() -> Path:
@@ -181,7 +200,6 @@ def _random_weights_folder(alias: str) -> Path:
         (tmp / "quantbench.json").write_text(json.dumps({"random_weights": True}))
 
     _save_atomically(folder, save)
-    del model
     return folder
 
 

@@ -76,7 +76,7 @@ def _bnb_int8(precision: Precision, options: LoadOptions, compute_dtype: torch.d
         load_in_8bit=True,
         llm_int8_threshold=options.int8_threshold,
         llm_int8_has_fp16_weight=False,
-        llm_int8_skip_modules=list(options.skip_modules) or None,
+        llm_int8_skip_modules=list(options.skip_modules),
         llm_int8_enable_fp32_cpu_offload=precision.name == "int8-offload",
     )
 
@@ -91,7 +91,7 @@ def _bnb_4bit(quant_type: str, double_quant: bool) -> Callable[..., Any]:
             bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
             bnb_4bit_quant_storage=torch.uint8,
-            llm_int8_skip_modules=list(options.skip_modules) or None,
+            llm_int8_skip_modules=list(options.skip_modules),
         )
 
     return build

@@ -6,13 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, LoadOptions
-
-
-def parse_skip_modules(text: str | None) -> tuple[str, ...]:
-    if text is None:
-        return DEFAULT_SKIP_MODULES
-    return tuple(m.strip() for m in text.split(",") if m.strip() and m.strip() != "none")
+from quantbench.commands._options import load_options
+from quantbench.precisions import DEFAULT_INT8_THRESHOLD
 
 
 def inspect_command(
@@ -22,18 +17,15 @@ def inspect_command(
     skip_modules: str = typer.Option(None, help="modules left unquantized, comma-separated; 'none' quantizes all"),
     int8_threshold: float = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier threshold"),
     device_map: str = typer.Option(None, help="accelerate device map, e.g. auto"),
+    max_memory: str = typer.Option(None, help="per-device cap, e.g. 0=20GiB,1=20GiB,cpu=30GiB"),
     trust_remote_code: bool = typer.Option(False, help="run code shipped with the model"),
     as_json: bool = typer.Option(False, "--json", help="print the inspection as JSON"),
 ) -> None:
     """Load MODEL in a precision and show what was quantized and what it weighs."""
     from quantbench.loading import load
 
-    options = LoadOptions(
-        compute_dtype=compute_dtype,
-        skip_modules=parse_skip_modules(skip_modules),
-        int8_threshold=int8_threshold,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
+    options = load_options(
+        compute_dtype, skip_modules, int8_threshold, device_map, max_memory, trust_remote_code
     )
     loaded = load(model, precision, options)
     info = loaded.inspection

@@ -1,0 +1,56 @@
+"""Options shared by commands that load a model: parsed once, here."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from quantbench.errors import QuantbenchError
+from quantbench.precisions import DEFAULT_SKIP_MODULES, LoadOptions
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*$", re.IGNORECASE)
+
+
+def parse_skip_modules(text: str | None) -> tuple[str, ...]:
+    """None: the default (lm_head); 'none': quantize every linear."""
+    if text is None:
+        return DEFAULT_SKIP_MODULES
+    return tuple(m.strip() for m in text.split(",") if m.strip() and m.strip() != "none")
+
+
+def parse_max_memory(text: str | None) -> dict[Any, str] | None:
+    """'0=20GiB,1=20GiB,cpu=30GiB' -> {0: '20GiB', 1: '20GiB', 'cpu': '30GiB'} for accelerate."""
+    if not text:
+        return None
+    out: dict[Any, str] = {}
+    for part in text.split(","):
+        device, sep, size = part.partition("=")
+        device, size = device.strip(), size.strip()
+        if not sep or not _SIZE.match(size) or not (device.isdigit() or device in ("cpu", "disk")):
+            raise QuantbenchError(
+                f"bad --max-memory entry '{part.strip()}'; expected e.g. 0=20GiB,1=20GiB,cpu=30GiB"
+            )
+        out[int(device) if device.isdigit() else device] = size.replace(" ", "")
+    return out
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise QuantbenchError(f"{what} must be comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise QuantbenchError(f"{what} must be positive integers, got '{text}'")
+    return values
+
+
+def load_options(compute_dtype: str | None, skip_modules: str | None, int8_threshold: float,
+                 device_map: str | None, max_memory: str | None, trust_remote_code: bool) -> LoadOptions:
+    return LoadOptions(
+        compute_dtype=compute_dtype,
+        skip_modules=parse_skip_modules(skip_modules),
+        int8_threshold=int8_threshold,
+        device_map=device_map,
+        max_memory=parse_max_memory(max_memory),
+        trust_remote_code=trust_remote_code,
+    )

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from quantbench.commands._options import load_options, parse_ints
+from quantbench.precisions import DEFAULT_INT8_THRESHOLD, parse_precisions
+from quantbench.results import Workload
+
+
+def run_command(
+    model: str = typer.Argument("smollm2-135m", help="HF id, local folder or offline alias"),
+    precisions: str = typer.Option("fp16,int8,nf4", "--precisions", "-p", help="comma-separated"),
+    results: Path = typer.Option(Path("results.jsonl"), "--results", "-o", help="JSONL, appended"),
+    force: bool = typer.Option(False, help="redo specs already in the results file"),
+    prompt_lengths: str = typer.Option("128,512,2048", help="prefill lengths (capped by context)"),
+    batch_sizes: str = typer.Option("1,4,16", help="batch sweep for tokens/s"),
+    new_tokens: int = typer.Option(64, help="generated tokens per decode measurement"),
+    repeats: int = typer.Option(3, min=1),
+    warmup: int = typer.Option(1, min=0),
+    engine: str = typer.Option("eager", help="eager (model.generate) | fast (static cache, graphs)"),
+    ppl_context: int = typer.Option(1024, help="perplexity window (tokens)"),
+    ppl_stride: int = typer.Option(512, help="perplexity stride (tokens)"),
+    max_ppl_tokens: int = typer.Option(None, help="score only the first N tokens of the text"),
+    text_file: Path = typer.Option(None, help="text for perplexity (default: our held-out passage)"),
+    dataset: str = typer.Option(None, help="HF dataset name:config:split (online only)"),
+    latency: bool = typer.Option(True, "--latency/--no-latency"),
+    quality: bool = typer.Option(True, "--quality/--no-quality"),
+    adapter: str = typer.Option(None, help="LoRA adapter folder to load onto every precision"),
+    compute_dtype: str = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for device)"),
+    skip_modules: str = typer.Option(None, help="modules left unquantized; 'none' quantizes all"),
+    int8_threshold: float = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier threshold"),
+    device_map: str = typer.Option(None, help="accelerate device map, e.g. auto"),
+    max_memory: str = typer.Option(None, help="per-device cap, e.g. 0=20GiB,1=20GiB,cpu=30GiB"),
+    trust_remote_code: bool = typer.Option(False, help="run code shipped with the model"),
+) -> None:
+    """Measure memory, latency and quality of MODEL in each precision, one process each."""
+    from quantbench.report import rich_renderables
+    from quantbench.runner import run
+
+    names = [p.name for p in parse_precisions(precisions)]
+    workload = Workload(
+        prompt_lengths=parse_ints(prompt_lengths, "--prompt-lengths"),
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+        new_tokens=new_tokens, repeats=repeats, warmup=warmup, engine=engine,
+        ppl_context=ppl_context, ppl_stride=ppl_stride, ppl_max_tokens=max_ppl_tokens,
+        text_file=str(text_file) if text_file else None, dataset=dataset,
+        latency=latency, quality=quality,
+    )
+    options = load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
+                           trust_remote_code)
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        measured = run(model, names, workload, results, options=options, adapter=adapter,
+                       force=force, progress=lambda message: status.update(message))
+    out = Console()
+    for renderable in rich_renderables(measured):
+        out.print(renderable)
+    console.print(f"results: {results} (quantbench report {results} --html report.html)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)

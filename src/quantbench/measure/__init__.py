@@ -1,0 +1,1 @@
+"""What is measured: memory, latency, quality. Knows nothing about reports."""

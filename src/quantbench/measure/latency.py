@@ -1,0 +1,134 @@
+"""Prefill, time to first token, decode ms/token and tokens/s over batch sizes.
+
+The only place in quantbench that times anything. Decode is measured on generated tokens
+alone: (time for N tokens - time for 1 token) / (N - 1), so prefill never leaks into it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantbench.measure.memory import MemoryProbe
+
+
+@dataclass
+class Timing:
+    samples_ms: list[float]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.samples_ms))
+
+    @property
+    def p10(self) -> float:
+        return float(np.percentile(self.samples_ms, 10))
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.samples_ms, 90))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], Any], device: str, repeats: int, warmup: int) -> Timing:
+    """Warm up, then time each call with the device synchronized around it."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - start) * 1000)
+    return Timing(samples)
+
+
+def prompt_ids(source_ids: torch.Tensor | None, vocab_size: int, batch: int, length: int) -> torch.Tensor:
+    """Real text where we have it (repeated if short); fixed-seed random ids for random weights."""
+    if source_ids is None:
+        gen = torch.Generator().manual_seed(length * 1000 + batch)
+        return torch.randint(0, vocab_size, (batch, length), generator=gen)
+    reps = -(-length // len(source_ids))
+    row = source_ids.repeat(reps)[:length]
+    return row.unsqueeze(0).repeat(batch, 1)
+
+
+def usable_prompt_lengths(lengths: tuple[int, ...], max_positions: int, new_tokens: int) -> list[int]:
+    """Prompt lengths capped so that prompt + generated tokens fit the model's context."""
+    cap = max_positions - new_tokens
+    return sorted({min(length, cap) for length in lengths if cap > 0})
+
+
+def measure_prefill(model: Any, ids_for: Callable[[int, int], torch.Tensor], lengths: list[int],
+                    device: str, repeats: int, warmup: int) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for length in lengths:
+        ids = ids_for(1, length).to(device)
+
+        def forward(ids: torch.Tensor = ids) -> None:
+            with torch.inference_mode():
+                model(ids, use_cache=True)
+
+        timing = time_ms(forward, device, repeats, warmup)
+        metrics[f"prefill_ms_p{length}"] = timing.median
+        metrics[f"prefill_ms_p{length}_p10"] = timing.p10
+        metrics[f"prefill_ms_p{length}_p90"] = timing.p90
+    return metrics
+
+
+def measure_decode(engine: Any, ids: torch.Tensor, new_tokens: int, device: str,
+                   repeats: int, warmup: int) -> dict[str, float]:
+    """TTFT and decode ms/token at one batch size; tokens/s counts generated tokens only."""
+    first = time_ms(lambda: engine.generate(ids, 1), device, repeats, warmup)
+    full = time_ms(lambda: engine.generate(ids, new_tokens), device, repeats, warmup)
+    per_token = [(t - first.median) / (new_tokens - 1) for t in full.samples_ms]
+    batch = ids.shape[0]
+    return {
+        "ttft_ms": first.median,
+        "decode_ms_per_token": float(np.median(per_token)),
+        "decode_ms_per_token_p10": float(np.percentile(per_token, 10)),
+        "decode_ms_per_token_p90": float(np.percentile(per_token, 90)),
+        "tokens_per_s": batch * new_tokens / (full.median / 1000),
+    }
+
+
+def measure_batches(make_engine: Callable[[int], Any], ids_for: Callable[[int, int], torch.Tensor],
+                    batch_sizes: tuple[int, ...], prompt_len: int, new_tokens: int, device: str,
+                    repeats: int, warmup: int, memory: MemoryProbe,
+                    notes: dict[str, Any]) -> dict[str, float | None]:
+    """The batch sweep; an out-of-memory batch ends the sweep and is noted, not fatal."""
+    metrics: dict[str, float | None] = {}
+    for batch in sorted(batch_sizes):
+        ids = ids_for(batch, prompt_len).to(device)
+        memory.reset_peak()
+        try:
+            engine = make_engine(batch)
+            engine.warmup(ids, new_tokens)
+            result = measure_decode(engine, ids, new_tokens, device, repeats, warmup)
+        except torch.OutOfMemoryError:
+            notes[f"batch_{batch}"] = "out of memory"
+            _free(device)
+            break
+        metrics[f"tokens_per_s_b{batch}"] = result["tokens_per_s"]
+        metrics[f"decode_ms_per_token_b{batch}"] = result["decode_ms_per_token"]
+        metrics[f"peak_generate_bytes_b{batch}"] = memory.peak_bytes()
+        if batch == min(batch_sizes):
+            metrics.update(result)
+        del engine
+        _free(device)
+    return metrics
+
+
+def _free(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

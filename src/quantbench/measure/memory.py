@@ -1,0 +1,78 @@
+"""Device memory: the CUDA allocator's counters on GPU, process RSS on CPU (labelled as such)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+
+@dataclass
+class MemoryProbe:
+    """Reads allocated and peak bytes of one device; resettable between phases."""
+
+    device: str
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def source(self) -> str:
+        return "cuda allocator" if self.on_cuda else "process RSS (CPU)"
+
+    def reset_peak(self) -> None:
+        if self.on_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def allocated_bytes(self) -> int:
+        if self.on_cuda:
+            return torch.cuda.memory_allocated()
+        return psutil.Process().memory_info().rss
+
+    def peak_bytes(self) -> int | None:
+        """Peak since the last reset; the CPU has no resettable peak, so None there."""
+        if self.on_cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return None
+
+    def reserved_bytes(self) -> int | None:
+        return torch.cuda.memory_reserved() if self.on_cuda else None
+
+    def per_device_allocated(self) -> dict[str, int]:
+        """Allocated bytes on every visible GPU, for models placed across several."""
+        if not self.on_cuda:
+            return {}
+        return {f"cuda:{i}": torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return names[0] if len(set(names)) == 1 and len(names) == 1 else f"{len(names)}x {names[0]}"
+    import platform
+
+    return f"cpu ({platform.machine()}, {psutil.cpu_count(logical=True)} threads)"
+
+
+def copy_bandwidth_bytes_per_s(device: str, size_bytes: int = 1 << 30, repeats: int = 10) -> float | None:
+    """Measured device-to-device copy rate, counting bytes read plus bytes written."""
+    if not device.startswith("cuda"):
+        return None
+    src = torch.empty(size_bytes // 2, dtype=torch.float16, device=device).normal_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / repeats
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * size_bytes / seconds

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real SmolLM2-135M on CPU, loaded once per precision per session."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore")
+
+MODEL = "smollm2-135m"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    from quantbench.models import resolve
+
+    return resolve(MODEL).source
+
+
+@pytest.fixture(scope="session")
+def loaded_model():
+    """load(MODEL, precision) once per precision for the whole session."""
+    from quantbench import load
+
+    cache: dict[str, object] = {}
+
+    def get(precision: str):
+        if precision not in cache:
+            cache[precision] = load(MODEL, precision)
+        return cache[precision]
+
+    return get
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from quantbench.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        old = sys.argv
+        sys.argv = ["quantbench", *args]
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            sys.argv = old
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return invoke

@@ -1,0 +1,175 @@
+"""The estimate against what loading really allocates, on real SmolLM2 weights on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import quantbench
+from quantbench.errors import QuantbenchError
+from quantbench.estimate import (
+    EstimateSettings,
+    build_skeleton,
+    default_precisions,
+    estimate,
+    kv_cache_bytes,
+    parse_size,
+    training,
+)
+from quantbench.precisions import get_precision
+
+CPU = EstimateSettings(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small_smollm2(tmp_path_factory):
+    """SmolLM2's real weights cut to its first 2 blocks: every precision loads in seconds."""
+    loaded = quantbench.load("smollm2-135m", "fp32", device="cpu")
+    model = loaded.model
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:2]
+    folder = tmp_path_factory.mktemp("smollm2-2blocks")
+    model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _close(estimated: int, measured: int, tolerance: float = 0.03) -> bool:
+    return abs(estimated - measured) / measured <= tolerance
+
+
+def test_full_smollm2_fp32_matches_inspection():
+    loaded = quantbench.load("smollm2-135m", "fp32", device="cpu")
+    result = estimate("smollm2-135m", "fp32", CPU).precisions[0]
+    assert result.parameters == loaded.inspection.parameters  # tied embeddings counted once
+    assert _close(result.weights_bytes, loaded.inspection.footprint_bytes)
+
+
+@pytest.mark.parametrize("precision", default_precisions())
+def test_weights_match_loaded_footprint(small_smollm2, precision):
+    loaded = quantbench.load(small_smollm2, precision, device="cpu")
+    info = loaded.inspection
+    result = estimate(small_smollm2, precision, CPU).precisions[0]
+    assert result.parameters == info.parameters
+    assert result.quantized_linears == sum(info.quantized_layers.values())
+    assert _close(result.weights_bytes, info.footprint_bytes), (
+        result.weights_bytes, info.footprint_bytes)
+
+
+@pytest.mark.parametrize("name", ["int8", "nf4", "nf4-dq", "fp4"])
+def test_bits_per_weight_agree_with_precision_table(name):
+    precision = get_precision(name)
+    result = estimate("llama-2-7b-arch", name).precisions[0]
+    weight_bytes = result.weights_bytes - 2 * result.full_precision_parameters
+    bits = 8 * weight_bytes / result.quantized_parameters
+    assert abs(bits - precision.weight_bits) / precision.weight_bits < 0.01
+
+
+def test_kv_cache_matches_transformers_cache(small_smollm2):
+    loaded = quantbench.load(small_smollm2, "fp32", device="cpu")
+    batch, seq = 2, 24
+    ids = torch.randint(0, 1000, (batch, seq))
+    with torch.no_grad():
+        cache = loaded.model(ids, use_cache=True).past_key_values
+    measured = sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers for t in (layer.keys, layer.values)
+    )
+    result = estimate(small_smollm2, "fp32", EstimateSettings(device="cpu", batch_size=batch,
+                                                              seq_len=seq))
+    assert result.precisions[0].kv_cache_bytes == measured
+    assert kv_cache_bytes(result.architecture, batch, seq, 2) * 2 == measured
+
+
+def test_lora_trainables_and_optimizer_states_match_peft_and_bitsandbytes(small_smollm2):
+    from peft import LoraConfig, get_peft_model
+
+    from quantbench.finetune import find_target_modules
+    from quantbench.optimizers import build_optimizer, get_optimizer, optimizer_state_bytes
+
+    loaded = quantbench.load(small_smollm2, "fp32", device="cpu")
+    model = get_peft_model(loaded.model, LoraConfig(
+        r=8, target_modules=find_target_modules(loaded.model), task_type="CAUSAL_LM"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    skeleton = build_skeleton(loaded.model.config)
+    for optimizer in ("adamw", "adamw8bit"):
+        settings = EstimateSettings(device="cpu", train="lora", optimizer=optimizer, lora_r=8)
+        est, note = training(skeleton, get_precision("fp32"), torch.float32, settings)
+        assert note is None
+        assert est.trainable_parameters == sum(p.numel() for p in params)
+        opt = build_optimizer(get_optimizer(optimizer), params, lr=1e-4)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        measured, _ = optimizer_state_bytes(opt)
+        assert _close(est.optimizer_bytes, measured, 0.01), (optimizer, est.optimizer_bytes,
+                                                            measured)
+
+
+def test_training_modes_and_checkpointing():
+    settings = EstimateSettings(train="qlora", optimizer="paged_adamw_8bit", seq_len=512)
+    result = estimate("tinyllama-1.1b-arch", "fp16,nf4", settings)
+    fp16, nf4 = result.precisions
+    assert fp16.training is None and "qlora" in fp16.training_note
+    t = nf4.training
+    assert t.activations_checkpointed_bytes < t.activations_bytes
+    assert t.peak_bytes > nf4.weights_bytes
+    full = estimate("tinyllama-1.1b-arch", "bf16",
+                    EstimateSettings(train="full", optimizer="adamw")).precisions[0].training
+    full8 = estimate("tinyllama-1.1b-arch", "bf16",
+                     EstimateSettings(train="full", optimizer="adamw8bit")).precisions[0].training
+    assert full.optimizer_bytes > 1.8 * full8.optimizer_bytes  # bf16 states vs 8-bit states
+
+
+def test_split_over_gpus_places_every_block_once():
+    result = estimate("llama-2-7b-arch", "fp16,nf4", EstimateSettings(gpus=2))
+    for p in result.precisions:
+        devices = [s.device for s in p.gpu_split]
+        assert devices == ["cuda:0", "cuda:1"]
+        placed = [m for s in p.gpu_split for m in s.modules if m.startswith("model.layers.")]
+        assert sorted(placed) == sorted(f"model.layers.{i}" for i in range(32))
+        assert sum(s.weights_bytes for s in p.gpu_split) == p.weights_bytes
+        assert p.per_gpu_inference_bytes < p.inference_total_bytes
+
+
+def test_unknown_architecture_is_a_clear_error():
+    from transformers import GPT2Config
+
+    with pytest.raises(QuantbenchError, match="gpt2"):
+        estimate("gpt2-like", "fp16", config=GPT2Config(n_layer=2))
+
+
+@pytest.mark.parametrize("settings", [EstimateSettings(batch_size=0), EstimateSettings(train="x"),
+                                      EstimateSettings(optimizer="sgd"),
+                                      EstimateSettings(compute_dtype="fp8")])
+def test_bad_settings_are_user_errors(settings):
+    with pytest.raises(QuantbenchError):
+        estimate("tinyllama-1.1b-arch", "fp16", settings)
+
+
+def test_sizes():
+    assert parse_size("8GiB") == 8 * 2**30
+    assert parse_size("8GB") == 8 * 10**9
+    assert parse_size("8000MiB") == 8000 * 2**20
+    for bad in ("8", "eight GiB", "8XB", "0GiB"):
+        with pytest.raises(QuantbenchError):
+            parse_size(bad)
+
+
+def test_cli_json_matches_api():
+    from typer.testing import CliRunner
+
+    from quantbench import cli
+
+    cli._register_commands()
+    out = CliRunner().invoke(cli.app, ["estimate", "tinyllama-1.1b-arch", "-p", "nf4", "--json",
+                                       "--seq-len", "256"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    api = estimate("tinyllama-1.1b-arch", "nf4", EstimateSettings(seq_len=256))
+    assert data["precisions"][0]["weights_bytes"] == api.precisions[0].weights_bytes
+    assert set(data["precisions"][0]["fits"]) >= {"T4 16GB", "H100 80GB"}
