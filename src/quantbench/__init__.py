@@ -37,6 +37,7 @@ _LAZY = {
     "Recommendation": "quantbench.recommend",
     "finetune": "quantbench.finetune",
     "FinetuneConfig": "quantbench.finetune",
+    "merge_adapter": "quantbench.finetune",
 }
 
 __all__ = ["QuantbenchError", *_LAZY]

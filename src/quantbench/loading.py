@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,6 +107,8 @@ def load(
     if adapter:
         from peft import PeftModel
 
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise QuantbenchError(f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)")
         hf_model = PeftModel.from_pretrained(hf_model, adapter)
     hf_model.eval()
     load_seconds = time.perf_counter() - start

@@ -8,6 +8,11 @@ Metric names carry their unit. Those the runner writes (None where not measured)
   prefill_ms_p{L} (+ _p10/_p90), ttft_ms, decode_ms_per_token (+ _p10/_p90),
   tokens_per_s_b{B}, perplexity, ppl_ratio, kl_mean, kl_p99, top1_agreement,
   scored_tokens, bandwidth_limit_ms_per_token.
+Finetune / optimizer results (spec.kind "finetune" / "optimizer"): train_loss_first,
+  train_loss_last, train_steps, train_seconds, train_step_ms (+ _p10/_p90), optimizer_step_ms,
+  tokens_per_s, tokens_per_s_per_process, peak_train_bytes (CUDA) or rss_growth_train_bytes
+  (CPU), trainable_parameters, all_parameters, trainable_share, optimizer_state_bytes,
+  paged_state_bytes, optimizer_state_bytes_per_param, training_blocks.
 """
 
 from __future__ import annotations
