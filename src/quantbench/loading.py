@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch

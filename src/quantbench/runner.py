@@ -80,7 +80,8 @@ def _run_in_subprocess(job: dict[str, Any], log_path: Path, progress: Progress) 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "quantbench.worker"],
+            # -c, not -m: the worker stays the module quantbench.worker, which tests can patch
+            [sys.executable, "-c", "from quantbench.worker import main; main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
         )
         try:

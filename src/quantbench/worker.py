@@ -1,6 +1,6 @@
 """One RunSpec in one process: load -> quality -> latency -> Result.
 
-Run as `python -m quantbench.worker`; reads {"spec", "reference", "save_reference"} as JSON on
+The runner starts it as `python -c "from quantbench.worker import main; main()"`; it reads {"spec", "reference", "save_reference"} as JSON on
 stdin and writes JSON lines on stdout: {"phase": ...} while working, {"result": ...} last.
 Whatever was measured before a failure is kept in the Result beside the error.
 """
