@@ -588,9 +588,16 @@ def estimate_precision(skeleton: Skeleton, precision: Precision, settings: Estim
     return result
 
 
+ESTIMABLE_BACKENDS = ("torch", "bitsandbytes")
+
+
 def default_precisions() -> list[str]:
-    """Every precision that is a size, not a placement (int8-offload is int8 spilled to CPU)."""
-    return [name for name, p in PRECISIONS.items() if not p.needs_gpu]
+    """Every precision that is a size, not a placement (int8-offload is int8 spilled to CPU).
+
+    Only torch and bitsandbytes rows: their storage is modelled exactly; torchao, HQQ and
+    quanto layouts are not modelled yet (estimate() refuses them by name)."""
+    return [name for name, p in PRECISIONS.items()
+            if not p.needs_gpu and p.backend in ESTIMABLE_BACKENDS]
 
 
 def estimate(model: str, precisions: list[str] | str | None = None,
@@ -603,6 +610,11 @@ def estimate(model: str, precisions: list[str] | str | None = None,
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
     chosen = [get_precision(p) for p in dict.fromkeys(precisions or default_precisions())]
+    if unmodelled := [p.name for p in chosen if p.backend not in ESTIMABLE_BACKENDS]:
+        raise QuantbenchError(
+            f"no memory model yet for {', '.join(unmodelled)} (torchao / HQQ / quanto layouts); "
+            f"estimate covers: {', '.join(default_precisions())}"
+        )
     config = config if config is not None else load_config(model, settings.trust_remote_code)
     skeleton = build_skeleton(config, settings.skip_modules)
     compute_dtype = resolve_compute_dtype(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-QUANTIZED_LINEAR_CLASSES = ("Linear4bit", "Linear8bitLt")
+QUANTIZED_LINEAR_CLASSES = ("Linear4bit", "Linear8bitLt", "HQQLinear", "QLinear")
 
 
 @dataclass
@@ -39,7 +40,8 @@ def _quant_state_tensors(param: Any) -> list[torch.Tensor]:
     tensors: list[torch.Tensor] = []
     state = getattr(param, "quant_state", None)
     while state is not None:
-        tensors += [t for t in (state.absmax, getattr(state, "offset", None)) if t is not None]
+        parts = (state.absmax, getattr(state, "offset", None), getattr(state, "code", None))
+        tensors += [t for t in parts if t is not None]
         state = getattr(state, "state2", None)
     scb = getattr(param, "SCB", None)  # LLM.int8's per-row scales
     if isinstance(scb, torch.Tensor):
@@ -47,23 +49,68 @@ def _quant_state_tensors(param: Any) -> list[torch.Tensor]:
     return tensors
 
 
+def _inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors a tensor subclass stores (torchao, quanto): packed data, scales, zeros.
+
+    Such a subclass reports the logical shape and dtype (e.g. 576x576 fp32), not what it holds.
+    """
+    if not hasattr(type(t), "__tensor_flatten__"):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    inner = (getattr(t, n) for n in names)
+    return [leaf for x in inner if isinstance(x, torch.Tensor) for leaf in _inner_tensors(x)]
+
+
 def _bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+    return sum(x.numel() * x.element_size() for x in _inner_tensors(t))
+
+
+def _meta_tensors(meta: Any) -> list[torch.Tensor]:
+    """HQQLinear keeps its scales and zeros in a plain dict (nested when they are quantized)."""
+    if isinstance(meta, torch.Tensor):
+        return [meta]
+    if isinstance(meta, dict):
+        return [t for value in meta.values() for t in _meta_tensors(value)]
+    return []
+
+
+def _is_subclass_weight(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(module, nn.Linear) and hasattr(type(weight), "__tensor_flatten__")
 
 
 def _is_quantized(module: nn.Module) -> bool:
-    return type(module).__name__ in QUANTIZED_LINEAR_CLASSES
+    return type(module).__name__ in QUANTIZED_LINEAR_CLASSES or _is_subclass_weight(module)
+
+
+def _layer_class(module: nn.Module) -> str:
+    """torchao keeps nn.Linear and swaps the weight: name it by the weight's tensor class."""
+    name = type(module).__name__
+    if name not in QUANTIZED_LINEAR_CLASSES:
+        name = f"{name}[{type(module.weight).__name__}]"
+    return name
 
 
 def _logical_numel(module: nn.Module, name: str, param: torch.Tensor) -> int:
+    if type(module).__name__ == "HQQLinear" and name == "W_q":
+        return module.meta["shape"].numel()
     if _is_quantized(module) and name == "weight":
         return module.in_features * module.out_features
     return param.numel()
 
 
 def _quant_type(module: nn.Module) -> str:
-    if type(module).__name__ == "Linear8bitLt":
+    kind = type(module).__name__
+    if kind == "Linear8bitLt":
         return "int8"
+    if kind == "HQQLinear":
+        return f"{module.meta['nbits']}bit"
+    qtype = getattr(module.weight, "qtype", None)  # quanto: qint8, qint4
+    if qtype is not None:
+        return getattr(qtype, "name", str(qtype)).removeprefix("q")
+    match = re.match(r"(u?int|float)(\d+)", type(module.weight).__name__.lower())  # torchao
+    if match:
+        return match.group(0)
     state = getattr(module.weight, "quant_state", None)
     return getattr(state, "quant_type", None) or getattr(module.weight, "quant_type", "4bit")
 
@@ -81,9 +128,9 @@ def inspect_model(model: nn.Module, compute_dtype: torch.dtype | None = None) ->
 
     for mod_name, module in model.named_modules():
         if _is_quantized(module):
-            layers[type(module).__name__] += 1
+            layers[_layer_class(module)] += 1
             quant_types[_quant_type(module)] += 1
-            state = getattr(module.weight, "quant_state", None)
+            state = getattr(getattr(module, "weight", None), "quant_state", None)  # not on HQQ
             double_quant |= bool(getattr(state, "nested", False))
         elif isinstance(module, nn.Linear):
             unquantized.append(mod_name)
@@ -95,10 +142,18 @@ def inspect_model(model: nn.Module, compute_dtype: torch.dtype | None = None) ->
             seen.add(id(tensor))
             size = _bytes(tensor) + sum(_bytes(t) for t in _quant_state_tensors(tensor))
             footprint += size
-            storage[str(tensor.dtype).removeprefix("torch.")] += _bytes(tensor)
+            for inner in _inner_tensors(tensor):
+                storage[str(inner.dtype).removeprefix("torch.")] += _bytes(inner)
             devices[str(tensor.device)] += size
             if isinstance(tensor, nn.Parameter):
                 logical += _logical_numel(module, name, tensor)
+        hqq_meta = module.meta if type(module).__name__ == "HQQLinear" else None
+        for tensor in _meta_tensors(hqq_meta):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                footprint += _bytes(tensor)
+                storage[str(tensor.dtype).removeprefix("torch.")] += _bytes(tensor)
+                devices[str(tensor.device)] += _bytes(tensor)
 
     return Inspection(
         parameters=logical,

@@ -52,11 +52,18 @@ def check_backend(precision: Precision, device: str) -> None:
             raise QuantbenchError(
                 f"bitsandbytes cannot run on this device ({type(err).__name__}: {err})"
             ) from None
-    elif precision.extra and importlib.util.find_spec(precision.backend) is None:
+    elif precision.extra and not _importable(precision.backend):
         raise QuantbenchError(
             f"precision '{precision.name}' needs {precision.backend}: "
             f"pip install 'quantbench[{precision.extra}]'"
         )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # 'optimum.quanto' when 'optimum' itself is missing
+        return False
 
 
 def from_pretrained_kwargs(
@@ -70,7 +77,8 @@ def from_pretrained_kwargs(
         "trust_remote_code": options.trust_remote_code,
         "use_safetensors": True,
     }
-    if (config := precision.quantization_config(options, compute_dtype)) is not None:
+    config = precision.quantization_config(options, compute_dtype)
+    if config is not None and not callable(config):  # a callable quantizes after loading (HQQ)
         kwargs["quantization_config"] = config
     if options.max_memory:
         kwargs["max_memory"] = options.max_memory
@@ -104,6 +112,8 @@ def load(
         raise
     except (OSError, ValueError) as err:
         raise QuantbenchError(f"cannot load '{ref.name}' as {precision.name}: {_one_line(err)}") from None
+    if callable(quantize := precision.quantization_config(options, compute_dtype)):
+        quantize(hf_model)
     if adapter:
         from peft import PeftModel
 

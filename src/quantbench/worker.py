@@ -1,7 +1,8 @@
 """One RunSpec in one process: load -> quality -> latency -> Result.
 
-The runner starts it as `python -c "from quantbench.worker import main; main()"`; it reads {"spec", "reference", "save_reference"} as JSON on
-stdin and writes JSON lines on stdout: {"phase": ...} while working, {"result": ...} last.
+The runner starts it with `python -c "from quantbench.worker import main; main()"`; it reads
+{"spec", "reference", "save_reference"} as JSON on stdin and writes JSON lines on stdout:
+{"phase": ...} while working, {"result": ...} last.
 Whatever was measured before a failure is kept in the Result beside the error.
 """
 

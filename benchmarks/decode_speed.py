@@ -1,0 +1,342 @@
+"""Decode speed of the fast engine against eager `generate` and the memory-bandwidth limit.
+
+    python benchmarks/decode_speed.py --model tinyllama-1.1b-arch \
+        --precisions fp16,bf16,int8,int8-t0,nf4 --out DIR
+
+Per precision, in one process each (measured in that one run): eager ms/token, fast ms/token,
+the bandwidth limit (weights footprint bytes / measured copy bandwidth), the ratios fast/eager
+and limit/fast, greedy-token equality with eager, where the time goes per token (profile), and
+a tokens/s curve over batch sizes for the fast engine. `int8-t0` is LLM.int8 with outlier
+threshold 0. Decode ms/token = (generate(N) - generate(1)) / (N - 1), medians of repeats.
+Writes decode_speed.json and decode_speed.md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_MS = {"fp16": 1.5, "bf16": 1.5, "nf4": 1.5, "int8": 3.0, "int8-t0": 3.0}
+VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> precision, options
+# Suffixes that change how the fast engine runs: "fp16+exact+autotune".
+FLAGS = {
+    "exact": {"exact_casts": True},
+    "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
+    "nocompile": {"compile": False, "capture": False},
+}
+
+
+def copy_bandwidth(size_bytes: int = 1 << 30, repeats: int = 20) -> float:
+    """Device-to-device copy, bytes read + written per second (median of event-timed copies)."""
+    import torch
+
+    src = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * size_bytes / statistics.median(times)
+
+
+def timed(fn, repeats: int) -> float:  # noqa: ANN001
+    """Median wall seconds of `fn()`; the engines synchronize before returning."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def decode_ms(engine, ids, tokens: int, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+    """(decode ms/token, generate(1) ms) as the lead's latency module measures them."""
+    one = timed(lambda: engine.generate(ids, 1), repeats)
+    many = timed(lambda: engine.generate(ids, tokens), repeats)
+    return 1e3 * (many - one) / (tokens - 1), 1e3 * one
+
+
+def profile_steps(engine, ids, steps: int = 16) -> dict:  # noqa: ANN001
+    """Where a decode step's time goes: GPU kernel time per token, by kernel, vs wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from quantbench.engine import synchronize
+
+    engine.generate(ids, 2)  # leaves the slot ready at a valid position
+    steps = max(1, min(steps, engine.max_seq_len - ids.shape[1] - 2))  # stay inside the cache
+    slot = engine._slot
+    step = slot.graph.replay if slot.graph is not None else lambda: engine._decode_step(slot)
+    activities = [ProfilerActivity.CPU]
+    activities += [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(steps):
+                step()
+        synchronize(engine.device)
+        wall = time.perf_counter() - start
+    kernels = [
+        e for e in prof.key_averages()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+    ]
+    total_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]
+    return {
+        "wall_ms_per_token": 1e3 * wall / steps,
+        "kernel_ms_per_token": total_us / 1e3 / steps,
+        "kernels_per_token": sum(e.count for e in kernels) / steps,
+        "top_kernels": [
+            {"name": e.key[:90], "ms_per_token": e.self_device_time_total / 1e3 / steps,
+             "calls_per_token": e.count / steps}
+            for e in top
+        ],
+    }
+
+
+def near_tie(engine, ids, eager_tokens, fast_tokens, at: int) -> dict:  # noqa: ANN001
+    """At the first differing token: eager fp32 score of its own choice minus the fast one's,
+    beside the spread of the scores (a near tie flips on rounding). The scores come from one
+    forward over the whole prefix, so they are close to, not equal to, generate's."""
+    import torch
+
+    prefix = torch.cat([ids.to(engine.device), eager_tokens[:, :at].to(engine.device)], dim=1)
+    with torch.no_grad():
+        scores = engine.model(prefix).logits[:, -1].float()[0]
+    top2 = scores.topk(2).values
+    eager_choice, fast_choice = scores[eager_tokens[0, at]], scores[fast_tokens[0, at]]
+    return {
+        "eager_minus_fast_choice": float(eager_choice - fast_choice),
+        "top1_minus_top2": float(top2[0] - top2[1]),
+        "scores_std": float(scores.std()),
+    }
+
+
+def batch_curve(engine, vocab: int, prompt: int, tokens: int, batches: list[int]) -> list[dict]:  # noqa: ANN001
+    import torch
+
+    points = []
+    for batch in batches:
+        seed = torch.Generator().manual_seed(batch)
+        ids = torch.randint(3, vocab, (batch, prompt), generator=seed)
+        try:
+            engine.generate(ids, tokens)  # compiles / captures for this batch size
+            ms, _ = decode_ms(engine, ids, tokens, repeats=2)
+            points.append({"batch": batch, "ms_per_step": ms, "tokens_per_s": batch * 1e3 / ms})
+        except torch.OutOfMemoryError:
+            points.append({"batch": batch, "error": "out of memory"})
+            engine._slot = None  # drop the half-built cache before the next size
+            torch.cuda.empty_cache()
+    return points
+
+
+def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
+    """Everything for one precision, in this process."""
+    import torch
+
+    import quantbench
+    from quantbench.engine import get_engine
+    from quantbench.engine.fast import FastEngine
+
+    base, *flags = name.split("+")
+    precision, options = VARIANTS.get(base, (base, {}))
+    engine_options = {"compile_mode": args.compile_mode}
+    for flag in flags:
+        engine_options |= FLAGS[flag]
+    loaded = quantbench.load(args.model, precision, **options)
+    model = loaded.model
+    vocab = model.config.vocab_size
+    max_seq = args.prompt_len + max(args.new_tokens, args.eager_tokens, args.curve_tokens)
+    max_batch = max(args.batches)
+    ids = torch.randint(3, vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
+
+    eager = get_engine("eager", model, max_batch, max_seq)
+    fast = FastEngine(model, max_batch, max_seq, **engine_options)
+    eager.warmup(ids, 4)
+    start = time.perf_counter()
+    fast.warmup(ids, 4)
+    warmup_s = time.perf_counter() - start
+
+    check = min(args.eager_tokens, 32)
+    eager_tokens, fast_tokens = eager.generate(ids, check), fast.generate(ids, check)
+    same = bool(torch.equal(eager_tokens.cpu(), fast_tokens.cpu()))
+    mismatch = None if same else int((eager_tokens != fast_tokens).nonzero()[0, 1])
+    gap = None if same else near_tie(fast, ids, eager_tokens, fast_tokens, mismatch)
+
+    eager_ms, eager_first = decode_ms(eager, ids, args.eager_tokens, args.repeats)
+    fast_ms, fast_first = decode_ms(fast, ids, args.new_tokens, args.repeats)
+    limit_ms = 1e3 * loaded.inspection.footprint_bytes / args.bandwidth
+    result = {
+        "precision": name, "options": options, "engine": fast.describe(),
+        "weights_footprint_bytes": loaded.inspection.footprint_bytes,
+        "eager_ms_per_token": eager_ms, "fast_ms_per_token": fast_ms,
+        "bandwidth_limit_ms_per_token": limit_ms,
+        "fast_over_eager": fast_ms / eager_ms, "limit_over_fast": limit_ms / fast_ms,
+        "eager_generate1_ms": eager_first, "fast_generate1_ms": fast_first,
+        "fast_warmup_s": warmup_s, "same_tokens": same, "checked_tokens": check,
+        "first_mismatch": mismatch, "mismatch_gap": gap, "target_ms_per_token": TARGET_MS.get(base),
+    }
+    target = result["target_ms_per_token"]
+    result["meets_target"] = target is not None and fast_ms <= target
+    save(result)  # a later failure or timeout keeps the batch-1 numbers
+    # An uncaptured step is host-bound and slow: a few batch sizes tell its story.
+    batches = args.batches if fast.capture else [b for b in args.batches if b in (1, 8, 64)]
+    for key, work in (
+        ("profile_b1", lambda: profile_steps(fast, ids)),
+        ("curve", lambda: batch_curve(fast, vocab, args.prompt_len, args.curve_tokens, batches)),
+    ):
+        if key == "curve" and flags:
+            continue  # engine variants are compared at batch 1 only
+        try:
+            result[key] = work()
+        except Exception as err:  # report it beside the numbers already measured
+            result[f"{key}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        save(result)
+    return result
+
+
+def run_child(args: argparse.Namespace, name: str) -> dict:
+    """One precision in its own process, so memory and failures never leak between them."""
+    out = Path(args.parts) / f"{name}.json"
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--child", name, "--bandwidth", str(args.bandwidth)]
+    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in _forwarded(args).items()]
+    try:
+        proc = subprocess.run(cmd, timeout=args.timeout_s, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        proc = None
+    if out.exists():
+        return {**json.loads(out.read_text()), **({} if proc else {"timed_out": True})}
+    if proc is None:
+        return {"precision": name, "error": f"timed out after {args.timeout_s} s"}
+    with (Path(args.out) / "errors.log").open("a") as log:  # the whole story of a failure
+        log.write(f"==== {name}: exit {proc.returncode}\n{proc.stderr[-20000:]}\n")
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"precision": name, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def _forwarded(args: argparse.Namespace) -> dict:
+    keys = ("model", "parts", "prompt_len", "new_tokens", "eager_tokens", "curve_tokens",
+            "repeats", "compile_mode")
+    forwarded = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    forwarded["batches"] = ",".join(map(str, args.batches))
+    return forwarded
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Decode speed: {report['model']} on {report['device']}",
+        "",
+        f"Copy bandwidth {report['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s (read + write); "
+        f"batch 1, prompt {report['prompt_len']}; {report['timestamp']}.",
+        "",
+        "| precision | eager ms/tok | fast ms/tok | limit ms/tok | fast/eager | limit/fast "
+        "| same tokens | target | pass | fast mode |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['precision']} | error: {r['error'][:120]} |||||||||")
+            continue
+        lines.append(
+            f"| {r['precision']} | {r['eager_ms_per_token']:.2f} | {r['fast_ms_per_token']:.2f} "
+            f"| {r['bandwidth_limit_ms_per_token']:.2f} | {r['fast_over_eager']:.3f} "
+            f"| {r['limit_over_fast']:.2f} | {'yes' if r['same_tokens'] else 'NO'} "
+            f"| {r['target_ms_per_token']} | {'pass' if r['meets_target'] else 'FAIL'} "
+            f"| {r['engine']['mode']} |"
+        )
+    lines += ["", "Fast engine tokens/s by batch:", ""]
+    for r in report["results"]:
+        if "curve" in r:
+            cells = ", ".join(
+                f"b{p['batch']}: {p['tokens_per_s']:.0f}" if "tokens_per_s" in p
+                else f"b{p['batch']}: {p['error']}" for p in r["curve"]
+            )
+            lines.append(f"- {r['precision']}: {cells}")
+    lines += ["", "Profile, batch 1 (GPU kernel ms per token vs wall ms per token):", ""]
+    for r in report["results"]:
+        if p := r.get("profile_b1"):
+            lines.append(
+                f"- {r['precision']}: kernels {p['kernel_ms_per_token']:.2f} ms in "
+                f"{p['kernels_per_token']:.0f} kernels, wall {p['wall_ms_per_token']:.2f} ms; top: "
+                + "; ".join(f"{k['name'][:36]} {k['ms_per_token']:.3f}"
+                            for k in p["top_kernels"][:3])
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.parts = args.parts or tempfile.mkdtemp(prefix="decode_speed_")
+    if args.child:
+        part = Path(args.parts) / f"{args.child}.json"
+        measure(args, args.child, lambda result: part.write_text(json.dumps(result, indent=1)))
+        return
+    import torch
+
+    from quantbench.results import library_versions, now_iso
+
+    if not torch.cuda.is_available():
+        sys.exit("error: decode_speed needs a CUDA GPU")
+    args.bandwidth = copy_bandwidth()
+    results = []
+    for name in [n.strip() for n in args.precisions.split(",") if n.strip()]:
+        results.append(run_child(args, name))
+        brief = {k: v for k, v in results[-1].items() if k not in ("curve", "profile_b1")}
+        print(json.dumps(brief), flush=True)
+    report = {
+        "model": args.model, "device": torch.cuda.get_device_name(), "timestamp": now_iso(),
+        "versions": library_versions(), "bandwidth_bytes_per_s": args.bandwidth,
+        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "eager_tokens": args.eager_tokens, "repeats": args.repeats,
+        "compile_mode": args.compile_mode, "results": results,
+    }
+    stem = Path(args.out) / args.name
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(b) for b in text.split(",") if b.strip()]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="tinyllama-1.1b-arch")
+    p.add_argument("--precisions", default="fp16,bf16,int8,int8-t0,nf4")
+    p.add_argument("--out", default="decode-out")
+    p.add_argument("--name", default="decode_speed", help="file stem of the JSON / Markdown")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128, help="N for the fast engine")
+    p.add_argument("--eager-tokens", type=int, default=64, help="N for eager generate")
+    p.add_argument("--curve-tokens", type=int, default=32)
+    p.add_argument("--batches", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode of the decode step")
+    p.add_argument("--timeout-s", type=int, default=300, help="per precision")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--bandwidth", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parts", default=None, help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    main()

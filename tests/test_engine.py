@@ -1,0 +1,90 @@
+"""Decode engines on the real SmolLM2 (CPU): the fast engine gives eager generate's tokens."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import torch
+
+import quantbench
+from quantbench.engine import get_engine, suppressed_tokens
+from quantbench.engine.fast import FastEngine, capture_blocker, pick_next
+
+PROMPTS = ["The capital of France is", "Water boils at a temperature of"]
+NEW_TOKENS = 8
+
+
+def _ids(loaded, prompts=PROMPTS):
+    # Same-length prompts: the engines take no padding.
+    rows = [loaded.tokenizer(p).input_ids for p in prompts]
+    width = min(len(r) for r in rows)
+    return torch.tensor([r[:width] for r in rows])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny matmuls on a shared CPU: OpenMP threads that spin against other jobs made a forward
+    # 20x slower than one thread does.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@cache
+def _load(precision: str):
+    return quantbench.load("smollm2-135m", precision, device="cpu")  # each once per session
+
+
+@pytest.fixture(params=["fp32", "nf4", "int8"])
+def loaded(request):
+    return _load(request.param)
+
+
+def test_fast_engine_gives_eager_tokens(loaded):
+    ids = _ids(loaded)
+    eager = get_engine("eager", loaded.model, max_batch_size=2, max_seq_len=32)
+    fast = get_engine("fast", loaded.model, max_batch_size=2, max_seq_len=32)
+    expected = eager.generate(ids, NEW_TOKENS)
+    got = fast.generate(ids, NEW_TOKENS)
+    assert got.shape == (2, NEW_TOKENS) == expected.shape
+    assert torch.equal(got, expected), (loaded.precision.name, got, expected)
+    if loaded.precision.name == "fp32":  # one-token call = the prefill's choice (TTFT timing)
+        assert torch.equal(fast.generate(ids, 1), expected[:, :1])
+
+
+def test_fast_engine_resets_its_cache_between_calls_and_batch_sizes():
+    loaded = _load("fp32")
+    fast = get_engine("fast", loaded.model, max_batch_size=2, max_seq_len=32)
+    both = _ids(loaded)
+    first = fast.generate(both, 6)
+    other = fast.generate(_ids(loaded, ["Once upon a time, in a"]), 6)
+    assert not torch.equal(other[0], first[0])
+    assert torch.equal(fast.generate(both[:1], 6), first[:1])  # new batch size, fresh cache
+    assert torch.equal(fast.generate(both, 6), first)
+    assert "CPU" in fast.describe()["not_captured_because"]
+
+
+def test_llm_int8_with_outlier_threshold_is_not_captured():
+    reason = capture_blocker(_load("int8").model)  # default threshold 6.0
+    assert reason is not None and "threshold" in reason
+    assert capture_blocker(_load("fp32").model) is None
+
+
+def test_end_of_sequence_is_never_chosen_as_in_min_new_tokens():
+    logits = torch.tensor([[[0.0, 1.0, 5.0, 2.0]]])  # eos (2) is the argmax
+    assert pick_next(logits, None).item() == 2
+    assert pick_next(logits, torch.tensor([2])).item() == 3
+
+
+def test_engine_checks_its_limits():
+    loaded = _load("fp32")
+    assert suppressed_tokens(loaded.model) == [loaded.model.generation_config.eos_token_id]
+    fast = FastEngine(loaded.model, max_batch_size=1, max_seq_len=8)
+    with pytest.raises(quantbench.QuantbenchError, match="max_batch_size"):
+        fast.generate(torch.ones(2, 3, dtype=torch.long), 2)
+    with pytest.raises(quantbench.QuantbenchError, match="max_seq_len"):
+        fast.generate(torch.ones(1, 6, dtype=torch.long), 3)
+    with pytest.raises(quantbench.QuantbenchError, match="unknown engine 'turbo'"):
+        get_engine("turbo", loaded.model, 1, 8)

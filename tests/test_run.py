@@ -1,0 +1,164 @@
+"""Issue 4: the benchmark matrix on the real SmolLM2 on CPU, kept fast with short settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantbench.results import Workload, read_results
+from quantbench.runner import run
+
+QUALITY_ONLY = Workload(latency=False, ppl_context=256, ppl_stride=128, ppl_max_tokens=1200)
+TINY_LATENCY = Workload(quality=False, prompt_lengths=(16, 48), batch_sizes=(1, 2), new_tokens=6,
+                        repeats=2, warmup=1)
+EPS = 0.01  # quantization may, by luck, score a hair better than the reference
+
+
+@pytest.fixture(scope="module")
+def quality_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "results.jsonl"
+    results = run("smollm2-135m", ["int8", "nf4"], QUALITY_ONLY, path)
+    return path, {r.spec.precision: r for r in results}
+
+
+def test_reference_runs_first_and_every_precision_has_a_result(quality_run):
+    path, by_precision = quality_run
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["spec"]["precision"] for line in lines] == ["fp32", "int8", "nf4"]
+    assert all(r.ok for r in by_precision.values()), {p: r.error for p, r in by_precision.items()}
+    for result in by_precision.values():
+        assert result.versions["torch"] and result.device.startswith("cpu") and result.timestamp
+        assert result.info["memory_source"] == "process RSS (CPU)"
+
+
+def test_quantized_perplexity_rises_within_the_lab_bounds(quality_run):
+    _, r = quality_run
+    assert r["fp32"].metrics["ppl_ratio"] == pytest.approx(1.0)
+    assert 1 - EPS < r["int8"].metrics["ppl_ratio"] < 1.3
+    assert 1 - EPS < r["nf4"].metrics["ppl_ratio"] < 1.5
+    # 4-bit loses more than 8-bit: the ordering the lab expects
+    assert r["nf4"].metrics["kl_mean"] > r["int8"].metrics["kl_mean"]
+    # the tokens scored are the same for all: same ids, same windows
+    assert len({x.metrics["scored_tokens"] for x in r.values()}) == 1
+
+
+def test_kl_positive_for_quantized_and_top1_high_for_int8(quality_run):
+    _, r = quality_run
+    for precision in ("int8", "nf4"):
+        assert r[precision].metrics["kl_mean"] > 0
+        assert r[precision].metrics["kl_p99"] >= r[precision].metrics["kl_median"]
+    assert r["int8"].metrics["top1_agreement"] > 0.85
+    assert r["nf4"].metrics["top1_agreement"] < r["int8"].metrics["top1_agreement"] + EPS
+
+
+def test_reference_against_itself_has_kl_about_zero(loaded_model, tmp_path):
+    from quantbench.measure import quality
+
+    loaded = loaded_model("fp32")
+    ids = torch.tensor(loaded.tokenizer(quality.load_text())["input_ids"][:400])
+    ref = tmp_path / "ref.npy"
+    quality.score(loaded.model, ids, 128, 64, save_reference=ref)
+    again = quality.score(loaded.model, ids, 128, 64, reference=ref)
+    assert again.kl.mean() < 1e-3  # only the fp16 storage of the reference log-probs differs
+    assert again.top1_match.mean() > 0.99
+
+
+def test_sliding_windows_score_every_token_once():
+    from quantbench.measure.quality import windows
+
+    for n, context, stride in [(1000, 256, 128), (257, 256, 256), (50, 256, 16), (999, 100, 1)]:
+        targets = [t for _, end, first in windows(n, context, stride) for t in range(first, end)]
+        assert targets == list(range(1, n))
+        assert all(end - begin <= context for begin, end, _ in windows(n, context, stride))
+
+
+def test_rerun_skips_finished_specs(quality_run):
+    path, before = quality_run
+    lines_before = path.read_text().splitlines()
+    again = run("smollm2-135m", ["int8", "nf4"], QUALITY_ONLY, path)
+    assert path.read_text().splitlines() == lines_before
+    assert [r.timestamp for r in again] == [before[p].timestamp for p in ("fp32", "int8", "nf4")]
+
+
+def test_corrupt_line_is_reported_and_skipped(quality_run, tmp_path, capsys, cli):
+    path, _ = quality_run
+    copy = tmp_path / "copy.jsonl"
+    lines = path.read_text().splitlines()
+    copy.write_text("\n".join([lines[0], '{"spec": {"model": "trunc', *lines[1:]]) + "\n")
+    results, problems = read_results(copy)
+    assert len(results) == 3 and len(problems) == 1 and "copy.jsonl:2" in problems[0]
+    again = run("smollm2-135m", ["int8", "nf4"], QUALITY_ONLY, copy)  # resumes despite it
+    assert len(again) == 3
+    assert "copy.jsonl:2: skipped unreadable line" in capsys.readouterr().err
+    code, out, err = cli("report", str(copy), "--format", "csv")
+    assert code == 0 and "int8" in out and "skipped unreadable line" in err
+
+
+def _inject(tmp_path: Path, monkeypatch, body: str) -> None:
+    """A sitecustomize that patches quantbench.loading.load inside the worker processes only."""
+    site = tmp_path / "inject"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(body))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_crash_in_one_precision_leaves_the_others_intact(tmp_path, monkeypatch):
+    _inject(tmp_path, monkeypatch, """
+        import os, quantbench.loading as loading
+        real = loading.load
+        def load(model, precision="nf4", *args, **kwargs):
+            if precision == "nf4":
+                os._exit(139)  # as a segfault would
+            return real(model, precision, *args, **kwargs)
+        loading.load = load
+    """)
+    path = tmp_path / "r.jsonl"
+    results = {r.spec.precision: r for r in run("smollm2-135m", ["nf4", "int8"], QUALITY_ONLY, path)}
+    assert "crashed (exit code 139)" in results["nf4"].error
+    assert results["int8"].ok and results["int8"].metrics["ppl_ratio"] < 1.3
+    assert len(read_results(path)[0]) == 3
+
+
+def test_out_of_memory_is_a_result_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    _inject(tmp_path, monkeypatch, """
+        import torch, quantbench.worker as worker
+        real = worker._quality
+        def _quality(loaded, work, job):
+            if loaded.precision.name == "int8":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(loaded, work, job)
+        worker._quality = _quality
+    """)
+    path = tmp_path / "r.jsonl"
+    results = {r.spec.precision: r for r in run("smollm2-135m", ["int8", "nf4"], QUALITY_ONLY, path)}
+    assert results["int8"].error == "out of memory"
+    # what was measured before the OOM is kept beside the error
+    assert results["int8"].metrics["weights_footprint_bytes"] > 0
+    assert results["nf4"].ok and results["nf4"].metrics["ppl_ratio"] > 1 - EPS
+
+
+def test_latency_metrics_on_cpu(tmp_path):
+    (result,) = run("smollm2-135m", ["fp32"], TINY_LATENCY, tmp_path / "r.jsonl")
+    assert result.ok, result.error
+    m = result.metrics
+    for key in ("prefill_ms_p16", "prefill_ms_p48", "ttft_ms", "decode_ms_per_token",
+                "tokens_per_s_b1", "tokens_per_s_b2"):
+        assert m[key] > 0, key
+    assert m["decode_ms_per_token_p10"] <= m["decode_ms_per_token_p90"]
+    assert m["peak_generate_bytes_b1"] is None  # the CPU has no resettable peak: not faked
+    assert "perplexity" not in m
+
+
+def test_random_weight_models_never_get_quality(monkeypatch, tmp_path):
+    from quantbench.precisions import LoadOptions
+    from quantbench.runner import build_specs
+
+    specs = build_specs("x", ["nf4"], Workload(), LoadOptions(), None, "cpu")
+    assert [s.precision for s in specs] == ["fp32", "nf4"]
+    no_quality = build_specs("x", ["nf4"], Workload(quality=False), LoadOptions(), None, "cpu")
+    assert [s.precision for s in no_quality] == ["nf4"]
