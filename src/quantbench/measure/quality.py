@@ -45,17 +45,19 @@ def _dataset_text(spec: str) -> str:
 
 
 def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first_target) per window; every position from 1 on is a target exactly once."""
+    """(begin, end, first_target) per window; every position from 1 on is a target exactly once.
+
+    The first window scores all it sees; each later one scores the next `stride` positions
+    (at most context - 1, so every target keeps some context) and reaches back a full context.
+    """
     if context < 2 or stride < 1 or stride > context:
         raise QuantbenchError(f"need 2 <= context and 1 <= stride <= context (got {context}, {stride})")
-    out, scored_to = [], 1  # position 0 has no context, so it is never scored
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + context, n_tokens)
-        if end > scored_to:
-            out.append((begin, end, max(scored_to, begin + 1)))
-            scored_to = end
-        if end == n_tokens:
-            break
+    end = min(context, n_tokens)
+    out = [(0, end, 1)] if end > 1 else []
+    step = min(stride, context - 1)
+    while end < n_tokens:
+        first, end = end, min(end + step, n_tokens)
+        out.append((max(0, end - context), end, first))
     return out
 
 
