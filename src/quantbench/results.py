@@ -50,6 +50,14 @@ class Workload:
     latency: bool = True
     quality: bool = True
 
+    @classmethod
+    def for_device(cls, device: str, **overrides: Any) -> Workload:
+        """GPU defaults are the issue's full sweep; the CPU gets a lighter one that ends in minutes."""
+        if device.startswith("cuda"):
+            return cls(**overrides)
+        light = {"prompt_lengths": (128, 512), "batch_sizes": (1, 4), "new_tokens": 32}
+        return cls(**{**light, **overrides})
+
 
 @dataclass(frozen=True)
 class RunSpec:

@@ -143,7 +143,7 @@ def run(model: str = "smollm2-135m", precisions: list[str] | str = "fp16,int8,nf
 
     if isinstance(precisions, str):
         precisions = [p for p in precisions.split(",") if p.strip()]
-    workload = workload or Workload()
+    workload = workload or Workload.for_device(default_device())
     ref = resolve(model)  # fail fast on an unknown model, and materialise aliases once
     if ref.random_weights:
         workload = replace(workload, quality=False)

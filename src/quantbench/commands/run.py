@@ -15,9 +15,9 @@ def run_command(
     precisions: str = typer.Option("fp16,int8,nf4", "--precisions", "-p", help="comma-separated"),
     results: Path = typer.Option(Path("results.jsonl"), "--results", "-o", help="JSONL, appended"),
     force: bool = typer.Option(False, help="redo specs already in the results file"),
-    prompt_lengths: str = typer.Option("128,512,2048", help="prefill lengths (capped by context)"),
-    batch_sizes: str = typer.Option("1,4,16", help="batch sweep for tokens/s"),
-    new_tokens: int = typer.Option(64, help="generated tokens per decode measurement"),
+    prompt_lengths: str = typer.Option(None, help="prefill lengths, capped by context [GPU 128,512,2048; CPU 128,512]"),
+    batch_sizes: str = typer.Option(None, help="batch sweep for tokens/s [GPU 1,4,16; CPU 1,4]"),
+    new_tokens: int = typer.Option(None, min=2, help="generated tokens per decode measurement [GPU 64; CPU 32]"),
     repeats: int = typer.Option(3, min=1),
     warmup: int = typer.Option(1, min=0),
     engine: str = typer.Option("eager", help="eager (model.generate) | fast (static cache, graphs)"),
@@ -37,14 +37,19 @@ def run_command(
     trust_remote_code: bool = typer.Option(False, help="run code shipped with the model"),
 ) -> None:
     """Measure memory, latency and quality of MODEL in each precision, one process each."""
+    from quantbench.loading import default_device
     from quantbench.report import rich_renderables
     from quantbench.runner import run
 
     names = [p.name for p in parse_precisions(precisions)]
-    workload = Workload(
-        prompt_lengths=parse_ints(prompt_lengths, "--prompt-lengths"),
-        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
-        new_tokens=new_tokens, repeats=repeats, warmup=warmup, engine=engine,
+    chosen = {
+        "prompt_lengths": parse_ints(prompt_lengths, "--prompt-lengths") if prompt_lengths else None,
+        "batch_sizes": parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
+        "new_tokens": new_tokens,
+    }
+    workload = Workload.for_device(
+        default_device(), **{k: v for k, v in chosen.items() if v is not None},
+        repeats=repeats, warmup=warmup, engine=engine,
         ppl_context=ppl_context, ppl_stride=ppl_stride, ppl_max_tokens=max_ppl_tokens,
         text_file=str(text_file) if text_file else None, dataset=dataset,
         latency=latency, quality=quality,

@@ -124,6 +124,7 @@ def measure_batches(make_engine: Callable[[int], Any], ids_for: Callable[[int, i
         metrics[f"peak_generate_bytes_b{batch}"] = memory.peak_bytes()
         if batch == min(batch_sizes):
             metrics.update(result)
+            notes["engine_mode"] = engine.describe()  # e.g. why a decode step was not captured
         del engine
         _free(device)
     return metrics

@@ -144,7 +144,10 @@ def _quality(key: str, spec: str) -> Cell:
 def _bandwidth_share(result: Result) -> str:
     limit = metric(result, "bandwidth_limit_ms_per_token")
     decode = metric(result, "decode_ms_per_token")
-    return MISSING if not limit or not decode else f"{100 * limit / decode:.0f}%"
+    if not limit or not decode:
+        return MISSING
+    share = 100 * limit / decode
+    return f"{share:.0f}%" if share >= 10 else f"{share:.2g}%"  # eager decode sits far below 1%
 
 
 def _columns(results: list[Result]) -> list[tuple[str, Cell]]:
