@@ -162,3 +162,26 @@ def test_random_weight_models_never_get_quality(monkeypatch, tmp_path):
     assert [s.precision for s in specs] == ["fp32", "nf4"]
     no_quality = build_specs("x", ["nf4"], Workload(quality=False), LoadOptions(), None, "cpu")
     assert [s.precision for s in no_quality] == ["nf4"]
+
+
+def test_ctrl_c_keeps_what_was_measured(tmp_path):
+    """SIGINT mid-sweep: exit 130, one line, the finished precision stays in the file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "quantbench", "run", "smollm2-135m", "-p", "fp32,nf4", "--no-latency",
+           "--max-ppl-tokens", "300", "--ppl-context", "128", "--ppl-stride", "64", "-o", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (path.exists() and path.read_text().strip()):
+        time.sleep(0.5)
+    assert path.exists(), "the first precision never finished"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    (kept,) = read_results(path)[0]
+    assert kept.spec.precision == "fp32" and kept.ok

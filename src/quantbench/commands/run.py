@@ -57,9 +57,14 @@ def run_command(
     options = load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
                            trust_remote_code)
     console = Console(stderr=True)
-    with console.status("starting") as status:
-        measured = run(model, names, workload, results, options=options, adapter=adapter,
-                       force=force, progress=lambda message: status.update(message))
+    try:
+        with console.status("starting") as status:
+            measured = run(model, names, workload, results, options=options, adapter=adapter,
+                           force=force, progress=lambda message: status.update(message))
+    except KeyboardInterrupt:
+        kept = len(results.read_text().splitlines()) if results.exists() else 0
+        console.print(f"interrupted: the {kept} result(s) already in {results} are kept; rerun to resume")
+        raise typer.Exit(130) from None
     out = Console()
     for renderable in rich_renderables(measured):
         out.print(renderable)
