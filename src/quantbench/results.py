@@ -55,7 +55,7 @@ class Workload:
         """GPU defaults are the issue's full sweep; the CPU gets a lighter one that ends in minutes."""
         if device.startswith("cuda"):
             return cls(**overrides)
-        light = {"prompt_lengths": (128, 512), "batch_sizes": (1, 4), "new_tokens": 32}
+        light = {"prompt_lengths": (128, 512), "batch_sizes": (1, 4), "new_tokens": 32, "ppl_max_tokens": 2048}
         return cls(**{**light, **overrides})
 
 

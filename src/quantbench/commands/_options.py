@@ -5,8 +5,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import typer
+
 from quantbench.errors import QuantbenchError
-from quantbench.precisions import DEFAULT_SKIP_MODULES, LoadOptions
+from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, LoadOptions
+
+# The loading options every model-loading command takes, declared once.
+COMPUTE_DTYPE = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for the device)")
+SKIP_MODULES = typer.Option(None, help="modules left unquantized, comma-separated; 'none' quantizes all")
+INT8_THRESHOLD = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier threshold")
+DEVICE_MAP = typer.Option(None, help="accelerate device map, e.g. auto")
+MAX_MEMORY = typer.Option(None, help="per-device cap, e.g. 0=20GiB,1=20GiB,cpu=30GiB")
+TRUST_REMOTE_CODE = typer.Option(False, help="run code shipped with the model")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*$", re.IGNORECASE)
 

@@ -6,25 +6,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from quantbench.commands._options import load_options
-from quantbench.precisions import DEFAULT_INT8_THRESHOLD
+from quantbench.commands import _options as opt
 
 
 def inspect_command(
     model: str = typer.Argument("smollm2-135m", help="HF id, local folder or offline alias"),
     precision: str = typer.Option("nf4", "--precision", "-p"),
-    compute_dtype: str = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for device)"),
-    skip_modules: str = typer.Option(None, help="modules left unquantized, comma-separated; 'none' quantizes all"),
-    int8_threshold: float = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier threshold"),
-    device_map: str = typer.Option(None, help="accelerate device map, e.g. auto"),
-    max_memory: str = typer.Option(None, help="per-device cap, e.g. 0=20GiB,1=20GiB,cpu=30GiB"),
-    trust_remote_code: bool = typer.Option(False, help="run code shipped with the model"),
+    compute_dtype: str = opt.COMPUTE_DTYPE,
+    skip_modules: str = opt.SKIP_MODULES,
+    int8_threshold: float = opt.INT8_THRESHOLD,
+    device_map: str = opt.DEVICE_MAP,
+    max_memory: str = opt.MAX_MEMORY,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
     as_json: bool = typer.Option(False, "--json", help="print the inspection as JSON"),
 ) -> None:
     """Load MODEL in a precision and show what was quantized and what it weighs."""
     from quantbench.loading import load
 
-    options = load_options(
+    options = opt.load_options(
         compute_dtype, skip_modules, int8_threshold, device_map, max_memory, trust_remote_code
     )
     loaded = load(model, precision, options)

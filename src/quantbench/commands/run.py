@@ -5,8 +5,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from quantbench.commands._options import load_options, parse_ints
-from quantbench.precisions import DEFAULT_INT8_THRESHOLD, parse_precisions
+from quantbench.commands import _options as opt
+from quantbench.precisions import parse_precisions
 from quantbench.results import Workload
 
 
@@ -23,18 +23,18 @@ def run_command(
     engine: str = typer.Option("eager", help="eager (model.generate) | fast (static cache, graphs)"),
     ppl_context: int = typer.Option(1024, help="perplexity window (tokens)"),
     ppl_stride: int = typer.Option(512, help="perplexity stride (tokens)"),
-    max_ppl_tokens: int = typer.Option(None, help="score only the first N tokens of the text"),
+    max_ppl_tokens: int = typer.Option(None, help="score only the first N tokens [GPU: all; CPU: 2048]"),
     text_file: Path = typer.Option(None, help="text for perplexity (default: our held-out passage)"),
     dataset: str = typer.Option(None, help="HF dataset name:config:split (online only)"),
     latency: bool = typer.Option(True, "--latency/--no-latency"),
     quality: bool = typer.Option(True, "--quality/--no-quality"),
     adapter: str = typer.Option(None, help="LoRA adapter folder to load onto every precision"),
-    compute_dtype: str = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for device)"),
-    skip_modules: str = typer.Option(None, help="modules left unquantized; 'none' quantizes all"),
-    int8_threshold: float = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier threshold"),
-    device_map: str = typer.Option(None, help="accelerate device map, e.g. auto"),
-    max_memory: str = typer.Option(None, help="per-device cap, e.g. 0=20GiB,1=20GiB,cpu=30GiB"),
-    trust_remote_code: bool = typer.Option(False, help="run code shipped with the model"),
+    compute_dtype: str = opt.COMPUTE_DTYPE,
+    skip_modules: str = opt.SKIP_MODULES,
+    int8_threshold: float = opt.INT8_THRESHOLD,
+    device_map: str = opt.DEVICE_MAP,
+    max_memory: str = opt.MAX_MEMORY,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
 ) -> None:
     """Measure memory, latency and quality of MODEL in each precision, one process each."""
     from quantbench.loading import default_device
@@ -43,18 +43,19 @@ def run_command(
 
     names = [p.name for p in parse_precisions(precisions)]
     chosen = {
-        "prompt_lengths": parse_ints(prompt_lengths, "--prompt-lengths") if prompt_lengths else None,
-        "batch_sizes": parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
+        "prompt_lengths": opt.parse_ints(prompt_lengths, "--prompt-lengths") if prompt_lengths else None,
+        "batch_sizes": opt.parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
         "new_tokens": new_tokens,
+        "ppl_max_tokens": max_ppl_tokens,
     }
     workload = Workload.for_device(
         default_device(), **{k: v for k, v in chosen.items() if v is not None},
         repeats=repeats, warmup=warmup, engine=engine,
-        ppl_context=ppl_context, ppl_stride=ppl_stride, ppl_max_tokens=max_ppl_tokens,
+        ppl_context=ppl_context, ppl_stride=ppl_stride,
         text_file=str(text_file) if text_file else None, dataset=dataset,
         latency=latency, quality=quality,
     )
-    options = load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
+    options = opt.load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
                            trust_remote_code)
     console = Console(stderr=True)
     try:
