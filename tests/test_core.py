@@ -149,3 +149,19 @@ def _import_raising(module: str):
 def test_gpu_only_precision_on_cpu(cli):
     code, _, err = cli("inspect", "smollm2-135m", "--precision", "int8-offload")
     assert code == 2 and "needs a CUDA GPU" in err
+
+
+def test_max_memory_parsing_for_multi_gpu_placement():
+    from quantbench.commands._options import parse_max_memory
+    from quantbench.errors import QuantbenchError
+
+    assert parse_max_memory("0=20GiB,1=20GiB,cpu=30GiB") == {0: "20GiB", 1: "20GiB", "cpu": "30GiB"}
+    assert parse_max_memory(None) is None
+    for bad in ("0=20", "gpu0=20GiB", "0:20GiB", "=20GiB"):
+        with pytest.raises(QuantbenchError, match="bad --max-memory entry"):
+            parse_max_memory(bad)
+
+
+def test_bad_max_memory_is_one_line(cli):
+    code, _, err = cli("inspect", "smollm2-135m", "--max-memory", "0=lots")
+    assert code == 2 and "bad --max-memory entry '0=lots'" in err
