@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -66,7 +67,7 @@ def run_command(
         kept = len(results.read_text().splitlines()) if results.exists() else 0
         console.print(f"interrupted: the {kept} result(s) already in {results} are kept; rerun to resume")
         raise typer.Exit(130) from None
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 200)  # a file or pipe gets the full row
     for renderable in rich_renderables(measured):
         out.print(renderable)
     console.print(f"results: {results} (quantbench report {results} --html report.html)")
