@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ def _importable(module: str) -> bool:
 
 def from_pretrained_kwargs(
     precision: Precision, options: LoadOptions, device: str
-) -> tuple[dict[str, Any], torch.dtype]:
+) -> tuple[dict[str, Any], torch.dtype, Callable[[Any], Any] | None]:
+    """from_pretrained's keyword arguments, the compute dtype, and any quantizer to run after loading."""
     compute_dtype = resolve_compute_dtype(options, device)
     device_map = options.device_map or ("auto" if precision.name == "int8-offload" else device)
     kwargs: dict[str, Any] = {
@@ -77,12 +79,14 @@ def from_pretrained_kwargs(
         "trust_remote_code": options.trust_remote_code,
         "use_safetensors": True,
     }
-    config = precision.quantization_config(options, compute_dtype)
-    if config is not None and not callable(config):  # a callable quantizes after loading (HQQ)
-        kwargs["quantization_config"] = config
     if options.max_memory:
         kwargs["max_memory"] = options.max_memory
-    return kwargs, compute_dtype
+    config = precision.quantization_config(options, compute_dtype)
+    if callable(config):  # quantizes the loaded model itself (HQQ)
+        return kwargs, compute_dtype, config
+    if config is not None:
+        kwargs["quantization_config"] = config
+    return kwargs, compute_dtype, None
 
 
 def load(
@@ -103,7 +107,7 @@ def load(
     check_backend(precision, device)
     ref = resolve(model) if isinstance(model, str) else model
     options = _keep_tied_head(ref, options)
-    kwargs, compute_dtype = from_pretrained_kwargs(precision, options, device)
+    kwargs, compute_dtype, quantize_after_load = from_pretrained_kwargs(precision, options, device)
 
     start = time.perf_counter()
     try:
@@ -112,8 +116,8 @@ def load(
         raise
     except (OSError, ValueError) as err:
         raise QuantbenchError(f"cannot load '{ref.name}' as {precision.name}: {_one_line(err)}") from None
-    if callable(quantize := precision.quantization_config(options, compute_dtype)):
-        quantize(hf_model)
+    if quantize_after_load is not None:
+        quantize_after_load(hf_model)
     if adapter:
         from peft import PeftModel
 
