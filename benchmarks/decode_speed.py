@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,42 +31,20 @@ FLAGS = {
 }
 
 
-def copy_bandwidth(size_bytes: int = 1 << 30, repeats: int = 20) -> float:
-    """Device-to-device copy, bytes read + written per second (median of event-timed copies)."""
-    import torch
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second: the same probe Results use."""
+    from quantbench.measure.memory import copy_bandwidth_bytes_per_s
 
-    src = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * size_bytes / statistics.median(times)
-
-
-def timed(fn, repeats: int) -> float:  # noqa: ANN001
-    """Median wall seconds of `fn()`; the engines synchronize before returning."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return copy_bandwidth_bytes_per_s("cuda")
 
 
 def decode_ms(engine, ids, tokens: int, repeats: int) -> tuple[float, float]:  # noqa: ANN001
-    """(decode ms/token, generate(1) ms) as the lead's latency module measures them."""
-    one = timed(lambda: engine.generate(ids, 1), repeats)
-    many = timed(lambda: engine.generate(ids, tokens), repeats)
-    return 1e3 * (many - one) / (tokens - 1), 1e3 * one
+    """(decode ms/token, generate(1) ms), by the latency module itself (callers warm up first)."""
+    from quantbench.measure.latency import measure_decode
+
+    device = "cuda" if engine.device.type == "cuda" else "cpu"
+    measured = measure_decode(engine, ids, tokens, device, repeats, warmup=0)
+    return measured["decode_ms_per_token"], measured["ttft_ms"]
 
 
 def profile_steps(engine, ids, steps: int = 16) -> dict:  # noqa: ANN001

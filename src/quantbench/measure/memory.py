@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import psutil
 import torch
 
@@ -58,21 +59,25 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.machine()}, {psutil.cpu_count(logical=True)} threads)"
 
 
-def copy_bandwidth_bytes_per_s(device: str, size_bytes: int = 1 << 30, repeats: int = 10) -> float | None:
-    """Measured device-to-device copy rate, counting bytes read plus bytes written."""
+def copy_bandwidth_bytes_per_s(device: str, size_bytes: int = 1 << 30, repeats: int = 20) -> float | None:
+    """Measured device-to-device copy rate, counting bytes read plus bytes written.
+
+    The median of event-timed copies, so one slow copy (a clock ramp, a neighbour) does not count.
+    """
     if not device.startswith("cuda"):
         return None
-    src = torch.empty(size_bytes // 2, dtype=torch.float16, device=device).normal_()
+    src = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    seconds = []
     for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000 / repeats
+        end.record()
+        end.synchronize()
+        seconds.append(start.elapsed_time(end) / 1000)
     del src, dst
     torch.cuda.empty_cache()
-    return 2 * size_bytes / seconds
+    return 2 * size_bytes / float(np.median(seconds))
