@@ -32,25 +32,23 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     import quantbench
+    from quantbench.measure.memory import MemoryProbe
 
-    on_cuda = args.device.startswith("cuda")
+    probe = MemoryProbe(args.device)
     loaded = quantbench.load(args.model, args.precision, device=args.device)
     out = {"footprint_bytes": loaded.inspection.footprint_bytes,
-           "allocated_bytes": torch.cuda.memory_allocated() if on_cuda else None,
+           "allocated_bytes": probe.allocated_bytes() if probe.on_cuda else None,
            "peak_generate_bytes": None, "context_bytes": None}
     prompt = max(1, args.seq_len - args.new_tokens)
     vocab = loaded.model.config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, prompt), device=args.device)
-    if on_cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    probe.reset_peak()
     with torch.no_grad():
         loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                               max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                               pad_token_id=0)
-    if on_cuda:
-        torch.cuda.synchronize()
-        out["peak_generate_bytes"] = torch.cuda.max_memory_allocated()
+    if probe.on_cuda:
+        out["peak_generate_bytes"] = probe.peak_bytes()
         free, total = torch.cuda.mem_get_info()
         out["context_bytes"] = total - free - torch.cuda.memory_reserved()
     return out
