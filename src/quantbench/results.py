@@ -6,8 +6,10 @@ Metric names carry their unit. Those the runner writes (None where not measured)
   weights_footprint_bytes, allocated_after_load_bytes, peak_load_bytes,
   peak_generate_bytes_b{B}, rss_growth_load_bytes (CPU), load_seconds,
   prefill_ms_p{L} (+ _p10/_p90), ttft_ms, decode_ms_per_token (+ _p10/_p90),
-  tokens_per_s_b{B}, perplexity, ppl_ratio, kl_mean, kl_p99, top1_agreement,
-  scored_tokens, bandwidth_limit_ms_per_token.
+  tokens_per_s_b{B}, perplexity, ppl_ratio, ln_ppl_ratio, kl_mean, kl_p99, kl_median,
+  top1_agreement (each quality figure with its standard error as <name>_se; kl_mean_mc_se is
+  the Monte-Carlo part of kl_mean_se), scored_tokens, bandwidth_limit_ms_per_token;
+  under --ppl-protocol lm-eval also loglikelihood, word_perplexity, byte_perplexity, bits_per_byte.
 Finetune / optimizer results (spec.kind "finetune" / "optimizer"): train_loss_first,
   train_loss_last, train_steps, train_seconds, train_step_ms (+ _p10/_p90), optimizer_step_ms,
   tokens_per_s, tokens_per_s_per_process, peak_train_bytes (CUDA) or rss_growth_train_bytes
@@ -44,6 +46,9 @@ class Workload:
     ppl_context: int = 1024
     ppl_stride: int = 512
     ppl_max_tokens: int | None = None
+    ppl_batch_size: int = 8  # windows per forward, fewer when their logits would not fit
+    ppl_protocol: str = "sliding"  # sliding | lm-eval
+    kl: str = "sampled"  # sampled[:K:M] | exact: how the reference's log-probs are kept
     text_file: str | None = None
     dataset: str | None = None
     engine: str = "eager"
@@ -55,7 +60,8 @@ class Workload:
         """GPU defaults are the issue's full sweep; the CPU gets a lighter one that ends in minutes."""
         if device.startswith("cuda"):
             return cls(**overrides)
-        light = {"prompt_lengths": (128, 512), "batch_sizes": (1, 4), "new_tokens": 32, "ppl_max_tokens": 2048}
+        light = {"prompt_lengths": (128, 512), "batch_sizes": (1, 4), "new_tokens": 32, "ppl_max_tokens": 2048,
+                 "ppl_batch_size": 1}
         return cls(**{**light, **overrides})
 
 

@@ -59,7 +59,7 @@ def reference_file(spec: RunSpec, results_path: Path) -> Path:
     work = spec.workload
     keyed = [spec.model, spec.options.get("trust_remote_code"), work.get("text_file"),
              work.get("dataset"), work.get("ppl_context"), work.get("ppl_stride"),
-             work.get("ppl_max_tokens")]
+             work.get("ppl_max_tokens"), work.get("kl", "sampled"), work.get("ppl_protocol", "sliding")]
     digest = hashlib.sha1(json.dumps(keyed, default=str).encode()).hexdigest()[:12]
     return results_path.with_name(results_path.name + ".ref") / f"reference-{digest}.npy"
 

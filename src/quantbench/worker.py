@@ -56,20 +56,9 @@ def _load_metrics(loaded: Loaded, probe: MemoryProbe, rss_before: int) -> dict[s
 
 
 def _quality(loaded: Loaded, work: Workload, job: dict[str, Any]) -> dict[str, Any]:
-    text = quality.load_text(work.text_file, work.dataset)
-    ids = torch.tensor(loaded.tokenizer(text)["input_ids"])
-    if work.ppl_max_tokens:
-        ids = ids[: work.ppl_max_tokens]
-    max_positions = getattr(loaded.model.config, "max_position_embeddings", work.ppl_context)
-    context = min(work.ppl_context, max_positions)
-    stride = min(work.ppl_stride, context)
     reference = Path(job["reference"]) if job.get("reference") else None
     save = Path(job["save_reference"]) if job.get("save_reference") else None
-    scores = quality.score(loaded.model, ids, context, stride, reference=reference, save_reference=save)
-    ref_ppl = quality.reference_perplexity(reference, ids, context, stride) if reference else None
-    if save is not None:
-        ref_ppl = scores.perplexity
-    return quality.quality_metrics(scores, ref_ppl)
+    return quality.measure(loaded.model, loaded.tokenizer, work, reference=reference, save_reference=save)
 
 
 def _latency(loaded: Loaded, work: Workload, probe: MemoryProbe, notes: dict[str, Any]) -> dict[str, Any]:
