@@ -7,6 +7,7 @@ Every losing precision gets its reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ QUALITY_TIERS: tuple[tuple[str, ...], ...] = (
     ("nf4-dq", "nf4"),
     ("fp4",),
 )
+# Two measured ratios closer than this many standard errors of their difference are a tie.
+TIE_STANDARD_ERRORS = 2.0
 PEAK_METRICS = ("peak_generate_bytes_b1", "peak_load_bytes", "weights_footprint_bytes")
 
 
@@ -38,6 +41,7 @@ class Candidate:
     memory_metric: str  # where need_bytes came from
     ppl_ratio: float | None = None
     fits: bool = False
+    ppl_ratio_se: float | None = None
     verdict: str = ""
 
 
@@ -96,8 +100,9 @@ def measured_candidates(results: list[Any], model: str, context_bytes: int,
         if peak is None or result.spec.precision in out:
             continue
         ratio = None if result.random_weights else result.metrics.get("ppl_ratio")
+        error = None if result.random_weights else result.metrics.get("ppl_ratio_se")
         out[result.spec.precision] = Candidate(result.spec.precision, peak[1] + context_bytes,
-                                               peak[0], ratio)
+                                               peak[0], ratio, ppl_ratio_se=error)
     if any(r.random_weights for r in mine):
         notes.append("these Results are for random weights: their perplexity is ignored")
     return list(out.values())
@@ -115,6 +120,12 @@ def _rank(candidates: list[Candidate], use_ppl: bool) -> list[Candidate]:
         return (quality, c.need_bytes or 0)
 
     return sorted(candidates, key=key)
+
+
+def _tied(a: Candidate, b: Candidate) -> bool:
+    """Measured ratios whose difference lies inside its error (their standard errors combined)."""
+    error = math.hypot(a.ppl_ratio_se or 0.0, b.ppl_ratio_se or 0.0)
+    return abs(a.ppl_ratio - b.ppl_ratio) <= TIE_STANDARD_ERRORS * error
 
 
 def choose(candidates: list[Candidate], budget: int, tolerance: float,
@@ -138,12 +149,19 @@ def choose(candidates: list[Candidate], budget: int, tolerance: float,
     ranked = _rank(eligible, use_ppl)
     if not ranked:
         return None
+    tied = [c for c in ranked if _tied(c, ranked[0])] if use_ppl else []
+    if tied:  # within the error of the best ratio it is a tie, and the smaller one wins
+        ranked.remove(winner := min(tied, key=lambda c: c.need_bytes or 0))
+        ranked.insert(0, winner)
     winner = ranked[0]
     winner.verdict = "chosen: fits" + (f", ppl +{(winner.ppl_ratio - 1) * 100:.1f}%"
                                        if use_ppl else ", best expected quality that fits")
     for c in ranked[1:]:
-        same = (c.ppl_ratio == winner.ppl_ratio) if use_ppl else _tier(c.precision) == _tier(
-            winner.precision)
+        if use_ppl and c in tied and c.ppl_ratio != winner.ppl_ratio:
+            c.verdict = ("fits, quality tied with the winner (the difference is inside its error) "
+                         "but needs more memory")
+            continue
+        same = c in tied if use_ppl else _tier(c.precision) == _tier(winner.precision)
         c.verdict = ("fits, same quality as the winner but needs more memory" if same
                      else "fits but worse quality than the winner")
     return winner.precision

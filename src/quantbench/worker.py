@@ -20,6 +20,7 @@ import torch
 
 from quantbench.errors import QuantbenchError
 from quantbench.loading import Loaded, default_device, load
+from quantbench.logfilter import log_repeats_once
 from quantbench.measure import latency, quality
 from quantbench.measure.memory import MemoryProbe, copy_bandwidth_bytes_per_s, device_name
 from quantbench.precisions import LoadOptions
@@ -134,6 +135,7 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    log_repeats_once()
     job = json.loads(sys.stdin.read())
     _emit({"result": execute(job).to_dict()})
 

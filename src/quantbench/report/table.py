@@ -136,7 +136,11 @@ def _quality(key: str, spec: str) -> Cell:
         if result.random_weights:
             return "n/a"  # never quote quality for random weights, even if a number was written
         value = metric(result, key)
-        return MISSING if value is None else format(value, spec)
+        if value is None:
+            return MISSING
+        error = metric(result, f"{key}_se")
+        # the standard error, llama-perplexity style: a difference inside it is no difference
+        return format(value, spec) + (f" ± {error:.2g}" if error is not None and error == error else "")
 
     return cell
 
@@ -212,6 +216,8 @@ def summary(results: Iterable[Result]) -> Table:
         table.notes.append(RANDOM_NOTE)
     if any(h.startswith(("peak b", "tok/s b", "prefill p")) for h in table.headers):
         table.notes.append("b = batch size, p = prompt tokens; [p10-p90] spread over repeats")
+    if any(" ± " in cell for row in table.rows for cell in row.cells):
+        table.notes.append("± one standard error over scored tokens (ppl ratio paired per token)")
     return table
 
 
