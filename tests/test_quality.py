@@ -194,3 +194,45 @@ def test_bitsandbytes_repeated_warning_is_logged_once(loaded_model, caplog):
             model(torch.tensor([[1, 2, 3, 4]]))
     lines = [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
     assert len(lines) == 1
+
+
+def _result(precision, peak, ratio, error):
+    from quantbench.results import Result, RunSpec
+
+    metrics = {"peak_generate_bytes_b1": peak, "perplexity": 30 * ratio, "perplexity_se": 0.4,
+               "ppl_ratio": ratio, "ppl_ratio_se": error, "kl_mean": 0.02, "kl_mean_se": 0.001,
+               "top1_agreement": 0.9, "top1_agreement_se": 0.01}
+    return Result(spec=RunSpec(model="m", precision=precision), metrics=metrics, device="test")
+
+
+def test_every_quality_figure_shows_its_error_in_table_markdown_and_html():
+    from quantbench.report.export import to_markdown
+    from quantbench.report.html import render_html
+    from quantbench.report.table import summary
+
+    table = summary([_result("fp16", 10, 1.0, 0.0), _result("nf4", 5, 1.031, 0.004)])
+    row = dict(zip(table.headers, table.rows[1].cells, strict=True))
+    assert row["ppl"] == "30.93 ± 0.4" and row["ppl ratio"] == "1.031 ± 0.004"
+    assert row["KL mean"] == "0.02 ± 0.001" and row["top-1"] == "0.900 ± 0.01"
+    results = [_result("fp16", 10, 1.0, 0.0), _result("nf4", 5, 1.031, 0.004)]
+    assert "1.031 ± 0.004" in to_markdown(results) and "1.031 ± 0.004" in render_html(results)
+
+
+def test_recommend_calls_a_difference_inside_the_error_a_tie(tmp_path):
+    from quantbench.recommend import recommend
+    from quantbench.results import append_result
+
+    path = tmp_path / "r.jsonl"
+    gib = 2**30
+    append_result(path, _result("int8", 7 * gib, 1.010, 0.006))
+    append_result(path, _result("nf4", 4 * gib, 1.018, 0.006))  # 0.8 % worse, inside 2 errors: a tie
+    append_result(path, _result("fp4", 3 * gib, 1.045, 0.006))  # outside: worse
+    rec = recommend("m", "8GiB", "5%", results=str(path))
+    verdicts = {c.precision: c.verdict for c in rec.candidates}
+    assert rec.winner == "nf4"
+    assert "tied with the winner" in verdicts["int8"]
+    assert verdicts["fp4"] == "fits but worse quality than the winner"
+    tight = tmp_path / "tight.jsonl"  # the same ratios measured ten times more precisely
+    for precision, peak, ratio in (("int8", 7, 1.010), ("nf4", 4, 1.018)):
+        append_result(tight, _result(precision, peak * gib, ratio, 0.0006))
+    assert recommend("m", "8GiB", "5%", results=str(tight)).winner == "int8"
