@@ -126,7 +126,8 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     report = {
-        "command": f"PYTHONPATH=src python benchmarks/quality_scale.py --out {args.out} --tokens {args.tokens} "
+        "command": f"PYTHONPATH=src python benchmarks/quality_scale.py --out {args.out} --model {args.model} "
+                   f"--tokens {args.tokens} "
                    f"--legacy-tokens {args.legacy_tokens} --batch-size {args.batch_size} --kl {args.kl}",
         "model": args.model, "context": CONTEXT, "stride": STRIDE, "kl": args.kl, "batch_size": args.batch_size,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
