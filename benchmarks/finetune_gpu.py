@@ -15,9 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
-from quantbench.finetune import LOSS_PLOT, FinetuneConfig, finetune
-from quantbench.optimizers import ComparisonConfig, compare_optimizers
 from quantbench.results import Result, append_result
+from quantbench.training import LOSS_PLOT, ComparisonConfig, FinetuneConfig, compare_optimizers, finetune
 
 
 def parse_args() -> argparse.Namespace:
