@@ -1,4 +1,4 @@
-"""Issue 3: the precision table really builds what it says, on the real SmolLM2 on CPU."""
+"""The precision table really builds what it says, on the real SmolLM2 on CPU."""
 
 from __future__ import annotations
 

@@ -8,29 +8,19 @@ quality. Adding a precision is one row here, plus at most one scheme class.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from quantbench.errors import QuantbenchError
+
+# LoadOptions and its defaults are importable from here, beside the table they apply to
+from quantbench.options import DEFAULT_INT8_THRESHOLD as DEFAULT_INT8_THRESHOLD
+from quantbench.options import DEFAULT_SKIP_MODULES as DEFAULT_SKIP_MODULES
+from quantbench.options import LoadOptions as LoadOptions
 from quantbench.schemes import DTYPES, Bnb4bit, Bnb8bit, Float, Hqq, Quanto, Scheme, TorchAo
 
-DEFAULT_INT8_THRESHOLD = 6.0
-DEFAULT_SKIP_MODULES = ("lm_head",)
 # the shape bits per weight are quoted for: large enough that per-linear constants vanish
 BITS_REFERENCE_SHAPE = (4096, 4096)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """What the user may set on top of a precision."""
-
-    compute_dtype: str | None = None  # None: best for the device (see resolve_compute_dtype)
-    skip_modules: tuple[str, ...] = DEFAULT_SKIP_MODULES
-    int8_threshold: float = DEFAULT_INT8_THRESHOLD
-    device_map: str | dict[str, Any] | None = None
-    max_memory: dict[Any, str] | None = None
-    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)

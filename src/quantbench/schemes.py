@@ -15,14 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from quantbench.errors import QuantbenchError
-
-if TYPE_CHECKING:
-    from quantbench.precisions import LoadOptions
+from quantbench.options import LoadOptions
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
