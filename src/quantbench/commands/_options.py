@@ -64,3 +64,14 @@ def load_options(compute_dtype: str | None, skip_modules: str | None, int8_thres
         max_memory=parse_max_memory(max_memory),
         trust_remote_code=trust_remote_code,
     )
+
+
+KERNELS = typer.Option(
+    "quantbench", help="fast engine's decode GEMVs on CUDA: quantbench (own Triton kernels) | bnb (the layers' own)"
+)
+
+
+def kernels_choice(name: str) -> str:
+    from quantbench.kernels import check_choice
+
+    return check_choice(name)

@@ -12,11 +12,18 @@ feeds it to itself, so the host never waits inside the loop.
 Where capture is impossible the engine says why (`describe()`) and runs the same step on the
 same static cache without a graph, so tokens never silently change:
   - CPU: no CUDA graphs; a plain Python loop over the step.
-  - LLM.int8 with an outlier threshold > 0: bitsandbytes finds the outlier columns of every
-    activation with data-dependent shapes and a host sync in each of the model's linears;
-    a CUDA graph cannot hold that (threshold 0 has no outlier split and is captured).
+  - LLM.int8 with an outlier threshold > 0 on bitsandbytes' kernels (`kernels="bnb"`, or batches
+    over the GEMVs' row limit): bitsandbytes finds the outlier columns of every activation with
+    data-dependent shapes and a host sync in each of the model's linears; a CUDA graph cannot
+    hold that. quantbench's int8 GEMV keeps the outliers as a dense mask inside the kernel (static
+    shapes, no sync), so with it the step is captured.
   - modules offloaded to the CPU or disk.
 Prefill runs eagerly (any prompt length, outside the graph).
+
+Kernels (`kernels=`, on CUDA): "quantbench" (default) routes the decode step's linears through
+quantbench.kernels' GEMVs (NF4/FP4, LLM.int8 and fp16/bf16, q/k/v and gate/up merged into one
+launch each) while the step runs; prefill keeps the layers' own forwards. "bnb" leaves every layer
+on its own forward (bitsandbytes' kernels, cuBLAS). `describe()` names the kernel of each layer.
 
 Numbers: the uncompiled step gives exactly eager's tokens (CPU test; GPU check in
 benchmarks/NOTES-decode.md). The compiled step fuses and reorders reductions, so its logits
@@ -34,6 +41,7 @@ from typing import Any
 import torch
 
 from quantbench.engine import Engine, suppressed_tokens, synchronize
+from quantbench.kernels import check_choice
 
 WARMUP_STEPS = 3  # compile, autotune and allocate outside the capture, as CUDA graphs require
 
@@ -53,10 +61,14 @@ class _Slot:
     prefilled: bool = False
 
 
-def capture_blocker(model: Any) -> str | None:
-    """Why a decode step of `model` cannot be captured as a CUDA graph, or None."""
+def capture_blocker(model: Any, plan: Any = None, max_batch_size: int = 1) -> str | None:
+    """Why a decode step of `model` cannot be captured as a CUDA graph, or None. `plan`: the
+    installed quantbench kernels, which serve LLM.int8 with outliers up to their row limit."""
+    from quantbench.kernels.layers import MAX_ROWS
+
     for module in model.modules():
-        if type(module).__name__ == "Linear8bitLt" and getattr(module.state, "threshold", 0) > 0:
+        served = plan is not None and plan.handles(module) and max_batch_size <= MAX_ROWS
+        if type(module).__name__ == "Linear8bitLt" and getattr(module.state, "threshold", 0) > 0 and not served:
             return (
                 "LLM.int8 outlier threshold > 0: outlier columns are found per activation with "
                 "data-dependent shapes and a host sync in every linear, which a CUDA graph cannot "
@@ -66,6 +78,17 @@ def capture_blocker(model: Any) -> str | None:
     if any(str(where) in ("cpu", "disk") for where in placement.values()):
         return "modules are offloaded to the CPU or disk; the step runs uncaptured"
     return None
+
+
+def kernel_plan(model: Any) -> Any:
+    """quantbench's kernels on `model`, installed once per model (engines on it share them)."""
+    plan = getattr(model, "_quantbench_kernels", None)
+    if plan is None:
+        from quantbench.kernels import install
+
+        plan = install(model)
+        model._quantbench_kernels = plan
+    return plan
 
 
 def pick_next(logits: torch.Tensor, suppress: torch.Tensor | None) -> torch.Tensor:
@@ -89,10 +112,13 @@ class FastEngine(Engine):
         capture: bool | None = None,
         compile_mode: str | None = None,
         exact_casts: bool = True,
+        kernels: str | None = None,
     ) -> None:
         super().__init__(model, max_batch_size, max_seq_len)
         on_gpu = self.device.type == "cuda"
-        self.blocker = capture_blocker(model) if on_gpu else "CPU: no CUDA graphs"
+        self.kernels = check_choice(kernels or "quantbench") if on_gpu else "bnb"
+        self.plan = kernel_plan(model) if self.kernels == "quantbench" else None
+        self.blocker = capture_blocker(model, self.plan, max_batch_size) if on_gpu else "CPU: no CUDA graphs"
         if compile is False or capture is False:
             # Uncompiled, transformers' mask code reads a tensor on the host: not capturable.
             self.blocker = self.blocker or "compile=False or capture=False was asked"
@@ -118,6 +144,7 @@ class FastEngine(Engine):
             "compile_mode": (self.compile_mode or "default") if self.compile else None,
             "exact_casts": self.exact_casts if self.compile else None,
             "not_captured_because": None if self.capture else self.blocker,
+            "kernels": self.plan.describe() if self.plan else {"kernels": "bnb", "layers": "own forwards"},
         }
 
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -211,7 +238,13 @@ class FastEngine(Engine):
     def _decode_step(self, slot: _Slot) -> None:
         """One token, in place on the slot's buffers: this is what the graph holds."""
         slot.mask.index_fill_(1, slot.position, 1)
-        token = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
+        if self.plan is not None:
+            self.plan.enabled = True
+        try:
+            token = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
+        finally:
+            if self.plan is not None:
+                self.plan.enabled = False
         slot.tokens.copy_(token[:, None])
         slot.out.index_copy_(1, slot.step, token[:, None])
         slot.position.add_(1)

@@ -1,0 +1,34 @@
+"""Decode kernels of quantbench's own: Triton GEMVs that read bitsandbytes' (and torch's) weight
+storage exactly as it is, so a model's checkpoint and numerics stay its library's.
+
+    plan = install(model)      # layers get kernel forwards, disabled
+    plan.enabled = True        # the fast engine turns them on around its decode step
+    plan.describe()            # which kernel serves which layer
+
+KERNELS names the choices the fast engine offers: "quantbench" (these) or "bnb" (the layers' own
+forwards: bitsandbytes' kernels, cuBLAS). gemv.py holds the kernels and their numerics, layers.py
+the routing and the merged q/k/v and gate/up launches, storage.py the weight formats.
+"""
+
+from __future__ import annotations
+
+from quantbench.errors import QuantbenchError
+
+KERNELS = ("quantbench", "bnb")
+
+
+def check_choice(name: str) -> str:
+    key = name.strip().lower()
+    if key not in KERNELS:
+        raise QuantbenchError(f"unknown kernels '{name}'; choose from: {', '.join(KERNELS)}")
+    return key
+
+
+def install(model, allow_cpu: bool = False, skip: tuple[str, ...] = ()):  # noqa: ANN001, ANN201
+    """See layers.install (imported lazily: Triton loads only when kernels are used)."""
+    from quantbench.kernels.layers import install as _install
+
+    return _install(model, allow_cpu=allow_cpu, skip=skip)
+
+
+__all__ = ["KERNELS", "check_choice", "install"]

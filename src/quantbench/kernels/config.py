@@ -1,0 +1,42 @@
+"""Launch shapes of the GEMV kernels: one fixed choice per (kernel, N, K), never timed at run time.
+
+A shape picked by timing would change the summation order, and so the low bits of the result,
+from one process to the next; a table keeps every run's numbers identical. The table was set from
+benchmarks/kernels_gemv.py on an H100 (benchmarks/NOTES-decode.md has the sweep).
+"""
+
+from __future__ import annotations
+
+import os
+
+# kind -> (BLOCK_N rows per program, BLOCK_K elements per step, warps)
+DEFAULTS: dict[str, tuple[int, int, int]] = {
+    "dense": (8, 512, 4),
+    "4bit": (8, 1024, 4),
+    "int8": (8, 1024, 4),
+}
+_OVERRIDES: dict[str, tuple[int, int, int]] = {}
+
+
+def interpreted() -> bool:
+    """True under Triton's CPU interpreter (TRITON_INTERPRET=1): no inline PTX there."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def set_config(kind: str, shape: tuple[int, int, int] | None) -> None:
+    """Force a launch shape for one kind (the tuning benchmark uses this); None restores the table."""
+    if shape is None:
+        _OVERRIDES.pop(kind, None)
+    else:
+        _OVERRIDES[kind] = shape
+
+
+def config_for(kind: str, n: int, k: int) -> tuple[int, int, int]:
+    base = "4bit" if kind.startswith("4bit") else kind
+    block_n, block_k, warps = _OVERRIDES.get(base, DEFAULTS[base])
+    if interpreted():  # the CPU interpreter pays per program: few, wide ones (same numerics class)
+        block_n = 128
+    if kind.startswith("4bit"):
+        block_k = max(block_k, int(kind[4:]))  # a step holds whole quantization blocks
+    block_k = min(block_k, max(16, 1 << (k - 1).bit_length()))  # no step wider than the row
+    return block_n, block_k, warps
