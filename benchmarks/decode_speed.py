@@ -161,7 +161,7 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     # bitsandbytes' kernels first: quantbench's install re-points the layers' weights at merged
     # buffers (same bytes), which the other engine then reads through the layers' own forwards.
     for kernels in args.kernels.split(","):
-        fast = FastEngine(model, max_batch, max_seq, kernels=kernels, **engine_options)
+        fast = FastEngine(model, max_batch, max_seq, **kernel_options(kernels), **engine_options)
         start = time.perf_counter()
         fast.warmup(ids, 4)
         warmup_s = time.perf_counter() - start
@@ -198,6 +198,17 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
             result[f"{key}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         save(result)
     return result
+
+
+def kernel_options(spec: str) -> dict:
+    """'bnb', 'quantbench' (its default kernels), 'quantbench+4bit' (its 4-bit GEMV too, each
+    weight rounded as dequantize_4bit does) or 'quantbench+4bit-factored' (absmax per block)."""
+    from quantbench.kernels import ALL_KINDS
+    from quantbench.kernels.config import set_fourbit_factored
+
+    kernels, _, extra = spec.partition("+")
+    set_fourbit_factored(extra == "4bit-factored")  # read at capture: each engine keeps its own
+    return {"kernels": kernels, "kernel_kinds": ALL_KINDS if extra else None}
 
 
 def run_child(args: argparse.Namespace, name: str) -> dict:
@@ -260,6 +271,12 @@ def markdown(report: dict) -> str:
             f"| {r['target_ms_per_token']} | {'pass' if r.get('meets_target') else 'FAIL'} "
             f"| {ours.get('engine', {}).get('mode', '-')} |"
         )
+    extra = [(r["precision"], k, v) for r in report["results"] for k, v in r.get("by_kernels", {}).items()
+             if k not in ("bnb", "quantbench")]
+    if extra:
+        lines += ["", "Other kernel choices (same run):", ""]
+        lines += [f"- {p} {k}: {v['fast_ms_per_token']:.2f} ms/token, same tokens: {v['same_tokens']}"
+                  for p, k, v in extra]
     lines += ["", "Fast engine tokens/s by batch:", ""]
     for r in report["results"]:
         if "curve" in r:

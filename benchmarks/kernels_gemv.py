@@ -9,7 +9,8 @@ every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6):
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
   time   triton.testing.do_bench medians (L2 flushed before each call) of our kernel (the
          table's launch shape, and with --sweep every candidate), bitsandbytes' kernel for that
-         format and cuBLAS on fp16 weights; achieved bandwidth = weight bytes / time.
+         format and cuBLAS on 16-bit weights; achieved bandwidth = weight bytes / time; and our
+         kernel's device time per launch as torch.profiler records it.
 Writes kernels_gemv.json into --out and prints a table.
 """
 
@@ -39,19 +40,34 @@ def bench(fn) -> float:  # noqa: ANN001
     return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3  # us
 
 
+def profiled_us(fn) -> float | None:  # noqa: ANN001
+    """Device time of our kernel per launch as torch.profiler records it (L2 flushed between)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            flush.zero_()
+            fn()
+        torch.cuda.synchronize()
+    ours = [e for e in prof.key_averages() if e.key.startswith(("_dense", "_fourbit", "_int8"))]
+    return sum(e.self_device_time_total for e in ours) / max(1, sum(e.count for e in ours)) if ours else None
+
+
 def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
     import torch
 
     from quantbench.kernels import gemv
-    from quantbench.kernels.config import set_config
+    from quantbench.kernels.config import set_config, set_fourbit_factored
 
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
     row: dict = {"format": fmt, "N": n, "K": k}
-    cublas = w.half() if fmt != "bf16" else w
+    cublas = w.to(dtype)
     if fmt in ("fp16", "bf16"):
         kind, nbytes = "dense", w.numel() * 2
         ours = lambda: gemv.gemv_dense(x, w)  # noqa: E731
@@ -60,7 +76,9 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         row["rel_err"] = float((ours().double() - ref).norm() / ref.norm())
     elif fmt.startswith("nf4"):
         kind = "4bit"
-        packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=fmt == "nf4-dq")
+        set_fourbit_factored(fmt.endswith("factored"))
+        packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4",
+                                           compress_statistics=fmt.startswith("nf4-dq"))
         absmax = state.absmax
         if state.nested:
             absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
@@ -94,9 +112,11 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     with torch.no_grad():
         row["ours_us"] = bench(ours)
         row["bnb_us"] = bench(theirs)
-        row["cublas_fp16_us"] = bench(lambda: torch.nn.functional.linear(x, cublas))
+        row["cublas_us"] = bench(lambda: torch.nn.functional.linear(x, cublas))
+    row["profiler_us"] = profiled_us(ours)
     row["weight_bytes"] = nbytes
     row["ours_tb_s"] = nbytes / row["ours_us"] / 1e6
+    row["profiler_tb_s"] = nbytes / row["profiler_us"] / 1e6 if row["profiler_us"] else None
     row["bnb_tb_s"] = nbytes / row["bnb_us"] / 1e6
     if sweep:
         times = {}
@@ -118,8 +138,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="kernels-out")
     p.add_argument("--models", default="tinyllama,llama7b")
-    p.add_argument("--formats", default="fp16,bf16,nf4,nf4-dq,int8-t0,int8-t0-bf16,int8-t6")
-    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--formats", default="fp16,bf16,nf4,nf4-factored,nf4-dq,int8-t0,int8-t0-bf16,int8-t6")
+    p.add_argument("--sweep", action="store_true", help="also time every candidate launch shape")
     args = p.parse_args()
     import torch
 
@@ -140,12 +160,14 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "sweep_us"}), flush=True)
     bw = report["copy_bandwidth_bytes_per_s"] / 1e12
     print(f"\ncopy bandwidth {bw:.2f} TB/s; us (TB/s)")
-    print(f"{'model':10} {'fmt':8} {'shape':8} {'ours':>14} {'bnb':>14} {'cublas16':>9} {'best sweep':>22} check")
+    print(f"{'model':10} {'fmt':8} {'shape':8} {'ours':>14} {'profiler':>14} {'bnb':>14} {'cublas':>7} "
+          f"{'best sweep':>22} check")
     for r in report["rows"]:
         check = r.get("bit_exact", f"{r['rel_err']:.1e}")
         best = f"{r.get('best')} {r.get('best_us') or 0:.1f}" if "best" in r else ""
+        prof = f"{r['profiler_us']:7.1f} ({r['profiler_tb_s']:.2f})" if r["profiler_us"] else "-"
         print(f"{r['model']:10} {r['format']:8} {r['shape']:8} {r['ours_us']:7.1f} ({r['ours_tb_s']:.2f}) "
-              f"{r['bnb_us']:7.1f} ({r['bnb_tb_s']:.2f}) {r['cublas_fp16_us']:9.1f} {best:>22} {check}")
+              f"{prof:>14} {r['bnb_us']:7.1f} ({r['bnb_tb_s']:.2f}) {r['cublas_us']:7.1f} {best:>22} {check}")
 
 
 if __name__ == "__main__":

@@ -6,18 +6,20 @@
 # Output lands in $OUT (JSON + Markdown); each step has its own time limit so the others still run.
 set -u
 stage=$1
-decode() {  # model precisions name limit_s
-  timeout "$4" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --name "$3" --out "$OUT" \
-    --batches 1 --eager-tokens 32 --new-tokens 128 --repeats 3 --timeout-s 240 2>&1 | tail -n 40
+decode() {  # model precisions kernels name limit_s
+  timeout "$(( $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
+    --name "$4" --out "$OUT" --batches 1 --eager-tokens 32 --new-tokens 64 --repeats 2 --timeout-s "$5" 2>&1 | tail -n 30
 }
 case "$stage" in
   tune)
     timeout 270 python3 benchmarks/kernels_gemv.py --out "$OUT" --sweep 2>&1 | tail -n 90
-    decode tinyllama-1.1b-arch fp16,nf4,int8-t0,int8 tinyllama 300 ;;
-  final)
-    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 tinyllama 420
-    decode llama-2-7b-arch fp16,nf4,int8 llama7b 420
-    timeout 120 python3 benchmarks/kernels_gemv.py --out "$OUT" --formats fp16,nf4,int8-t0 --profile 2>&1 | tail -n 40 ;;
-  equiv)
-    timeout 500 python3 benchmarks/kernels_equivalence.py --out "$OUT" 2>&1 | tail -n 60 ;;
+    decode tinyllama-1.1b-arch fp16,nf4,int8-t0,int8 bnb,quantbench tinyllama 240 ;;
+  final)  # needs the SmolLM2 GGUF in /tmp (setup.sh)
+    timeout 80 python3 benchmarks/kernels_gemv.py --out "$OUT" \
+      --formats fp16,nf4,nf4-factored,int8-t0,int8-t0-bf16,int8-t6 2>&1 | tail -n 64
+    timeout 170 python3 benchmarks/kernels_equivalence.py --out "$OUT" --precisions fp16,nf4,int8,int8-t0,nf4-dq \
+      2>&1 | grep -v MatMul8bitLt | tail -n 12
+    decode tinyllama-1.1b-arch int8 bnb,quantbench tinyllama-int8 75
+    decode tinyllama-1.1b-arch nf4 bnb,quantbench+4bit,quantbench tinyllama-nf4 95
+    decode tinyllama-1.1b-arch fp16,int8-t0 bnb,quantbench tinyllama-fp16-int8t0 140 ;;
 esac

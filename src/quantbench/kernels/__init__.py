@@ -15,6 +15,11 @@ from __future__ import annotations
 from quantbench.errors import QuantbenchError
 
 KERNELS = ("quantbench", "bnb")
+# Which of quantbench's kernels the "quantbench" choice uses by default. The 4-bit GEMV measured
+# slower than bitsandbytes' own gemv_4bit on an H100 (benchmarks/NOTES-decode.md), so 4-bit layers
+# stay on bitsandbytes' kernel unless asked for: FastEngine(..., kernel_kinds=ALL_KINDS).
+DEFAULT_KINDS = ("dense", "int8")
+ALL_KINDS = ("dense", "4bit", "int8")
 
 
 def check_choice(name: str) -> str:
@@ -31,4 +36,4 @@ def install(model, allow_cpu: bool = False, skip: tuple[str, ...] = ()):  # noqa
     return _install(model, allow_cpu=allow_cpu, skip=skip)
 
 
-__all__ = ["KERNELS", "check_choice", "install"]
+__all__ = ["ALL_KINDS", "DEFAULT_KINDS", "KERNELS", "check_choice", "install"]

@@ -11,11 +11,23 @@ import os
 
 # kind -> (BLOCK_N rows per program, BLOCK_K elements per step, warps)
 DEFAULTS: dict[str, tuple[int, int, int]] = {
-    "dense": (8, 512, 4),
-    "4bit": (8, 1024, 4),
+    "dense": (4, 1024, 4),
+    "4bit": (8, 512, 4),
     "int8": (8, 1024, 4),
 }
+LONG_ROWS = {"int8": (8, 2048, 8)}  # K >= 4096: longer steps (tinyllama down_proj sweep)
 _OVERRIDES: dict[str, tuple[int, int, int]] = {}
+_FOURBIT = {"factored": False}
+
+
+def fourbit_factored() -> bool:
+    """4-bit GEMV variant: absmax applied per block (True) or per weight (False, the default:
+    the weight rounded to the activation dtype first, as bitsandbytes' dequantize_4bit does)."""
+    return _FOURBIT["factored"]
+
+
+def set_fourbit_factored(on: bool) -> None:
+    _FOURBIT["factored"] = on
 
 
 def interpreted() -> bool:
@@ -33,7 +45,8 @@ def set_config(kind: str, shape: tuple[int, int, int] | None) -> None:
 
 def config_for(kind: str, n: int, k: int) -> tuple[int, int, int]:
     base = "4bit" if kind.startswith("4bit") else kind
-    block_n, block_k, warps = _OVERRIDES.get(base, DEFAULTS[base])
+    shape = LONG_ROWS.get(base, DEFAULTS[base]) if k >= 4096 else DEFAULTS[base]
+    block_n, block_k, warps = _OVERRIDES.get(base, shape)
     if interpreted():  # the CPU interpreter pays per program: few, wide ones (same numerics class)
         block_n = 128
     if kind.startswith("4bit"):

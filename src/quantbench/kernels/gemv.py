@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, interpreted
+from quantbench.kernels.config import config_for, fourbit_factored, interpreted
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
@@ -57,9 +57,12 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_x, stride_o,
 @triton.jit
 def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, K, stride_x, stride_o,
                     W_DTYPE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCKSIZE: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    FACTOR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # A tile is [rows, quant blocks, bytes of a block]: the absmax broadcasts along the last axis
     # and the two nibbles of a byte meet the even and the odd activation.
+    # FACTOR: sum code * x over a block in fp32, then one multiply by its absmax (fewer operations
+    # per weight; the weight is code * absmax exactly, not rounded to the activation dtype first).
+    # Otherwise each weight is code * absmax rounded to W_DTYPE, as dequantize_4bit writes it.
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     HALF: tl.constexpr = BLOCKSIZE // 2
     pid_n = tl.program_id(0)
@@ -69,21 +72,27 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, K,
     byte = tl.arange(0, HALF)
     row_ok = (rows < N)[:, None, None]
     acc = tl.zeros([BLOCK_N, NB, HALF], dtype=tl.float32)
+    acc_blocks = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         blk_ok = (k0 + blk * BLOCKSIZE < K)[None, :, None]
         first = k0 + blk[None, :, None] * BLOCKSIZE + 2 * byte[None, None, :]  # element index in row
         packed = tl.load(w_ptr + rows[:, None, None] * (K // 2) + first // 2, mask=row_ok & blk_ok,
                          other=0, eviction_policy="evict_first")
-        scale = tl.load(absmax_ptr + rows[:, None, None] * (K // BLOCKSIZE) + k0 // BLOCKSIZE
-                        + blk[None, :, None], mask=row_ok & blk_ok, other=0.0)
         hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
         lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
-        w_hi = (hi * scale).to(W_DTYPE).to(tl.float32)
-        w_lo = (lo * scale).to(W_DTYPE).to(tl.float32)
         x_even = tl.load(x_ptr + m * stride_x + first, mask=blk_ok, other=0.0).to(tl.float32)
         x_odd = tl.load(x_ptr + m * stride_x + first + 1, mask=blk_ok, other=0.0).to(tl.float32)
-        acc += w_hi * x_even + w_lo * x_odd
-    out = tl.sum(tl.sum(acc, axis=2), axis=1)
+        if FACTOR:
+            scale = tl.load(absmax_ptr + rows[:, None] * (K // BLOCKSIZE) + k0 // BLOCKSIZE + blk[None, :],
+                            mask=(rows < N)[:, None] & (k0 + blk * BLOCKSIZE < K)[None, :], other=0.0)
+            acc_blocks += tl.sum(hi * x_even + lo * x_odd, axis=2) * scale
+        else:
+            scale = tl.load(absmax_ptr + rows[:, None, None] * (K // BLOCKSIZE) + k0 // BLOCKSIZE
+                            + blk[None, :, None], mask=row_ok & blk_ok, other=0.0)
+            w_hi = (hi * scale).to(W_DTYPE).to(tl.float32)
+            w_lo = (lo * scale).to(W_DTYPE).to(tl.float32)
+            acc += w_hi * x_even + w_lo * x_odd
+    out = tl.sum(acc_blocks, axis=1) if FACTOR else tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     tl.store(out_ptr + m * stride_o + rows, out.to(out_ptr.dtype.element_ty), mask=rows < N)
@@ -191,7 +200,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         raise ValueError("gemv_4bit needs K % blocksize == 0 and fp32 absmax")
     return _launch(_fourbit_kernel, x, n, x.dtype, f"4bit{blocksize}", packed, absmax, code,
                    bias if bias is not None else absmax, W_DTYPE=_TL_DTYPES[x.dtype],
-                   HAS_BIAS=bias is not None, BLOCKSIZE=blocksize)
+                   HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, FACTOR=fourbit_factored())
 
 
 def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshold: float = 0.0,

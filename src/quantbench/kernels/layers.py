@@ -30,14 +30,17 @@ from torch import nn
 
 MAX_ROWS = 8  # decode batches up to this run the GEMVs; above, a GEMM (the layer's own) is faster
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # in the order blocks call them
+KINDS = ("dense", "4bit", "int8")
 
 
 @dataclass
 class _Launch:
     """One kernel launch serving one linear or a merged group of them."""
 
-    kind: str  # "dense" | "nf4" | "fp4" | "int8" (+ " t=..." with outliers)
+    base: str  # "dense" | "4bit" | "int8": which kernel
+    kind: str  # what describe() says: "dense", "nf4", "nf4-dq", "fp4", "int8 outliers>=6 ..."
     names: list[str]
+    modules: list[nn.Module]
     splits: list[int]  # output row offsets of each member, then the total
     call: Callable[[torch.Tensor, int, int], torch.Tensor]  # (x, first row, end row) -> out
     dtype: torch.dtype | None  # the activation dtype served (None: any float)
@@ -50,7 +53,7 @@ class _Launch:
         total = self.splits[-1]
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if args or kwargs or not self.plan.serves(x, self.dtype):
+            if args or kwargs or not self.plan.serves(x, self.dtype, self.base):
                 return original(x, *args, **kwargs)
             if index == 0:
                 out = self.call(x, 0, total)
@@ -74,25 +77,35 @@ class KernelPlan:
     launches: list[_Launch] = field(default_factory=list)
     left: dict[str, str] = field(default_factory=dict)  # linear name -> why its own forward stays
     enabled: bool = False
+    kinds: frozenset[str] = frozenset(KINDS)  # which kernels serve while enabled
     allow_cpu: bool = False  # tests run the kernels on CPU tensors under Triton's interpreter
     _restore: list[tuple[nn.Module, Any]] = field(default_factory=list)
 
-    def serves(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+    def serves(self, x: torch.Tensor, dtype: torch.dtype | None, base: str) -> bool:
         on_device = x.device.type == "cuda" or self.allow_cpu
         dtype_ok = x.dtype == dtype if dtype is not None else x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        return self.enabled and on_device and dtype_ok and x.numel() // x.shape[-1] <= MAX_ROWS
+        rows_ok = x.numel() // x.shape[-1] <= MAX_ROWS
+        return self.enabled and base in self.kinds and on_device and dtype_ok and rows_ok
 
-    def handles(self, module: nn.Module) -> bool:
-        return any(m is module for m, _ in self._restore)
+    def handles(self, module: nn.Module, kinds: frozenset[str] | None = None) -> bool:
+        kinds = self.kinds if kinds is None else kinds
+        return any(module in launch.modules and launch.base in kinds for launch in self.launches)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, kinds: frozenset[str] | None = None) -> dict[str, Any]:
         """{'q_proj+k_proj+v_proj': 'quantbench gemv nf4, merged, x22', ...} plus what stays."""
+        kinds = self.kinds if kinds is None else kinds
         counts: dict[tuple[str, str], int] = {}
         for launch in self.launches:
+            if launch.base not in kinds:
+                for name in launch.names:
+                    key = f"{_short(name)}: {launch.kind}, {launch.base} kernel not chosen"
+                    counts[(key, "")] = counts.get((key, ""), 0) + 1
+                continue
             key = ("+".join(_short(n) for n in launch.names), launch.kind)
             counts[key] = counts.get(key, 0) + 1
         layers = {
-            names: f"quantbench gemv {kind}{', merged' if '+' in names else ''}, x{n}"
+            names: (f"quantbench gemv {kind}{', merged' if '+' in names else ''}, x{n}" if kind
+                    else f"own forward, x{n}")
             for (names, kind), n in counts.items()
         }
         left: dict[str, int] = {}
@@ -100,7 +113,7 @@ class KernelPlan:
             key = f"{_short(name)}: {why}"
             left[key] = left.get(key, 0) + 1
         layers |= {key: f"own forward, x{n}" for key, n in left.items()}
-        return {"kernels": "quantbench", "max_rows": MAX_ROWS, "layers": layers}
+        return {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
 
     def uninstall(self) -> None:
         for module, previous in self._restore:
@@ -156,7 +169,8 @@ def _add(plan: KernelPlan, call: Callable, names: list[str], members: list[nn.Mo
     splits = [0]
     for m in members:
         splits.append(splits[-1] + m.out_features)
-    launch = _Launch(kind=spec["label"], names=names, splits=splits, call=call, dtype=spec["dtype"], plan=plan)
+    launch = _Launch(base=spec["kind"], kind=spec["label"], names=names, modules=members, splits=splits,
+                     call=call, dtype=spec["dtype"], plan=plan)
     for index, module in enumerate(members):
         previous = module.__dict__.get("forward")
         plan._restore.append((module, previous))
