@@ -1,8 +1,8 @@
 #!/bin/bash
 # The kernel benchmarks on a GPU machine, one stage per call (run after `source setup.sh`):
 #   tune    GEMV correctness + launch-shape sweep, then tinyllama decode (eager / fast+bnb / fast+ours)
-#   final   decode tables for tinyllama-1.1b-arch and llama-2-7b-arch, per-kernel profile
-#   equiv   teacher-forced equivalence on the real SmolLM2-135M
+#   final   per-kernel times and profiler bandwidth, teacher-forced equivalence on the real
+#           SmolLM2-135M, tinyllama decode tables (eager / fast+bnb / fast+ours)
 # Output lands in $OUT (JSON + Markdown); each step has its own time limit so the others still run.
 set -u
 stage=$1
