@@ -121,8 +121,8 @@ class FastEngine(Engine):
     ) -> None:
         super().__init__(model, max_batch_size, max_seq_len)
         on_gpu = self.device.type == "cuda"
-        self.kernels = check_choice(kernels or "quantbench") if on_gpu else "bnb"
-        self.plan = kernel_plan(model) if self.kernels == "quantbench" else None
+        self.kernels = check_choice(kernels or "quantbench")
+        self.plan = kernel_plan(model) if on_gpu and self.kernels == "quantbench" else None
         # which of quantbench's kernels serve (the others leave their layers on their own forward)
         self.kinds = frozenset(kernel_kinds or DEFAULT_KINDS)
         self.blocker = (capture_blocker(model, self.plan, max_batch_size, self.kinds) if on_gpu
@@ -153,7 +153,9 @@ class FastEngine(Engine):
             "compile_mode": (self.compile_mode or "default") if self.compile else None,
             "exact_casts": self.exact_casts if self.compile else None,
             "not_captured_because": None if self.capture else self.blocker,
-            "kernels": self.plan.describe(self.kinds) if self.plan else {"kernels": "bnb", "layers": "own forwards"},
+            "kernels": self.plan.describe(self.kinds) if self.plan else {
+                "kernels": self.kernels if self.device.type == "cuda" else "none on the CPU",
+                "layers": "own forwards"},
         }
 
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
