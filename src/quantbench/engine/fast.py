@@ -83,13 +83,15 @@ def capture_blocker(model: Any, plan: Any = None, max_batch_size: int = 1,
     return None
 
 
-def kernel_plan(model: Any) -> Any:
-    """quantbench's kernels on `model`, installed once per model (engines on it share them)."""
-    plan = getattr(model, "_quantbench_kernels", None)
-    if plan is None:
-        from quantbench.kernels import install
+def kernel_plan(model: Any, kinds: frozenset[str]) -> Any:
+    """quantbench's kernels of `kinds` on `model`, each kind installed once per model (engines on
+    it share them); kinds not asked for leave their layers' weights untouched."""
+    from quantbench.kernels import install
 
-        plan = install(model)
+    plan = getattr(model, "_quantbench_kernels", None)
+    missing = tuple(sorted(set(kinds) - (plan.installed if plan is not None else set())))
+    if plan is None or missing:
+        plan = install(model, kinds=missing, plan=plan)
         model._quantbench_kernels = plan
     return plan
 
@@ -122,9 +124,9 @@ class FastEngine(Engine):
         super().__init__(model, max_batch_size, max_seq_len)
         on_gpu = self.device.type == "cuda"
         self.kernels = check_choice(kernels or "quantbench")
-        self.plan = kernel_plan(model) if on_gpu and self.kernels == "quantbench" else None
         # which of quantbench's kernels serve (the others leave their layers on their own forward)
         self.kinds = frozenset(kernel_kinds or DEFAULT_KINDS)
+        self.plan = kernel_plan(model, self.kinds) if on_gpu and self.kernels == "quantbench" else None
         self.blocker = (capture_blocker(model, self.plan, max_batch_size, self.kinds) if on_gpu
                         else "CPU: no CUDA graphs")
         if compile is False or capture is False:

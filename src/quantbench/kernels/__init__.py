@@ -29,11 +29,12 @@ def check_choice(name: str) -> str:
     return key
 
 
-def install(model, allow_cpu: bool = False, skip: tuple[str, ...] = ()):  # noqa: ANN001, ANN201
-    """See layers.install (imported lazily: Triton loads only when kernels are used)."""
+def install(model, **options):  # noqa: ANN001, ANN003, ANN201
+    """layers.install(model, allow_cpu=, skip=, kinds=, plan=), imported lazily: Triton loads
+    only when kernels are used."""
     from quantbench.kernels.layers import install as _install
 
-    return _install(model, allow_cpu=allow_cpu, skip=skip)
+    return _install(model, **options)
 
 
 __all__ = ["ALL_KINDS", "DEFAULT_KINDS", "KERNELS", "check_choice", "install"]

@@ -78,6 +78,7 @@ class KernelPlan:
     left: dict[str, str] = field(default_factory=dict)  # linear name -> why its own forward stays
     enabled: bool = False
     kinds: frozenset[str] = frozenset(KINDS)  # which kernels serve while enabled
+    installed: set[str] = field(default_factory=set)  # kinds whose layers install() has set up
     allow_cpu: bool = False  # tests run the kernels on CPU tensors under Triton's interpreter
     _restore: list[tuple[nn.Module, Any]] = field(default_factory=list)
 
@@ -129,21 +130,23 @@ def _short(name: str) -> str:
     return re.sub(r"\.\d+\.", ".*.", name).rsplit(".", 1)[-1]
 
 
-def install(model: nn.Module, allow_cpu: bool = False, skip: tuple[str, ...] = ()) -> KernelPlan:
-    """Give every servable linear of `model` a kernel forward (disabled until plan.enabled);
-    linears whose name ends with one of `skip` keep their own."""
+def install(model: nn.Module, allow_cpu: bool = False, skip: tuple[str, ...] = (),
+            kinds: tuple[str, ...] = KINDS, plan: KernelPlan | None = None) -> KernelPlan:
+    """Give every linear of `model` that one of `kinds` serves a kernel forward (disabled until
+    plan.enabled); linears whose name ends with one of `skip` keep their own. With `plan`, adds
+    to it (layers already served stay as they are). Only installed kinds touch their weights."""
     from quantbench.kernels.storage import describe_linear, merge
 
-    plan = KernelPlan(allow_cpu=allow_cpu)
+    plan = plan or KernelPlan(allow_cpu=allow_cpu)
     names = {module: name for name, module in model.named_modules()}
-    done: set[int] = set()
+    done: set[int] = {id(m) for launch in plan.launches for m in launch.modules}
     for parent in model.modules():
         for group in GROUPS:
             members = [getattr(parent, n, None) for n in group]
             if any(m is None for m in members) or any(id(m) in done for m in members):
                 continue
             specs = [describe_linear(m) for m in members]
-            if all(isinstance(s, dict) for s in specs) and _mergeable(specs):
+            if all(isinstance(s, dict) and s["kind"] in kinds for s in specs) and _mergeable(specs):
                 _add(plan, merge(members, specs), [names[m] for m in members], members, specs[0])
                 done.update(id(m) for m in members)
     for name, module in model.named_modules():
@@ -155,8 +158,12 @@ def install(model: nn.Module, allow_cpu: bool = False, skip: tuple[str, ...] = (
         if isinstance(spec, str):
             plan.left[name] = spec
             continue
-        _add(plan, merge([module], [spec]), [name], [module], spec)
-        done.add(id(module))
+        if spec["kind"] in kinds:
+            _add(plan, merge([module], [spec]), [name], [module], spec)
+            done.add(id(module))
+        else:
+            plan.left[name] = f"{spec['label']}, {spec['kind']} kernel not chosen"
+    plan.installed |= set(kinds)
     return plan
 
 
@@ -171,6 +178,8 @@ def _add(plan: KernelPlan, call: Callable, names: list[str], members: list[nn.Mo
         splits.append(splits[-1] + m.out_features)
     launch = _Launch(base=spec["kind"], kind=spec["label"], names=names, modules=members, splits=splits,
                      call=call, dtype=spec["dtype"], plan=plan)
+    for name in names:
+        plan.left.pop(name, None)
     for index, module in enumerate(members):
         previous = module.__dict__.get("forward")
         plan._restore.append((module, previous))
