@@ -108,10 +108,13 @@ def load(
     ref = resolve(model) if isinstance(model, str) else model
     options = _keep_tied_head(ref, options)
     kwargs, compute_dtype, quantize_after_load = from_pretrained_kwargs(precision, options, device)
+    source = ref.source
+    if precision.scheme is not None:  # rows that bring their own checkpoint (calibrated, as-saved)
+        source = str(precision.scheme.prepare_checkpoint(Path(ref.source), options))
 
     start = time.perf_counter()
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(ref.source, **kwargs)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except torch.OutOfMemoryError:
         raise
     except (OSError, ValueError) as err:

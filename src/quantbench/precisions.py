@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from quantbench.calibration.rows import calibrated_precisions
 from quantbench.errors import QuantbenchError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -45,6 +46,10 @@ class LoadOptions:
     device_map: str | dict[str, Any] | None = None
     max_memory: dict[Any, str] | None = None
     trust_remote_code: bool = False
+    # calibrated rows (gptq-4bit, awq-4bit); None: the calibration text shipped in the package
+    calibration_file: str | None = None
+    calibration_samples: int = 16
+    calibration_seq_len: int = 256
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ class Precision:
     builder: Callable[[Precision, LoadOptions, torch.dtype], Any] | None = field(
         default=None, repr=False, compare=False
     )
+    # rows that make their own checkpoint first (calibration): prepare_checkpoint, linear_bytes
+    scheme: Any = field(default=None, repr=False, compare=False)
 
     def quantization_config(self, options: LoadOptions, compute_dtype: torch.dtype) -> Any:
         return self.builder(self, options, compute_dtype) if self.builder else None
@@ -249,6 +256,7 @@ _TABLE = [
         4 + 32 / QUANTO_INT4_GROUP, "optimum.quanto", quantizes=True, extra="quanto",
         compile_friendly=True, builder=_quanto("int4"),
     ),
+    *calibrated_precisions(Precision),
 ]
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in _TABLE}
