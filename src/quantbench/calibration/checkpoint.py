@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from quantbench.calibration.scheme import METADATA_FILE, Calibrated
-from quantbench.calibration.text import calibration_path, read_calibration_text, text_sha256
+from quantbench.calibration.text import calibration_path, read_calibration_text, text_sha256, token_samples
 from quantbench.errors import QuantbenchError
 from quantbench.models import cache_dir
 
@@ -57,11 +59,24 @@ def calibrated_checkpoint(scheme: Calibrated, model_dir: Path, options: Any) -> 
     folder = checkpoint_folder(key)
     if (folder / METADATA_FILE).is_file():
         return folder
+    from transformers import AutoTokenizer
+
     from quantbench.calibration.llm_compressor import calibrate
-    from quantbench.models import _save_atomically
 
     source = str(calibration_path(options.calibration_file))
-    _save_atomically(folder, lambda tmp: calibrate(scheme, model_dir, tmp, text, source, options, dtype, key))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=options.trust_remote_code)
+    samples = token_samples(text, tokenizer, options.calibration_samples, options.calibration_seq_len, source)
+    # written beside the cache entry and renamed into place: an interrupted run is redone
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        calibrate(scheme, model_dir, tmp, tokenizer, samples, source, options, dtype, key)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
     return folder
 
 

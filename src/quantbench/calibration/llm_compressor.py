@@ -20,7 +20,6 @@ import torch
 
 from quantbench.calibration.groups import plan_groups
 from quantbench.calibration.scheme import METADATA_FILE, METHODS, Calibrated
-from quantbench.calibration.text import token_samples
 from quantbench.errors import QuantbenchError
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -70,17 +69,15 @@ def _modifier(scheme: Calibrated, plan: dict[int, list[str]]) -> Any:
     return AWQModifier(config_groups=groups)
 
 
-def calibrate(scheme: Calibrated, model_dir: Path, out: Path, text: str, source: str,
-              options: Any, dtype: str, key: dict[str, Any]) -> None:
-    """Calibrate `model_dir` with `scheme` on `text`; write the compressed checkpoint into `out`."""
+def calibrate(scheme: Calibrated, model_dir: Path, out: Path, tokenizer: Any, samples: list[list[int]],
+              source: str, options: Any, dtype: str, key: dict[str, Any]) -> None:
+    """Calibrate `model_dir` with `scheme` on token `samples`; write the compressed checkpoint to `out`."""
     _import_llmcompressor()
     from datasets import Dataset
     from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.quantizers.quantizers_utils import should_convert_module
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=options.trust_remote_code)
-    samples = token_samples(text, tokenizer, options.calibration_samples, options.calibration_seq_len, source)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=DTYPES[dtype], trust_remote_code=options.trust_remote_code, use_safetensors=True
     )
