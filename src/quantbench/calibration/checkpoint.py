@@ -13,7 +13,6 @@ from typing import Any
 
 from quantbench.calibration.scheme import METADATA_FILE, Calibrated
 from quantbench.calibration.text import calibration_path, read_calibration_text, text_sha256, token_samples
-from quantbench.errors import QuantbenchError
 from quantbench.models import cache_dir
 
 
@@ -50,9 +49,6 @@ def calibrated_checkpoint(scheme: Calibrated, model_dir: Path, options: Any) -> 
     """The folder of `model_dir` calibrated with `scheme`: from the cache, or made now."""
     if not model_dir.is_dir():
         model_dir = _download(str(model_dir))
-    if (model_dir / "quantbench.json").is_file():
-        raise QuantbenchError("calibration needs real weights; random-weight architectures have no "
-                              "meaningful activations (measure them with nf4 / int8 instead)")
     text = read_calibration_text(options.calibration_file)
     dtype = calibration_dtype()
     key = cache_key(scheme, model_dir, options, text, dtype)
@@ -64,8 +60,13 @@ def calibrated_checkpoint(scheme: Calibrated, model_dir: Path, options: Any) -> 
     from quantbench.calibration.llm_compressor import calibrate
 
     source = str(calibration_path(options.calibration_file))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=options.trust_remote_code)
-    samples = token_samples(text, tokenizer, options.calibration_samples, options.calibration_seq_len, source)
+    if (model_dir / "quantbench.json").is_file():
+        # a random-weight architecture (memory and speed only) has no tokenizer: random ids
+        tokenizer, samples = None, random_samples(model_dir, options.calibration_samples, options.calibration_seq_len)
+        source = "random token ids"
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=options.trust_remote_code)
+        samples = token_samples(text, tokenizer, options.calibration_samples, options.calibration_seq_len, source)
     # written beside the cache entry and renamed into place: an interrupted run is redone
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -78,6 +79,14 @@ def calibrated_checkpoint(scheme: Calibrated, model_dir: Path, options: Any) -> 
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+def random_samples(model_dir: Path, samples: int, seq_len: int) -> list[list[int]]:
+    import torch
+
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (samples, seq_len), generator=generator).tolist()
 
 
 def _download(name: str) -> Path:

@@ -101,7 +101,8 @@ def calibrate(scheme: Calibrated, model_dir: Path, out: Path, tokenizer: Any, sa
         "calibration_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     }
     model.save_pretrained(out, save_compressed=True)
-    tokenizer.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
     meta = {
         "calibration_seconds": round(seconds, 2),
         **peak,
