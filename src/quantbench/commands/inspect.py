@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quantbench.commands import _options as opt
@@ -61,7 +62,7 @@ def inspect_command(
         **{f"note {i}": note for i, note in enumerate(info.notes, 1)},
     }
     for key, value in rows.items():
-        table.add_row(key, value)
+        table.add_row(key, escape(value))  # layer classes such as Linear[compressed-tensors]
     Console().print(table)
 
 
