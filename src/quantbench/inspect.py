@@ -79,7 +79,6 @@ def _meta_tensors(meta: Any) -> list[torch.Tensor]:
 # (in_features) is not a multiple of the group (torchao.quantization.quant_api.
 # _int4_weight_only_quantize_tensor: `weight.shape[-1] % group_size != 0` -> skip).
 TORCHAO_INT4_GROUP = 128
-CT_AUX_PARAMS = ("weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
 
 
 def _ct_weights(module: nn.Module) -> Any:

@@ -19,12 +19,14 @@ from typing import Any
 from quantbench.precisions import LoadOptions, get_precision, reference_precision
 from quantbench.report.notebook import ResultList
 from quantbench.results import (
+    Job,
     Result,
     RunSpec,
     Workload,
     append_result,
     library_versions,
     now_iso,
+    parse_line,
     read_results,
 )
 
@@ -41,7 +43,7 @@ def build_specs(model: str, precisions: list[str], workload: Workload, options: 
                 adapter: str | None, device: str) -> list[RunSpec]:
     """The reference precision first (quality is measured against it), then the rest."""
     names = [get_precision(p).name for p in precisions]
-    work = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(workload).items()}
+    work = workload.to_dict()
 
     def spec(name: str, with_adapter: str | None) -> RunSpec:
         return RunSpec(model=model, precision=name, options=_spec_options(options), workload=work,
@@ -64,19 +66,19 @@ def reference_file(spec: RunSpec, results_path: Path) -> Path:
     return results_path.with_name(results_path.name + ".ref") / f"reference-{digest}.npy"
 
 
-def _job(spec: RunSpec, reference_name: str, results_path: Path) -> dict[str, Any]:
+def _job(spec: RunSpec, reference_name: str, results_path: Path) -> Job:
     quality_on = spec.workload.get("quality", True)
     ref_file = reference_file(spec, results_path)
     is_reference = spec.precision == reference_name and spec.adapter is None
-    return {
-        "spec": asdict(spec),
-        "save_reference": str(ref_file) if quality_on and is_reference else None,
-        "reference": str(ref_file) if quality_on and not is_reference and ref_file.exists() else None,
-    }
+    return Job(
+        spec=spec,
+        save_reference=str(ref_file) if quality_on and is_reference else None,
+        reference=str(ref_file) if quality_on and not is_reference and ref_file.exists() else None,
+    )
 
 
-def _run_in_subprocess(job: dict[str, Any], log_path: Path, progress: Progress) -> Result:
-    spec = RunSpec(**job["spec"])
+def _run_in_subprocess(job: Job, log_path: Path, progress: Progress) -> Result:
+    spec = job.spec
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -85,15 +87,14 @@ def _run_in_subprocess(job: dict[str, Any], log_path: Path, progress: Progress) 
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
         )
         try:
-            proc.stdin.write(json.dumps(job))
+            proc.stdin.write(job.to_json())
             proc.stdin.close()
             result = None
             for line in proc.stdout:
-                message = json.loads(line) if line.startswith("{") else {}
-                if "phase" in message:
-                    progress(f"{spec.precision}: {message['phase']}")
-                if "result" in message:
-                    result = Result.from_dict(message["result"])
+                phase, finished = parse_line(line)
+                if phase:
+                    progress(f"{spec.precision}: {phase}")
+                result = finished or result
             code = proc.wait()
         except BaseException:  # Ctrl-C included: never leave a worker behind
             proc.kill()
@@ -120,7 +121,7 @@ def run_specs(specs: list[RunSpec], results_path: str | Path, force: bool = Fals
     out: list[Result] = []
     for index, spec in enumerate(specs, 1):
         job = _job(spec, reference_name, results_path)
-        needs_reference_file = job["save_reference"] and not Path(job["save_reference"]).exists()
+        needs_reference_file = job.save_reference and not Path(job.save_reference).exists()
         if spec.key() in by_key and not force and not needs_reference_file:
             progress(f"[{index}/{len(specs)}] {spec.precision}: already measured, skipped")
             out.append(by_key[spec.key()])

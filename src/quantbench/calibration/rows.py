@@ -12,18 +12,10 @@ AWQ = Calibrated("awq")
 
 def calibrated_precisions(precision: type) -> list[Any]:
     return [
-        precision(
-            "gptq-4bit", f"GPTQ int4 weights (llm-compressor), group {GPTQ.group}, symmetric; "
-            "calibrated on --calibration-file",
-            GPTQ.weight_bits, GPTQ.backend, quantizes=True, extra=GPTQ.extra, scheme=GPTQ,
-        ),
-        precision(
-            "awq-4bit", f"AWQ int4 weights (llm-compressor), group {AWQ.group}, scale and zero point; "
-            "calibrated on --calibration-file",
-            AWQ.weight_bits, AWQ.backend, quantizes=True, extra=AWQ.extra, scheme=AWQ,
-        ),
-        precision(
-            "as-saved", "a pre-quantized checkpoint (GPTQ, AWQ, compressed-tensors) loaded as saved",
-            0, AsSaved.backend, quantizes=True, scheme=AsSaved(),
-        ),
+        precision("gptq-4bit", f"GPTQ int4 weights (llm-compressor), group {GPTQ.group}, symmetric; "
+                  "calibrated on --calibration-file", GPTQ),
+        precision("awq-4bit", f"AWQ int4 weights (llm-compressor), group {AWQ.group}, scale and zero "
+                  "point; calibrated on --calibration-file", AWQ),
+        precision("as-saved", "a pre-quantized checkpoint (GPTQ, AWQ, compressed-tensors) loaded as saved",
+                  AsSaved()),
     ]

@@ -1,97 +1,95 @@
 """The precision-table schemes of calibrated rows (gptq-4bit, awq-4bit) and of `as-saved`.
 
 Both produce the folder that `from_pretrained` loads (`prepare_checkpoint`); the quantization
-config travels inside that folder's config.json, so `hf_config` is None.
+config travels inside that folder's config.json, so `hf_config` stays None (the default).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from quantbench.calibration.groups import group_for
 from quantbench.errors import QuantbenchError
+from quantbench.options import LoadOptions
+from quantbench.schemes import HALF, Scheme
 
 METADATA_FILE = "quantbench-calibration.json"
 # What each method asks llm-compressor for: GPTQ symmetric (scale only), AWQ asymmetric
 # (scale and zero point), the layouts of the libraries' W4A16 presets.
 METHODS = {"gptq": "W4A16", "awq": "W4A16_ASYM"}
-SCALE_BYTES = 2  # scales in the compute dtype: bf16 / fp16 on a GPU (fp32 on the CPU: +2 B)
-ESTIMATE_SHAPE = (4096, 4096)
 
 
 @dataclass(frozen=True)
-class Calibrated:
+class Calibrated(Scheme):
     """Weights `bits`-bit in groups of `group` input columns, chosen by `method` from calibration
     activations; activations stay in the compute dtype."""
 
-    method: str  # "gptq" | "awq"
+    method: str = "gptq"  # "gptq" | "awq"
     bits: int = 4
     group: int = 128
 
     backend: ClassVar[str] = "llmcompressor"  # the importable module that calibrates
     extra: ClassVar[str | None] = "calibration"
-    needs_gpu: ClassVar[bool] = False
-    # compressed-tensors wraps each linear's forward in Python hooks (and decompresses on the
-    # first call); not checked with torch._dynamo.explain, so not claimed.
-    compile_friendly: ClassVar[bool] = False
+
+    @property
+    def compile_friendly(self) -> bool:
+        # compressed-tensors wraps each linear's forward in Python (and decompresses on the
+        # first call); not checked with torch._dynamo.explain, so not claimed
+        return False
+
+    @property
+    def quality_tier(self) -> int:
+        return 2  # a 4-bit row, like nf4; measured Results decide between them
 
     @property
     def symmetric(self) -> bool:
         return METHODS[self.method] == "W4A16"
 
-    @property
-    def quality_tier(self) -> int:
-        # a 4-bit row; recommend breaks ties among 4-bit rows with measured results
-        return 2
-
-    def hf_config(self, options: Any, compute_dtype: torch.dtype) -> Any | None:
-        return None
-
-    def after_load(self, model: Any, options: Any, compute_dtype: torch.dtype) -> None:
-        return None
-
-    def prepare_checkpoint(self, model_dir: Path, options: Any) -> Path:
+    def prepare_checkpoint(self, model_dir: Path, options: LoadOptions) -> Path:
         from quantbench.calibration.checkpoint import calibrated_checkpoint
 
         return calibrated_checkpoint(self, model_dir, options)
 
-    def linear_bytes(self, in_features: int, out_features: int) -> float:
-        group = group_for(in_features, self.group)
-        if group is None:  # left in the compute dtype
-            return 2.0 * in_features * out_features
-        groups = out_features * -(-in_features // group)
-        zero_points = 0 if self.symmetric else groups * self.bits / 8
-        return in_features * out_features * self.bits / 8 + groups * SCALE_BYTES + zero_points
+    def packed_bytes(self, in_features: int, out_features: int) -> float:
+        if group_for(in_features, self.group) is None:  # left in the compute dtype
+            return HALF * in_features * out_features
+        return in_features * out_features * self.bits / 8
 
-    @property
-    def weight_bits(self) -> float:
-        rows, cols = ESTIMATE_SHAPE
-        return 8 * self.linear_bytes(cols, rows) / (rows * cols)
+    def constant_bytes(self, in_features: int, out_features: int) -> float:
+        """A scale per group (compute dtype) and, for AWQ, a zero point packed like the weights."""
+        group = group_for(in_features, self.group)
+        if group is None:
+            return 0
+        groups = out_features * math.ceil(in_features / group)
+        return groups * HALF + (0 if self.symmetric else groups * self.bits / 8)
 
 
 @dataclass(frozen=True)
-class AsSaved:
+class AsSaved(Scheme):
     """A checkpoint that is already quantized (its config.json has a quantization_config):
     loaded as saved, measured as its own row."""
 
     backend: ClassVar[str] = "transformers"
-    extra: ClassVar[str | None] = None
-    needs_gpu: ClassVar[bool] = False
-    compile_friendly: ClassVar[bool] = False
-    quality_tier: ClassVar[int] = 2
 
-    def hf_config(self, options: Any, compute_dtype: torch.dtype) -> Any | None:
-        return None
+    @property
+    def compile_friendly(self) -> bool:
+        return False
 
-    def after_load(self, model: Any, options: Any, compute_dtype: torch.dtype) -> None:
-        return None
+    @property
+    def quality_tier(self) -> int:
+        return 2
 
-    def prepare_checkpoint(self, model_dir: Path, options: Any) -> Path:
+    @property
+    def offloads(self) -> bool:
+        # like int8-offload, not a size of its own (the checkpoint decides): estimate and the
+        # default recommend set leave it out
+        return True
+
+    def prepare_checkpoint(self, model_dir: Path, options: LoadOptions) -> Path:
         from quantbench.models import load_config
 
         config = load_config(str(model_dir), trust_remote_code=options.trust_remote_code)
@@ -102,17 +100,17 @@ class AsSaved:
                 "measures pre-quantized checkpoints (GPTQ, AWQ, compressed-tensors)"
             )
         method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-        needed = {"compressed-tensors": "compressed_tensors", "gptq": "gptqmodel", "awq": "gptqmodel"}
-        module = needed.get(str(getattr(method, "value", method)))
+        method = str(getattr(method, "value", method))
+        module = {"compressed-tensors": "compressed_tensors", "gptq": "gptqmodel", "awq": "gptqmodel"}.get(method)
         if module and not _importable(module):
-            raise QuantbenchError(
-                f"'{model_dir}' is a {method} checkpoint; loading it needs {module.replace('_', '-')}: "
-                f"pip install {module.replace('_', '-')}"
-            )
+            package = module.replace("_", "-")
+            raise QuantbenchError(f"'{model_dir}' is a {method} checkpoint; loading it needs {package}: "
+                                  f"pip install {package}")
         return model_dir
 
-    def linear_bytes(self, in_features: int, out_features: int) -> float:
-        raise QuantbenchError("precision 'as-saved' has no fixed layout; inspect the checkpoint instead")
+    def packed_bytes(self, in_features: int, out_features: int) -> float:
+        # no layout of its own; transformers runs compressed-tensors int4 decompressed, at 16 bits
+        return HALF * in_features * out_features
 
 
 def _importable(module: str) -> bool:

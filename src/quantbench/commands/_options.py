@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from quantbench.calibration.text import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from quantbench.errors import QuantbenchError
 from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, LoadOptions
+from quantbench.units import parse_size
 
 # The loading options every model-loading command takes, declared once.
 COMPUTE_DTYPE = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for the device)")
@@ -22,9 +22,6 @@ CALIBRATION_FILE = typer.Option(None, help="text for gptq-4bit / awq-4bit calibr
                                 "shipped with quantbench, distinct from the held-out one)")
 CALIBRATION_SAMPLES = typer.Option(DEFAULT_SAMPLES, min=1, help="calibration samples (consecutive windows)")
 CALIBRATION_SEQ_LEN = typer.Option(DEFAULT_SEQ_LEN, min=1, help="tokens per calibration sample")
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*$", re.IGNORECASE)
-
 
 def parse_skip_modules(text: str | None) -> tuple[str, ...]:
     """None: the default (lm_head); 'none': quantize every linear."""
@@ -41,7 +38,7 @@ def parse_max_memory(text: str | None) -> dict[Any, str] | None:
     for part in text.split(","):
         device, sep, size = part.partition("=")
         device, size = device.strip(), size.strip()
-        if not sep or not _SIZE.match(size) or not (device.isdigit() or device in ("cpu", "disk")):
+        if not sep or not _is_size(size) or not (device.isdigit() or device in ("cpu", "disk")):
             raise QuantbenchError(
                 f"bad --max-memory entry '{part.strip()}'; expected e.g. 0=20GiB,1=20GiB,cpu=30GiB"
             )
@@ -75,3 +72,11 @@ def load_options(compute_dtype: str | None, skip_modules: str | None, int8_thres
         max_memory=parse_max_memory(max_memory),
         trust_remote_code=trust_remote_code,
     )
+
+
+def _is_size(text: str) -> bool:
+    try:
+        parse_size(text)
+    except QuantbenchError:
+        return False
+    return True

@@ -27,7 +27,8 @@ def estimate_command(
     as_json: bool = typer.Option(False, "--json", help="print the estimate as JSON"),
 ) -> None:
     """Estimate memory for MODEL in each precision from its config, before downloading weights."""
-    from quantbench.estimate import EstimateSettings, estimate, parse_size
+    from quantbench.estimate import EstimateSettings, estimate
+    from quantbench.units import parse_size
 
     settings = EstimateSettings(
         batch_size=batch, seq_len=seq_len, device=device, compute_dtype=compute_dtype,

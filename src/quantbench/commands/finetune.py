@@ -58,8 +58,8 @@ def train_command(
     results: str = typer.Option(None, help="also append the Result to this JSONL file"),
 ) -> None:
     """Train LoRA adapters on MODEL loaded in a precision (QLoRA for 4-bit)."""
-    from quantbench.finetune import FinetuneConfig, distributed, finetune
     from quantbench.results import append_result
+    from quantbench.training import FinetuneConfig, distributed, finetune
 
     config = FinetuneConfig(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -105,7 +105,7 @@ def merge_command(
     base: str = typer.Option(None, help="base model (default: the one the adapter was trained on)"),
 ) -> None:
     """Fold a LoRA adapter into its unquantized base and save a plain model."""
-    from quantbench.finetune import merge_adapter
+    from quantbench.training import merge_adapter
 
     out = merge_adapter(adapter, output, dtype=dtype, base=base)
     Console().print(f"merged {dtype} model saved in {out}")

@@ -26,8 +26,8 @@ def optimizers_command(
     results: str = typer.Option("results.jsonl", help="append one Result per mode x optimizer here"),
 ) -> None:
     """Optimizer-state memory and step time of AdamW, AdamW8bit, PagedAdamW8bit: full, LoRA, QLoRA."""
-    from quantbench.optimizers import ComparisonConfig, compare_optimizers
     from quantbench.results import append_result
+    from quantbench.training import ComparisonConfig, compare_optimizers
 
     config = ComparisonConfig(
         modes=_split(modes), optimizers=_split(optimizers), seq_len=seq_len,
