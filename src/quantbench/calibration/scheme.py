@@ -73,7 +73,8 @@ class AsSaved(Scheme):
     """A checkpoint that is already quantized (its config.json has a quantization_config):
     loaded as saved, measured as its own row."""
 
-    backend: ClassVar[str] = "transformers"
+    # backend stays "torch": transformers loads the checkpoint with the quantizer its config
+    # names, and prepare_checkpoint says in one line which package that needs
 
     @property
     def compile_friendly(self) -> bool:
