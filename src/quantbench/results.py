@@ -47,6 +47,7 @@ class Workload:
     text_file: str | None = None
     dataset: str | None = None
     engine: str = "eager"
+    kernels: str = "quantbench"  # the fast engine's decode GEMVs on CUDA: quantbench | bnb
     latency: bool = True
     quality: bool = True
 

@@ -90,7 +90,7 @@ def _latency(loaded: Loaded, work: Workload, probe: MemoryProbe, notes: dict[str
     )
     decode_prompt = min(lengths[0], 128)
     make = lambda batch: get_engine(  # noqa: E731
-        work.engine, loaded.model, batch, decode_prompt + work.new_tokens
+        work.engine, loaded.model, batch, decode_prompt + work.new_tokens, kernels=work.kernels
     )
     metrics |= latency.measure_batches(
         make, ids_for, work.batch_sizes, decode_prompt, work.new_tokens,

@@ -80,3 +80,14 @@ def _is_size(text: str) -> bool:
     except QuantbenchError:
         return False
     return True
+
+
+KERNELS = typer.Option(
+    "quantbench", help="fast engine's decode GEMVs on CUDA: quantbench (own Triton kernels) | bnb (the layers' own)"
+)
+
+
+def kernels_choice(name: str) -> str:
+    from quantbench.kernels import check_choice
+
+    return check_choice(name)

@@ -22,6 +22,7 @@ def run_command(
     repeats: int = typer.Option(3, min=1),
     warmup: int = typer.Option(1, min=0),
     engine: str = typer.Option("eager", help="eager (model.generate) | fast (static cache, graphs)"),
+    kernels: str = opt.KERNELS,
     ppl_context: int = typer.Option(1024, help="perplexity window (tokens)"),
     ppl_stride: int = typer.Option(512, help="perplexity stride (tokens)"),
     max_ppl_tokens: int = typer.Option(None, help="score only the first N tokens [GPU: all; CPU: 2048]"),
@@ -54,7 +55,7 @@ def run_command(
     }
     workload = Workload.for_device(
         default_device(), **{k: v for k, v in chosen.items() if v is not None},
-        repeats=repeats, warmup=warmup, engine=engine,
+        repeats=repeats, warmup=warmup, engine=engine, kernels=opt.kernels_choice(kernels),
         ppl_context=ppl_context, ppl_stride=ppl_stride,
         text_file=str(text_file) if text_file else None, dataset=dataset,
         latency=latency, quality=quality,
