@@ -26,6 +26,7 @@ class Inspection:
     footprint_bytes: int  # params + buffers + quantization constants
     fp16_footprint_bytes: int  # the same model with every parameter in fp16
     devices: dict[str, int] = field(default_factory=dict)  # device -> bytes
+    notes: list[str] = field(default_factory=list)  # rules that left layers alone, kernels
 
     @property
     def ratio_to_fp16(self) -> float:
@@ -74,18 +75,34 @@ def _meta_tensors(meta: Any) -> list[torch.Tensor]:
     return []
 
 
+# torchao's int4 weight-only quantizer returns a weight unchanged when its last dimension
+# (in_features) is not a multiple of the group (torchao.quantization.quant_api.
+# _int4_weight_only_quantize_tensor: `weight.shape[-1] % group_size != 0` -> skip).
+TORCHAO_INT4_GROUP = 128
+
+
+def _ct_weights(module: nn.Module) -> Any:
+    """compressed-tensors' weight QuantizationArgs on a linear it quantized, else None."""
+    scheme = getattr(module, "quantization_scheme", None)
+    return getattr(scheme, "weights", None) if isinstance(module, nn.Linear) else None
+
+
 def _is_subclass_weight(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
     return isinstance(module, nn.Linear) and hasattr(type(weight), "__tensor_flatten__")
 
 
 def _is_quantized(module: nn.Module) -> bool:
-    return type(module).__name__ in QUANTIZED_LINEAR_CLASSES or _is_subclass_weight(module)
+    return (type(module).__name__ in QUANTIZED_LINEAR_CLASSES or _is_subclass_weight(module)
+            or _ct_weights(module) is not None)
 
 
 def _layer_class(module: nn.Module) -> str:
-    """torchao keeps nn.Linear and swaps the weight: name it by the weight's tensor class."""
+    """torchao keeps nn.Linear and swaps the weight: name it by the weight's tensor class;
+    compressed-tensors keeps nn.Linear and adds packed weights, scales and zero points."""
     name = type(module).__name__
+    if _ct_weights(module) is not None:
+        return f"{name}[compressed-tensors]"
     if name not in QUANTIZED_LINEAR_CLASSES:
         name = f"{name}[{type(module.weight).__name__}]"
     return name
@@ -94,6 +111,8 @@ def _layer_class(module: nn.Module) -> str:
 def _logical_numel(module: nn.Module, name: str, param: torch.Tensor) -> int:
     if type(module).__name__ == "HQQLinear" and name == "W_q":
         return module.meta["shape"].numel()
+    if _ct_weights(module) is not None:  # packed or (after the first forward) decompressed
+        return module.in_features * module.out_features if name in ("weight", "weight_packed") else 0
     if _is_quantized(module) and name == "weight":
         return module.in_features * module.out_features
     return param.numel()
@@ -105,6 +124,9 @@ def _quant_type(module: nn.Module) -> str:
         return "int8"
     if kind == "HQQLinear":
         return f"{module.meta['nbits']}bit"
+    if (args := _ct_weights(module)) is not None:
+        zero = "" if args.symmetric else "+zero"
+        return f"{args.type}{args.num_bits} g{args.group_size}{zero}"
     qtype = getattr(module.weight, "qtype", None)  # quanto: qint8, qint4
     if qtype is not None:
         return getattr(qtype, "name", str(qtype)).removeprefix("q")
@@ -156,6 +178,7 @@ def inspect_model(model: nn.Module, compute_dtype: torch.dtype | None = None) ->
                 devices[str(tensor.device)] += _bytes(tensor)
 
     return Inspection(
+        notes=_notes(model, layers, unquantized, compute_dtype),
         parameters=logical,
         quantized_layers=dict(layers),
         quant_types=dict(quant_types),
@@ -168,3 +191,28 @@ def inspect_model(model: nn.Module, compute_dtype: torch.dtype | None = None) ->
         fp16_footprint_bytes=2 * logical,
         devices=dict(devices),
     )
+
+
+def _notes(model: nn.Module, layers: Counter[str], unquantized: list[str],
+           compute_dtype: torch.dtype | None) -> list[str]:
+    """Why layers were left alone and what runs the quantized ones, where a rule decides."""
+    notes: list[str] = []
+    if any("Int4" in name for name in layers):
+        widths = Counter(
+            model.get_submodule(n).in_features for n in unquantized
+            if model.get_submodule(n).in_features % TORCHAO_INT4_GROUP and not n.endswith("lm_head")
+        )
+        if widths:
+            notes.append(
+                f"torchao int4 left {sum(widths.values())} linears in the compute dtype: their in_features "
+                f"({', '.join(f'{w} x{c}' for w, c in sorted(widths.items()))}) is not a multiple of "
+                f"its group {TORCHAO_INT4_GROUP} (torchao skips such weights)"
+            )
+    if any(name.endswith("[compressed-tensors]") for name in layers):
+        dtype = str(compute_dtype).removeprefix("torch.") if compute_dtype else "the compute dtype"
+        notes.append(
+            "compressed-tensors int4 (pack-quantized): transformers has no int4 matmul for it; the "
+            f"weights are decompressed to dense {dtype} on the first forward, so run-time weight "
+            "memory is that of the unquantized model (int4 kernels: vLLM)"
+        )
+    return notes

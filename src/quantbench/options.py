@@ -19,3 +19,7 @@ class LoadOptions:
     device_map: str | dict[str, Any] | None = None
     max_memory: dict[Any, str] | None = None
     trust_remote_code: bool = False
+    # calibrated rows (gptq-4bit, awq-4bit); None: the calibration text shipped in the package
+    calibration_file: str | None = None
+    calibration_samples: int = 16
+    calibration_seq_len: int = 256

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from quantbench.calibration.rows import calibrated_precisions
 from quantbench.errors import QuantbenchError
 
 # LoadOptions and its defaults are importable from here, beside the table they apply to
@@ -95,6 +96,7 @@ _TABLE = [
     Precision("quanto-int8", "optimum-quanto int8 weights, one scale per output row", Quanto("int8")),
     Precision("quanto-int4", f"optimum-quanto int4 weights, group {QUANTO_INT4_GROUP}, scale and shift",
               Quanto("int4", QUANTO_INT4_GROUP)),
+    *calibrated_precisions(Precision),
 ]
 
 PRECISIONS: dict[str, Precision] = {p.name: p for p in _TABLE}

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from quantbench.calibration import calibration_metrics
 from quantbench.errors import QuantbenchError
 from quantbench.loading import Loaded, default_device, load
 from quantbench.logfilter import log_repeats_once
@@ -104,6 +105,7 @@ def execute(job: Job) -> Result:
         result.random_weights = loaded.model_ref.random_weights
         notes["inspection"] = loaded.inspection.to_dict()
         result.metrics |= _load_metrics(loaded, probe, rss_before)
+        result.metrics |= calibration_metrics(loaded.model.name_or_path)  # calibrated rows only
         if probe.on_cuda:
             result.metrics["per_device_allocated_bytes"] = probe.per_device_allocated() or None
             if hasattr(loaded.model, "hf_device_map"):

@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from quantbench.calibration.text import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from quantbench.errors import QuantbenchError
 from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, LoadOptions
 from quantbench.units import parse_size
@@ -17,6 +18,10 @@ INT8_THRESHOLD = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier thr
 DEVICE_MAP = typer.Option(None, help="accelerate device map, e.g. auto")
 MAX_MEMORY = typer.Option(None, help="per-device cap, e.g. 0=20GiB,1=20GiB,cpu=30GiB")
 TRUST_REMOTE_CODE = typer.Option(False, help="run code shipped with the model")
+CALIBRATION_FILE = typer.Option(None, help="text for gptq-4bit / awq-4bit calibration (default: a passage "
+                                "shipped with quantbench, distinct from the held-out one)")
+CALIBRATION_SAMPLES = typer.Option(DEFAULT_SAMPLES, min=1, help="calibration samples (consecutive windows)")
+CALIBRATION_SEQ_LEN = typer.Option(DEFAULT_SEQ_LEN, min=1, help="tokens per calibration sample")
 
 def parse_skip_modules(text: str | None) -> tuple[str, ...]:
     """None: the default (lm_head); 'none': quantize every linear."""
@@ -52,8 +57,14 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
 
 
 def load_options(compute_dtype: str | None, skip_modules: str | None, int8_threshold: float,
-                 device_map: str | None, max_memory: str | None, trust_remote_code: bool) -> LoadOptions:
+                 device_map: str | None, max_memory: str | None, trust_remote_code: bool,
+                 calibration: dict[str, Any] | None = None) -> LoadOptions:
+    """`calibration`: calibration_file / _samples / _seq_len, for the calibrated precisions."""
+    calibration = dict(calibration or {})
+    if calibration.get("calibration_file") is not None:
+        calibration["calibration_file"] = str(calibration["calibration_file"])
     return LoadOptions(
+        **calibration,
         compute_dtype=compute_dtype,
         skip_modules=parse_skip_modules(skip_modules),
         int8_threshold=int8_threshold,

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quantbench.commands import _options as opt
@@ -18,13 +20,18 @@ def inspect_command(
     device_map: str = opt.DEVICE_MAP,
     max_memory: str = opt.MAX_MEMORY,
     trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
+    calibration_file: Path = opt.CALIBRATION_FILE,
+    calibration_samples: int = opt.CALIBRATION_SAMPLES,
+    calibration_seq_len: int = opt.CALIBRATION_SEQ_LEN,
     as_json: bool = typer.Option(False, "--json", help="print the inspection as JSON"),
 ) -> None:
     """Load MODEL in a precision and show what was quantized and what it weighs."""
     from quantbench.loading import load
 
+    calibration = {"calibration_file": calibration_file, "calibration_samples": calibration_samples,
+                   "calibration_seq_len": calibration_seq_len}
     options = opt.load_options(
-        compute_dtype, skip_modules, int8_threshold, device_map, max_memory, trust_remote_code
+        compute_dtype, skip_modules, int8_threshold, device_map, max_memory, trust_remote_code, calibration
     )
     loaded = load(model, precision, options)
     info = loaded.inspection
@@ -52,9 +59,10 @@ def inspect_command(
         "ratio to fp16": f"{info.ratio_to_fp16:.3f}",
         "placement": ", ".join(f"{k}: {v / 2**20:.1f} MiB" for k, v in info.devices.items()),
         "load time": f"{loaded.load_seconds:.1f} s",
+        **{f"note {i}": note for i, note in enumerate(info.notes, 1)},
     }
     for key, value in rows.items():
-        table.add_row(key, value)
+        table.add_row(key, escape(value))  # layer classes such as Linear[compressed-tensors]
     Console().print(table)
 
 

@@ -43,6 +43,9 @@ def run_command(
     device_map: str = opt.DEVICE_MAP,
     max_memory: str = opt.MAX_MEMORY,
     trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
+    calibration_file: Path = opt.CALIBRATION_FILE,
+    calibration_samples: int = opt.CALIBRATION_SAMPLES,
+    calibration_seq_len: int = opt.CALIBRATION_SEQ_LEN,
 ) -> None:
     """Measure memory, latency and quality of MODEL in each precision, one process each."""
     from quantbench.loading import default_device
@@ -69,8 +72,10 @@ def run_command(
         text_file=str(text_file) if text_file else None, dataset=dataset,
         latency=latency, quality=quality,
     )
+    calibration = {"calibration_file": calibration_file, "calibration_samples": calibration_samples,
+                   "calibration_seq_len": calibration_seq_len}
     options = opt.load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
-                           trust_remote_code)
+                               trust_remote_code, calibration)
     console = Console(stderr=True)
     try:
         with console.status("starting") as status:
