@@ -8,7 +8,13 @@ from typing import Any
 import typer
 
 from quantbench.errors import QuantbenchError
-from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, LoadOptions
+from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, DTYPES, LoadOptions
+
+EXIT_CODES = (
+    "Exit status: 0 every precision was measured (one that does not fit is an answer); "
+    "1 a precision ended in another error (the results are kept); 2 bad input (nothing "
+    "measured, no results file touched); 130 interrupted (what was measured is kept)."
+)
 
 # The loading options every model-loading command takes, declared once.
 COMPUTE_DTYPE = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for the device)")
@@ -56,6 +62,8 @@ def parse_ints(text: str, what: str) -> tuple[int, ...]:
 
 def load_options(compute_dtype: str | None, skip_modules: str | None, int8_threshold: float,
                  device_map: str | None, max_memory: str | None, trust_remote_code: bool) -> LoadOptions:
+    if compute_dtype is not None and compute_dtype.lower() not in DTYPES:
+        raise QuantbenchError(f"unknown compute dtype '{compute_dtype}'; choose from: fp32, fp16, bf16")
     return LoadOptions(
         compute_dtype=compute_dtype,
         skip_modules=parse_skip_modules(skip_modules),

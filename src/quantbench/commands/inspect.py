@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbench import validate
 from quantbench.commands import _options as opt
 
 
@@ -23,6 +24,7 @@ def inspect_command(
     """Load MODEL in a precision and show what was quantized and what it weighs."""
     from quantbench.loading import load
 
+    validate.model_name(model)
     options = opt.load_options(
         compute_dtype, skip_modules, int8_threshold, device_map, max_memory, trust_remote_code
     )
