@@ -117,7 +117,9 @@ def test_csv_has_one_raw_row_per_result_and_json_reads_back():
     back = [Result.from_dict(d) for d in payload["results"]]
     assert [r.spec.precision for r in back] == [r.spec.precision for r in results]
     statuses = {c["name"]: c["status"] for c in payload["checks"]["smollm2-135m"]}
-    assert statuses["int8/fp16 weights ratio"] == "pass"  # 160 / 270 MiB
+    assert statuses["int8/fp16 weights ratio"] == "n/a"  # the 1.1B lab band: not for 0.13B
+    # 160 / 270 MiB is not SmolLM2's layout (int8 keeps its 21 % tied embedding in fp32 on CPU)
+    assert statuses["int8/fp16 weights vs estimate"] == "fail"
     assert statuses["fp16 weights for a ~1.1B model"] == "n/a"
 
 

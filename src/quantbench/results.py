@@ -84,6 +84,7 @@ class Result:
     error: str | None = None
     random_weights: bool = False
     device: str = ""
+    shared_device: str | None = None  # why timings may be slow: other work on the device meanwhile
     versions: dict[str, str] = field(default_factory=dict)
     timestamp: str = ""
 

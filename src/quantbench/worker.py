@@ -21,6 +21,7 @@ import torch
 from quantbench.errors import QuantbenchError
 from quantbench.loading import Loaded, default_device, load
 from quantbench.measure import latency, quality
+from quantbench.measure.hygiene import DeviceWatch
 from quantbench.measure.memory import MemoryProbe, copy_bandwidth_bytes_per_s, device_name
 from quantbench.precisions import LoadOptions
 from quantbench.results import Result, RunSpec, Workload, library_versions, now_iso
@@ -121,7 +122,9 @@ def execute(job: dict[str, Any]) -> Result:
             result.metrics |= _quality(loaded, work, job)
         if work.latency:
             _emit({"phase": "latency"})
-            result.metrics |= _latency(loaded, work, probe, notes)
+            with DeviceWatch(device) as watch:
+                result.metrics |= _latency(loaded, work, probe, notes)
+            result.shared_device, notes["isolation"] = watch.shared, watch.details
             bandwidth = copy_bandwidth_bytes_per_s(device)
             if bandwidth:
                 result.metrics["copy_bandwidth_bytes_per_s"] = bandwidth
