@@ -203,3 +203,24 @@ def test_validation_functions_accept_good_input(tmp_path):
     for name in ("smollm2-135m", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "gpt2", str(folder)):
         validate.model_name(name)
     validate.results_to_append(tmp_path / "new" / "results.jsonl")  # absent: created later
+
+
+def test_results_file_that_cannot_be_read_is_refused(cli, results, monkeypatch):
+    """As a file without read permission answers (root reads everything, so it is simulated)."""
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self == results:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    for args in (["report", str(results)], ["run", "smollm2-135m", "-o", str(results), *FAST]):
+        line = refused(cli, *args)
+        assert "cannot read results file" in line and "Permission denied" in line
+
+
+def test_bad_dataset_spec_fails_in_the_parent(cli, results):
+    before = results.read_bytes()
+    assert "bad --dataset" in refused(cli, "run", "smollm2-135m", "-o", str(results), "--dataset", "a:b:c:d")
+    assert results.read_bytes() == before
