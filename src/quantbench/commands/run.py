@@ -8,7 +8,7 @@ from rich.console import Console
 
 from quantbench import validate
 from quantbench.commands import _options as opt
-from quantbench.results import OUT_OF_MEMORY, Workload
+from quantbench.results import Workload
 
 
 def run_command(
@@ -84,7 +84,7 @@ def run_command(
     for renderable in rich_renderables(measured):
         out.print(renderable)
     console.print(f"results: {results} (quantbench report {results} --html report.html)")
-    failed = [r.spec.precision for r in measured if r.error and r.error != OUT_OF_MEMORY]
+    failed = [r.spec.precision for r in measured if not r.answered]  # out of memory is an answer
     if failed:
         console.print(f"error: {', '.join(failed)} ended in an error (see the status column); "
                       f"the results are kept in {results} and a rerun redoes only these")
