@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-SAMPLE_SECONDS = 1.0
+SAMPLE_SECONDS = 2.0  # nvidia-smi costs a little CPU; eager decode is launch-bound
 # Background daemons keep a sliver of a core busy; more than this beyond the free cores is load.
 CPU_MARGIN_CORES = 0.5
 
