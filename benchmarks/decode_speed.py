@@ -3,11 +3,12 @@
     python benchmarks/decode_speed.py --model tinyllama-1.1b-arch \
         --precisions fp16,bf16,int8,int8-t0,nf4 --out DIR
 
-Per precision, in one process each (measured in that one run): eager ms/token, fast ms/token,
-the bandwidth limit (weights footprint bytes / measured copy bandwidth), the ratios fast/eager
-and limit/fast, greedy-token equality with eager, where the time goes per token (profile), and
-a tokens/s curve over batch sizes for the fast engine. `int8-t0` is LLM.int8 with outlier
-threshold 0. Decode ms/token = (generate(N) - generate(1)) / (N - 1), medians of repeats.
+Per precision, in one process each (measured in that one run): eager ms/token, fast ms/token
+with each of --kernels (quantbench's GEMVs; bitsandbytes' and cuBLAS kernels), the bandwidth
+limit (weights footprint bytes / measured copy bandwidth), the ratios fast/eager and limit/fast,
+greedy-token equality with eager, where the time goes per token (profile), and a tokens/s curve
+over batch sizes for the fast engine. `int8-t0` is LLM.int8 with outlier threshold 0. Decode
+ms/token = (generate(N) - generate(1)) / (N - 1), medians of repeats.
 Writes decode_speed.json and decode_speed.md into --out.
 """
 
@@ -21,7 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-TARGET_MS = {"fp16": 1.5, "bf16": 1.5, "nf4": 1.5, "int8": 3.0, "int8-t0": 3.0}
+TARGETS = {  # fast ms/token, batch 1, by model
+    "tinyllama-1.1b-arch": {"fp16": 1.4, "bf16": 1.4, "nf4": 0.9, "nf4-dq": 0.9, "int8": 1.3, "int8-t0": 1.2},
+    "llama-2-7b-arch": {"fp16": 6.5, "nf4": 3.0, "int8": 4.5},
+}
 VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> precision, options
 # Suffixes that change how the fast engine runs: "fp16+exact+autotune".
 FLAGS = {
@@ -142,34 +146,44 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     ids = torch.randint(3, vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
 
     eager = get_engine("eager", model, max_batch, max_seq)
-    fast = FastEngine(model, max_batch, max_seq, **engine_options)
     eager.warmup(ids, 4)
-    start = time.perf_counter()
-    fast.warmup(ids, 4)
-    warmup_s = time.perf_counter() - start
-
     check = min(args.eager_tokens, 32)
-    eager_tokens, fast_tokens = eager.generate(ids, check), fast.generate(ids, check)
-    same = bool(torch.equal(eager_tokens.cpu(), fast_tokens.cpu()))
-    mismatch = None if same else int((eager_tokens != fast_tokens).nonzero()[0, 1])
-    gap = None if same else near_tie(fast, ids, eager_tokens, fast_tokens, mismatch)
-
+    eager_tokens = eager.generate(ids, check)
     eager_ms, eager_first = decode_ms(eager, ids, args.eager_tokens, args.repeats)
-    fast_ms, fast_first = decode_ms(fast, ids, args.new_tokens, args.repeats)
     limit_ms = 1e3 * loaded.inspection.footprint_bytes / args.bandwidth
     result = {
-        "precision": name, "options": options, "engine": fast.describe(),
+        "precision": name, "options": options,
         "weights_footprint_bytes": loaded.inspection.footprint_bytes,
-        "eager_ms_per_token": eager_ms, "fast_ms_per_token": fast_ms,
-        "bandwidth_limit_ms_per_token": limit_ms,
-        "fast_over_eager": fast_ms / eager_ms, "limit_over_fast": limit_ms / fast_ms,
-        "eager_generate1_ms": eager_first, "fast_generate1_ms": fast_first,
-        "fast_warmup_s": warmup_s, "same_tokens": same, "checked_tokens": check,
-        "first_mismatch": mismatch, "mismatch_gap": gap, "target_ms_per_token": TARGET_MS.get(base),
+        "eager_ms_per_token": eager_ms, "eager_generate1_ms": eager_first,
+        "bandwidth_limit_ms_per_token": limit_ms, "checked_tokens": check,
+        "target_ms_per_token": TARGETS.get(args.model, {}).get(base), "by_kernels": {},
     }
+    # bitsandbytes' kernels first: quantbench's install re-points the layers' weights at merged
+    # buffers (same bytes), which the other engine then reads through the layers' own forwards.
+    for kernels in args.kernels.split(","):
+        fast = FastEngine(model, max_batch, max_seq, **kernel_options(kernels), **engine_options)
+        start = time.perf_counter()
+        fast.warmup(ids, 4)
+        warmup_s = time.perf_counter() - start
+        fast_tokens = fast.generate(ids, check)
+        same = bool(torch.equal(eager_tokens.cpu(), fast_tokens.cpu()))
+        mismatch = None if same else int((eager_tokens != fast_tokens).nonzero()[0, 1])
+        gap = None if same else near_tie(fast, ids, eager_tokens, fast_tokens, mismatch)
+        fast_ms, fast_first = decode_ms(fast, ids, args.new_tokens, args.repeats)
+        result["by_kernels"][kernels] = {
+            "engine": fast.describe(), "fast_ms_per_token": fast_ms,
+            "fast_over_eager": fast_ms / eager_ms, "limit_over_fast": limit_ms / fast_ms,
+            "fast_generate1_ms": fast_first, "fast_warmup_s": warmup_s, "same_tokens": same,
+            "first_mismatch": mismatch, "mismatch_gap": gap,
+        }
+        # the row's headline is the last kernels choice (quantbench by default)
+        result |= {k: v for k, v in result["by_kernels"][kernels].items()}
+        save(result)  # a later failure or timeout keeps the numbers so far
+        if kernels != args.kernels.split(",")[-1]:
+            fast._slot = None  # free its cache and graph before the next engine
     target = result["target_ms_per_token"]
-    result["meets_target"] = target is not None and fast_ms <= target
-    save(result)  # a later failure or timeout keeps the batch-1 numbers
+    result["meets_target"] = target is not None and result["fast_ms_per_token"] <= target
+    save(result)
     # An uncaptured step is host-bound and slow: a few batch sizes tell its story.
     batches = args.batches if fast.capture else [b for b in args.batches if b in (1, 8, 64)]
     for key, work in (
@@ -184,6 +198,17 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
             result[f"{key}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         save(result)
     return result
+
+
+def kernel_options(spec: str) -> dict:
+    """'bnb', 'quantbench' (its default kernels), 'quantbench+4bit' (its 4-bit GEMV too, each
+    weight rounded as dequantize_4bit does) or 'quantbench+4bit-factored' (absmax per block)."""
+    from quantbench.kernels import ALL_KINDS
+    from quantbench.kernels.config import set_fourbit_factored
+
+    kernels, _, extra = spec.partition("+")
+    set_fourbit_factored(extra == "4bit-factored")  # read at capture: each engine keeps its own
+    return {"kernels": kernels, "kernel_kinds": ALL_KINDS if extra else None}
 
 
 def run_child(args: argparse.Namespace, name: str) -> dict:
@@ -208,7 +233,7 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
 
 def _forwarded(args: argparse.Namespace) -> dict:
     keys = ("model", "parts", "prompt_len", "new_tokens", "eager_tokens", "curve_tokens",
-            "repeats", "compile_mode")
+            "repeats", "compile_mode", "kernels")
     forwarded = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     forwarded["batches"] = ",".join(map(str, args.batches))
     return forwarded
@@ -221,21 +246,37 @@ def markdown(report: dict) -> str:
         f"Copy bandwidth {report['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s (read + write); "
         f"batch 1, prompt {report['prompt_len']}; {report['timestamp']}.",
         "",
-        "| precision | eager ms/tok | fast ms/tok | limit ms/tok | fast/eager | limit/fast "
-        "| same tokens | target | pass | fast mode |",
+        "| precision | eager ms/tok | fast+bnb ms/tok | fast+quantbench ms/tok | limit ms/tok "
+        "| share of limit (ours) | same tokens (bnb/ours) | target | pass | mode (ours) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        if "error" in r:
+        if "error" in r and "eager_ms_per_token" not in r:
             lines.append(f"| {r['precision']} | error: {r['error'][:120]} |||||||||")
             continue
+        by = r.get("by_kernels", {})
+
+        def ms(kernels: str, by: dict = by) -> str:
+            return f"{by[kernels]['fast_ms_per_token']:.2f}" if kernels in by else "-"
+
+        def same(kernels: str, by: dict = by) -> str:
+            return ("yes" if by[kernels]["same_tokens"] else f"from {by[kernels]['first_mismatch']}") \
+                if kernels in by else "-"
+
+        ours = by.get("quantbench", {})
+        share = f"{r['bandwidth_limit_ms_per_token'] / ours['fast_ms_per_token']:.0%}" if ours else "-"
         lines.append(
-            f"| {r['precision']} | {r['eager_ms_per_token']:.2f} | {r['fast_ms_per_token']:.2f} "
-            f"| {r['bandwidth_limit_ms_per_token']:.2f} | {r['fast_over_eager']:.3f} "
-            f"| {r['limit_over_fast']:.2f} | {'yes' if r['same_tokens'] else 'NO'} "
-            f"| {r['target_ms_per_token']} | {'pass' if r['meets_target'] else 'FAIL'} "
-            f"| {r['engine']['mode']} |"
+            f"| {r['precision']} | {r['eager_ms_per_token']:.2f} | {ms('bnb')} | {ms('quantbench')} "
+            f"| {r['bandwidth_limit_ms_per_token']:.2f} | {share} | {same('bnb')} / {same('quantbench')} "
+            f"| {r['target_ms_per_token']} | {'pass' if r.get('meets_target') else 'FAIL'} "
+            f"| {ours.get('engine', {}).get('mode', '-')} |"
         )
+    extra = [(r["precision"], k, v) for r in report["results"] for k, v in r.get("by_kernels", {}).items()
+             if k not in ("bnb", "quantbench")]
+    if extra:
+        lines += ["", "Other kernel choices (same run):", ""]
+        lines += [f"- {p} {k}: {v['fast_ms_per_token']:.2f} ms/token, same tokens: {v['same_tokens']}"
+                  for p, k, v in extra]
     lines += ["", "Fast engine tokens/s by batch:", ""]
     for r in report["results"]:
         if "curve" in r:
@@ -308,6 +349,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batches", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile-mode", default=None, help="torch.compile mode of the decode step")
+    p.add_argument("--kernels", default="bnb,quantbench", help="fast engine kernels to compare, in order")
     p.add_argument("--timeout-s", type=int, default=300, help="per precision")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bandwidth", type=float, default=None, help=argparse.SUPPRESS)

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from quantbench.estimate import EstimateSettings, estimate
-from quantbench.results import read_results
+from quantbench.results import read_results, sweep
 
 HERE = Path(__file__).resolve().parent / "results" / "h100" / "matrix"
 
@@ -30,7 +30,7 @@ def rows() -> list[dict]:
             seq = 128 + work["new_tokens"]
             settings = EstimateSettings(batch_size=batch, seq_len=seq, device="cuda", compute_dtype="bf16")
             est = estimate(result.spec.model, [result.spec.precision], settings).precisions[0]
-            measured_peak = result.metrics.get(f"peak_generate_bytes_b{batch}")
+            measured_peak = sweep(result.metrics, "peak_generate_bytes").get(batch)
             out.append({
                 "model": result.spec.model, "precision": result.spec.precision, "batch": batch, "seq_len": seq,
                 "weights_estimate_bytes": est.weights_bytes,

@@ -2,9 +2,10 @@
 
     python benchmarks/estimate_vs_measured.py --out benchmarks/results/estimate
     python benchmarks/estimate_vs_measured.py --device cpu --models smollm2-135m \
-        --precisions fp32,nf4 --out /tmp/est      # the non-CUDA path, for a quick check
+        --precisions fp32,nf4 --out est-cpu      # the non-CUDA path, for a quick check
 
-Each (model, precision) loads in its own subprocess so no memory leaks between them. On CUDA the
+Each (model, precision) loads in its own process (quantbench.isolation), so no memory leaks
+between them. On CUDA the
 child reports the inspection footprint, torch.cuda.memory_allocated after loading, the peak of
 one generate() (batch B, S tokens in the cache) and the memory the driver holds beyond torch's
 reservation (the CUDA context). Writes estimate_vs_measured.json and .md into --out.
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from quantbench.isolation import run_isolated
 
 GIB = 2**30
 WEIGHTS_TOLERANCE, PEAK_TOLERANCE = 0.03, 0.15
@@ -27,13 +28,14 @@ ACCELERATE_DTYPE = {"fp32": ("float32", 1), "fp16": ("float16", 2), "bf16": ("fl
                     "fp4": ("int4", 8)}
 
 
-def child(args: argparse.Namespace) -> dict:
+def child(job: dict) -> dict:
     """Load one precision, measure, return a JSON-able dict (runs in its own process)."""
     import torch
 
     import quantbench
     from quantbench.measure.memory import MemoryProbe
 
+    args = argparse.Namespace(**job)
     probe = MemoryProbe(args.device)
     loaded = quantbench.load(args.model, args.precision, device=args.device)
     out = {"footprint_bytes": loaded.inspection.footprint_bytes,
@@ -55,15 +57,10 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def measure(model: str, precision: str, args: argparse.Namespace) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-        cmd = [sys.executable, __file__, "--child", "--model", model, "--precision", precision,
-               "--device", args.device, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
-               "--new-tokens", str(args.new_tokens), "--out", handle.name]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            return {"error": tail}
-        return json.loads(Path(handle.name).read_text())
+    job = {"model": model, "precision": precision, "device": args.device, "batch": args.batch,
+           "seq_len": args.seq_len, "new_tokens": args.new_tokens}
+    outcome = run_isolated(f"{__file__}:child", job)
+    return outcome.value if outcome.ok else {"error": outcome.error}
 
 
 def accelerate_figures(model: str) -> dict:
@@ -150,13 +147,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        Path(args.out).write_text(json.dumps(child(args)))
-        return 0
     rows = []
     for model in args.models.split(","):
         acc = accelerate_figures(model)

@@ -3,7 +3,7 @@
 GPU (the numbers we commit):
     python benchmarks/finetune_gpu.py --out benchmarks/results/finetune_h100
 CPU smoke test (tiny settings; paged optimizers fall back to unpaged there):
-    python benchmarks/finetune_gpu.py --device cpu --steps 3 --out /tmp/ft_cpu
+    python benchmarks/finetune_gpu.py --device cpu --steps 3 --out ft-cpu
 
 tinyllama-1.1b-arch has random weights: its loss is meaningless, its memory and speed are not.
 """
@@ -15,9 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
-from quantbench.finetune import LOSS_PLOT, FinetuneConfig, finetune
-from quantbench.optimizers import ComparisonConfig, compare_optimizers
 from quantbench.results import Result, append_result
+from quantbench.training import LOSS_PLOT, ComparisonConfig, FinetuneConfig, compare_optimizers, finetune
 
 
 def parse_args() -> argparse.Namespace:

@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread, here and in every worker process the tests start: on a small shared CPU, torch's
+# threads spin against each other and against other processes (a tiny decode took 7x longer
+# with two threads than with one while another job was running).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore")
 
 MODEL = "smollm2-135m"

@@ -1,4 +1,4 @@
-"""Issue 8: torchao, HQQ and optimum-quanto as rows of the one precision table.
+"""torchao, HQQ and optimum-quanto as rows of the one precision table.
 
 Each backend that runs on the CPU loads the real SmolLM2, is inspected (layer classes, bits per
 quantized weight, footprint below fp16), scores a perplexity close to fp32 on our held-out text,

@@ -1,4 +1,4 @@
-"""Issue 3: the precision table really builds what it says, on the real SmolLM2 on CPU."""
+"""The precision table really builds what it says, on the real SmolLM2 on CPU."""
 
 from __future__ import annotations
 
@@ -165,3 +165,14 @@ def test_max_memory_parsing_for_multi_gpu_placement():
 def test_bad_max_memory_is_one_line(cli):
     code, _, err = cli("inspect", "smollm2-135m", "--max-memory", "0=lots")
     assert code == 2 and "bad --max-memory entry '0=lots'" in err
+
+
+def test_isolated_call_runs_in_its_own_process_and_reports_a_crash():
+    import os
+
+    from quantbench.isolation import run_isolated
+
+    outcome = run_isolated("os:getpid")
+    assert outcome.ok and outcome.value != os.getpid()
+    crashed = run_isolated("os:_exit", 3)
+    assert not crashed.ok and crashed.error == "exit code 3"

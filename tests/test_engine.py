@@ -10,6 +10,7 @@ import torch
 import quantbench
 from quantbench.engine import get_engine, suppressed_tokens
 from quantbench.engine.fast import FastEngine, capture_blocker, pick_next
+from quantbench.errors import QuantbenchError
 
 PROMPTS = ["The capital of France is", "Water boils at a temperature of"]
 NEW_TOKENS = 8
@@ -88,3 +89,17 @@ def test_engine_checks_its_limits():
         fast.generate(torch.ones(1, 6, dtype=torch.long), 3)
     with pytest.raises(quantbench.QuantbenchError, match="unknown engine 'turbo'"):
         get_engine("turbo", loaded.model, 1, 8)
+
+
+def test_fast_engine_kernels_choice_is_checked_and_described():
+    loaded = _load("fp32")
+    with pytest.raises(QuantbenchError, match="unknown kernels"):
+        get_engine("fast", loaded.model, 1, 16, kernels="cutlass")
+    described = get_engine("fast", loaded.model, 1, 16, kernels="bnb").describe()["kernels"]
+    assert described == {"kernels": "none on the CPU", "layers": "own forwards"}  # CPU path unchanged
+
+
+def test_run_rejects_an_unknown_kernels_choice_in_one_line(cli):
+    code, _, err = cli("run", "smollm2-135m", "-p", "fp32", "--engine", "fast", "--kernels", "cutlass")
+    assert code != 0
+    assert "unknown kernels 'cutlass'" in err and "Traceback" not in err

@@ -12,15 +12,16 @@ import pytest
 import torch
 
 import quantbench
+import quantbench.training
 from quantbench.errors import QuantbenchError
-from quantbench.finetune import (
+from quantbench.results import read_results
+from quantbench.training import (
     FinetuneConfig,
     finetune,
     load_with_adapter,
     merge_adapter,
     read_texts,
 )
-from quantbench.results import read_results
 
 MODEL = "smollm2-135m"
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -122,7 +123,7 @@ def test_training_data_formats(tmp_path):
         read_texts(data)
     with pytest.raises(QuantbenchError, match="does not exist"):
         read_texts(tmp_path / "missing.txt")
-    assert len(read_texts(quantbench.finetune.SAMPLE_TEXT)[0].split()) > 300
+    assert len(read_texts(quantbench.training.SAMPLE_TEXT)[0].split()) > 300
 
 
 def test_bad_input_is_one_line_errors(tmp_path):

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from quantbench.errors import QuantbenchError
-from quantbench.optimizers import (
+from quantbench.results import append_result, read_results
+from quantbench.training import (
     ComparisonConfig,
     compare_optimizers,
     get_optimizer,
     optimizer_notes,
     optimizer_state_bytes,
 )
-from quantbench.results import append_result, read_results
 
 
 @pytest.fixture(scope="module")

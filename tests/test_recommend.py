@@ -6,14 +6,15 @@ import pytest
 
 from quantbench.errors import QuantbenchError
 from quantbench.estimate import EstimateSettings, estimate
-from quantbench.recommend import QUALITY_TIERS, parse_fraction, recommend
+from quantbench.precisions import PRECISIONS, get_precision
+from quantbench.recommend import parse_fraction, recommend
 from quantbench.results import Result, RunSpec, append_result
 
 MODEL = "llama-2-7b-arch"
 
 
 def _tier(name: str) -> int:
-    return next(i for i, tier in enumerate(QUALITY_TIERS) if name in tier)
+    return get_precision(name).quality_tier
 
 
 def test_estimated_pick_is_best_expected_quality_that_fits():
@@ -87,3 +88,13 @@ def test_tolerance_parsing():
     assert parse_fraction("0.05") == pytest.approx(0.05)
     with pytest.raises(QuantbenchError):
         parse_fraction("five")
+
+
+def test_every_precision_row_is_estimated_and_ranked():
+    """A row added to the table is estimated and takes its scheme's tier, never a silent last."""
+    rec = recommend(MODEL, "80GiB", settings=EstimateSettings(seq_len=256))
+    ranked = {c.precision for c in rec.candidates}
+    assert ranked == {n for n, p in PRECISIONS.items() if not p.scheme.offloads}
+    assert rec.winner in ("fp32", "fp16", "bf16")
+    worst = max(_tier(n) for n in ranked)
+    assert {n for n in ranked if _tier(n) == worst} == {"hqq-3bit"}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SmolLM2 on the GPU beyond the bitsandbytes matrix: QLoRA + optimizers (paged ones are
 # GPU-only), the torchao / HQQ / quanto rows, and the fast engine's tokens on real weights.
-# At most 8 files come back from a call, so each part writes two to four.
+# Each part is bounded by `timeout` so that one slow part cannot starve the next.
 source benchmarks/gpu/setup.sh
 mkdir -p "$OUT/ft"
 timeout 170 python3 benchmarks/finetune_gpu.py --models smollm2-135m --steps 20 --out "$OUT/ft" 2>&1 | tail -15

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Two GPUs of one host: accelerate's split (sharded inference) against the same run on one GPU,
 # a model that only fits split, caps too small for the model, and data-parallel QLoRA against
-# one process. Writes JSONL + Markdown per part to $OUT (at most 8 files).
+# one process. Writes JSONL + Markdown per part to $OUT.
 # usage (on a 2-GPU machine): bash benchmarks/gpu/two_gpu.sh
 source benchmarks/gpu/setup.sh
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 python3 -c 'import torch; print("GPUs:", torch.cuda.device_count())'
 qb() { python3 -m quantbench "$@"; }
-R=/tmp/results
+R=$QB_WORK/results  # set by setup.sh
 common=(--batch-sizes 1,4 --prompt-lengths 128,512 --new-tokens 32 --no-quality)
 
 # 1. Sharded 7B architecture (most layers on GPU 1) and its single-GPU twin.

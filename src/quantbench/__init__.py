@@ -35,9 +35,9 @@ _LAZY = {
     "EstimateSettings": "quantbench.estimate",
     "recommend": "quantbench.recommend",
     "Recommendation": "quantbench.recommend",
-    "finetune": "quantbench.finetune",
-    "FinetuneConfig": "quantbench.finetune",
-    "merge_adapter": "quantbench.finetune",
+    "finetune": "quantbench.training",
+    "FinetuneConfig": "quantbench.training",
+    "merge_adapter": "quantbench.training",
 }
 
 __all__ = ["QuantbenchError", *_LAZY]

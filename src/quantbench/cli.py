@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import pkgutil
 import sys
 import warnings
 
@@ -33,16 +31,19 @@ def _root() -> None:
     """Which precision should I run this LLM in, on this GPU, and what does it cost me?"""
 
 
-# Commands register themselves; this order is the one `--help` shows.
-_ORDER = ["inspect", "run", "report", "estimate", "recommend", "finetune", "optimizers"]
+_registered = False
 
 
 def _register_commands() -> None:
-    from quantbench import commands
+    """Every command, in the order `--help` shows them; each module adds its own."""
+    global _registered
+    if _registered:
+        return
+    from quantbench.commands import estimate, finetune, inspect, optimizers, recommend, report, run
 
-    found = [m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")]
-    for name in sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n)):
-        importlib.import_module(f"quantbench.commands.{name}").register(app)
+    for module in (inspect, run, report, estimate, recommend, finetune, optimizers):
+        module.register(app)
+    _registered = True
 
 
 # Libraries that log at import: torchao (its optional kernels), torch (pytree deprecations),

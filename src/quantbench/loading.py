@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -69,24 +68,22 @@ def _importable(module: str) -> bool:
 
 def from_pretrained_kwargs(
     precision: Precision, options: LoadOptions, device: str
-) -> tuple[dict[str, Any], torch.dtype, Callable[[Any], Any] | None]:
-    """from_pretrained's keyword arguments, the compute dtype, and any quantizer to run after loading."""
-    compute_dtype = resolve_compute_dtype(options, device)
-    device_map = options.device_map or ("auto" if precision.name == "int8-offload" else device)
+) -> tuple[dict[str, Any], torch.dtype]:
+    """from_pretrained's keyword arguments and the compute dtype."""
+    compute_dtype = resolve_compute_dtype(options.compute_dtype, device)
+    scheme = precision.scheme
     kwargs: dict[str, Any] = {
-        "dtype": precision.unquantized_dtype(compute_dtype),
-        "device_map": device_map,
+        "dtype": scheme.storage_dtype(compute_dtype),
+        "device_map": options.device_map or scheme.device_map(device),
         "trust_remote_code": options.trust_remote_code,
         "use_safetensors": True,
     }
     if options.max_memory:
         kwargs["max_memory"] = options.max_memory
-    config = precision.quantization_config(options, compute_dtype)
-    if callable(config):  # quantizes the loaded model itself (HQQ)
-        return kwargs, compute_dtype, config
+    config = scheme.hf_config(options, compute_dtype)
     if config is not None:
         kwargs["quantization_config"] = config
-    return kwargs, compute_dtype, None
+    return kwargs, compute_dtype
 
 
 def load(
@@ -107,17 +104,17 @@ def load(
     check_backend(precision, device)
     ref = resolve(model) if isinstance(model, str) else model
     options = _keep_tied_head(ref, options)
-    kwargs, compute_dtype, quantize_after_load = from_pretrained_kwargs(precision, options, device)
+    kwargs, compute_dtype = from_pretrained_kwargs(precision, options, device)
 
+    source = precision.scheme.prepare_checkpoint(Path(ref.source), options)
     start = time.perf_counter()
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(ref.source, **kwargs)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
     except torch.OutOfMemoryError:
         raise
     except (OSError, ValueError) as err:
         raise QuantbenchError(f"cannot load '{ref.name}' as {precision.name}: {_one_line(err)}") from None
-    if quantize_after_load is not None:
-        quantize_after_load(hf_model)
+    precision.scheme.after_load(hf_model, options, compute_dtype)
     if adapter:
         from peft import PeftModel
 

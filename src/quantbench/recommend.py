@@ -7,27 +7,18 @@ Every losing precision gets its reason.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quantbench.errors import QuantbenchError
-from quantbench.estimate import (
-    CUDA_CONTEXT_BYTES,
-    EstimateSettings,
-    estimate,
-    gib,
-    json_safe,
-    parse_size,
-)
+from quantbench.estimate import CUDA_CONTEXT_BYTES, EstimateSettings, estimate, json_safe
+from quantbench.precisions import PRECISIONS
+from quantbench.results import sweep, sweep_key
+from quantbench.units import gib, parse_size
 
-# Expected quality, best first; precisions in one tier are interchangeable for quality, so the
-# smaller one wins. From the QLoRA and LLM.int8 papers; measured Results override it.
-QUALITY_TIERS: tuple[tuple[str, ...], ...] = (
-    ("fp32", "bf16", "fp16"),
-    ("int8", "int8-offload"),
-    ("nf4-dq", "nf4"),
-    ("fp4",),
-)
+# Two measured ratios closer than this many standard errors of their difference are a tie.
+TIE_STANDARD_ERRORS = 2.0
 PEAK_METRICS = ("peak_generate_bytes_b1", "peak_load_bytes", "weights_footprint_bytes")
 
 
@@ -38,6 +29,7 @@ class Candidate:
     memory_metric: str  # where need_bytes came from
     ppl_ratio: float | None = None
     fits: bool = False
+    ppl_ratio_se: float | None = None
     verdict: str = ""
 
 
@@ -67,16 +59,17 @@ def parse_fraction(text: str | float) -> float:
     return value
 
 
-def _tier(precision: str) -> int:
-    tiers = enumerate(QUALITY_TIERS)
-    return next((i for i, tier in tiers if precision in tier), len(QUALITY_TIERS))
+def quality_tier(precision: str) -> int:
+    """Expected quality, best first, from the precision's scheme; precisions in one tier are
+    interchangeable for quality, so the smaller one wins. Results of a precision this version
+    does not know (an older or newer table) rank after every known one."""
+    known = PRECISIONS.get(precision)
+    return known.quality_tier if known else max(p.quality_tier for p in PRECISIONS.values()) + 1
 
 
 def _peak_metric(metrics: dict[str, Any]) -> tuple[str, int] | None:
     # batch 1 first, then the smallest batch measured, then what loading alone took
-    prefix = "peak_generate_bytes_b"
-    batches = sorted((k for k in metrics if k.startswith(prefix) and k[len(prefix):].isdigit()),
-                     key=lambda k: int(k[len(prefix):]))
+    batches = [sweep_key("peak_generate_bytes", b) for b in sweep(metrics, "peak_generate_bytes")]
     names = [*PEAK_METRICS[:1], *batches, *PEAK_METRICS[1:]]
     for name in names:
         if metrics.get(name) is not None:
@@ -96,8 +89,9 @@ def measured_candidates(results: list[Any], model: str, context_bytes: int,
         if peak is None or result.spec.precision in out:
             continue
         ratio = None if result.random_weights else result.metrics.get("ppl_ratio")
+        error = None if result.random_weights else result.metrics.get("ppl_ratio_se")
         out[result.spec.precision] = Candidate(result.spec.precision, peak[1] + context_bytes,
-                                               peak[0], ratio)
+                                               peak[0], ratio, ppl_ratio_se=error)
     if any(r.random_weights for r in mine):
         notes.append("these Results are for random weights: their perplexity is ignored")
     return list(out.values())
@@ -111,10 +105,16 @@ def estimated_candidates(model: str, settings: EstimateSettings) -> list[Candida
 
 def _rank(candidates: list[Candidate], use_ppl: bool) -> list[Candidate]:
     def key(c: Candidate) -> tuple[float, float]:
-        quality = c.ppl_ratio if use_ppl else _tier(c.precision)
+        quality = c.ppl_ratio if use_ppl else quality_tier(c.precision)
         return (quality, c.need_bytes or 0)
 
     return sorted(candidates, key=key)
+
+
+def _tied(a: Candidate, b: Candidate) -> bool:
+    """Measured ratios whose difference lies inside its error (their standard errors combined)."""
+    error = math.hypot(a.ppl_ratio_se or 0.0, b.ppl_ratio_se or 0.0)
+    return abs(a.ppl_ratio - b.ppl_ratio) <= TIE_STANDARD_ERRORS * error
 
 
 def choose(candidates: list[Candidate], budget: int, tolerance: float,
@@ -125,7 +125,7 @@ def choose(candidates: list[Candidate], budget: int, tolerance: float,
     use_ppl = bool(candidates) and all(c.ppl_ratio is not None for c in candidates)
     if not use_ppl:
         notes.append("no measured perplexity for every precision: ranked by the expected quality "
-                     "order fp32/bf16/fp16 > int8 > nf4-dq ~ nf4 > fp4; tolerance not applied")
+                     f"order {_tier_order(candidates)}; tolerance not applied")
     eligible = []
     for c in candidates:
         if not c.fits:
@@ -138,15 +138,30 @@ def choose(candidates: list[Candidate], budget: int, tolerance: float,
     ranked = _rank(eligible, use_ppl)
     if not ranked:
         return None
+    tied = [c for c in ranked if _tied(c, ranked[0])] if use_ppl else []
+    if tied:  # within the error of the best ratio it is a tie, and the smaller one wins
+        ranked.remove(winner := min(tied, key=lambda c: c.need_bytes or 0))
+        ranked.insert(0, winner)
     winner = ranked[0]
     winner.verdict = "chosen: fits" + (f", ppl +{(winner.ppl_ratio - 1) * 100:.1f}%"
                                        if use_ppl else ", best expected quality that fits")
     for c in ranked[1:]:
-        same = (c.ppl_ratio == winner.ppl_ratio) if use_ppl else _tier(c.precision) == _tier(
-            winner.precision)
+        if use_ppl and c in tied and c.ppl_ratio != winner.ppl_ratio:
+            c.verdict = ("fits, quality tied with the winner (the difference is inside its error) "
+                         "but needs more memory")
+            continue
+        same = c in tied if use_ppl else quality_tier(c.precision) == quality_tier(winner.precision)
         c.verdict = ("fits, same quality as the winner but needs more memory" if same
                      else "fits but worse quality than the winner")
     return winner.precision
+
+
+def _tier_order(candidates: list[Candidate]) -> str:
+    """'fp32/bf16 > int8 > nf4 ~ nf4-dq > fp4' for the candidates at hand."""
+    tiers: dict[int, list[str]] = {}
+    for c in candidates:
+        tiers.setdefault(quality_tier(c.precision), []).append(c.precision)
+    return " > ".join("/".join(tiers[t]) for t in sorted(tiers))
 
 
 def recommend(

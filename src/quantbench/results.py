@@ -6,8 +6,10 @@ Metric names carry their unit. Those the runner writes (None where not measured)
   weights_footprint_bytes, allocated_after_load_bytes, peak_load_bytes,
   peak_generate_bytes_b{B}, rss_growth_load_bytes (CPU), load_seconds,
   prefill_ms_p{L} (+ _p10/_p90), ttft_ms, decode_ms_per_token (+ _p10/_p90),
-  tokens_per_s_b{B}, perplexity, ppl_ratio, kl_mean, kl_p99, top1_agreement,
-  scored_tokens, bandwidth_limit_ms_per_token.
+  tokens_per_s_b{B}, perplexity, ppl_ratio, ln_ppl_ratio, kl_mean, kl_p99, kl_median,
+  top1_agreement (each quality figure with its standard error as <name>_se; kl_mean_mc_se is
+  the Monte-Carlo part of kl_mean_se), scored_tokens, bandwidth_limit_ms_per_token;
+  under --ppl-protocol lm-eval also loglikelihood, word_perplexity, byte_perplexity, bits_per_byte.
 Finetune / optimizer results (spec.kind "finetune" / "optimizer"): train_loss_first,
   train_loss_last, train_steps, train_seconds, train_step_ms (+ _p10/_p90), optimizer_step_ms,
   tokens_per_s, tokens_per_s_per_process, peak_train_bytes (CUDA) or rss_growth_train_bytes
@@ -46,19 +48,32 @@ class Workload:
     ppl_context: int = 1024
     ppl_stride: int = 512
     ppl_max_tokens: int | None = None
+    ppl_batch_size: int = 8  # windows per forward, fewer when their logits would not fit
+    ppl_protocol: str = "sliding"  # sliding | lm-eval
+    kl: str = "sampled"  # sampled[:K:M] | exact: how the reference's log-probs are kept
     text_file: str | None = None
     dataset: str | None = None
     engine: str = "eager"
+    kernels: str = "quantbench"  # the fast engine's decode GEMVs on CUDA: quantbench | bnb
     latency: bool = True
     quality: bool = True
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> Workload:
-        """GPU defaults are the issue's full sweep; the CPU gets a lighter one that ends in minutes."""
+        """GPU defaults are the full sweep; the CPU gets a lighter one that ends in minutes."""
         if device.startswith("cuda"):
             return cls(**overrides)
-        light = {"prompt_lengths": (128, 512), "batch_sizes": (1, 4), "new_tokens": 32, "ppl_max_tokens": 2048}
+        light = {"prompt_lengths": (128, 512), "batch_sizes": (1, 4), "new_tokens": 32, "ppl_max_tokens": 2048,
+                 "ppl_batch_size": 1}
         return cls(**{**light, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a RunSpec stores it: JSON types (lists, not tuples), so resume keys are stable."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Workload:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,44 @@ class RunSpec:
         """Stable identity used to skip finished specs on resume."""
         blob = json.dumps(asdict(self), sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the runner hands one worker process, as one JSON document on its stdin."""
+
+    spec: RunSpec
+    reference: str | None = None  # log-probs of the reference precision to compare against
+    save_reference: str | None = None  # this run is the reference: write its log-probs here
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        data = json.loads(text)
+        return cls(**{**data, "spec": RunSpec(**data["spec"])})
+
+
+# What a worker writes on stdout, one JSON object a line: {"phase": ...} while it works, then
+# {"result": ...}. Anything else on stdout (a library's print) is ignored.
+def phase_line(phase: str) -> str:
+    return json.dumps({"phase": phase}) + "\n"
+
+
+def result_line(result: Result) -> str:
+    return json.dumps({"result": result.to_dict()}, default=str) + "\n"
+
+
+def parse_line(line: str) -> tuple[str | None, Result | None]:
+    """(phase, None), (None, result) or (None, None) for a line that is not a message."""
+    try:
+        message = json.loads(line) if line.startswith("{") else {}
+    except json.JSONDecodeError:
+        return None, None
+    if "result" in message:
+        return None, Result.from_dict(message["result"])
+    return message.get("phase"), None
 
 
 @dataclass
@@ -109,6 +162,29 @@ class Result:
         data = {k: v for k, v in data.items() if k != "key"}
         spec = RunSpec(**data.pop("spec"))
         return cls(spec=spec, **data)
+
+
+# Metrics measured over a sweep carry the swept value in their name: the batch size
+# (tokens_per_s_b4) or the prompt length (prefill_ms_p512).
+SWEEP_SEPARATORS = {
+    "peak_generate_bytes": "_b",
+    "tokens_per_s": "_b",
+    "decode_ms_per_token": "_b",
+    "prefill_ms": "_p",
+}
+
+
+def sweep_key(family: str, value: int) -> str:
+    """The metric name of one point of a sweep: sweep_key("tokens_per_s", 4) == "tokens_per_s_b4"."""
+    return f"{family}{SWEEP_SEPARATORS[family]}{value}"
+
+
+def sweep(metrics: dict[str, Any], family: str) -> dict[int, Any]:
+    """{swept value: measurement} of one family, ascending; None where it was not measured."""
+    prefix = family + SWEEP_SEPARATORS[family]
+    points = {int(k[len(prefix):]): v for k, v in metrics.items()
+              if isinstance(k, str) and k.startswith(prefix) and k[len(prefix):].isdigit()}
+    return dict(sorted(points.items()))
 
 
 def library_versions() -> dict[str, str]:

@@ -20,12 +20,14 @@ from quantbench.lock import results_lock
 from quantbench.precisions import LoadOptions, get_precision, reference_precision
 from quantbench.report.notebook import ResultList
 from quantbench.results import (
+    Job,
     Result,
     RunSpec,
     Workload,
     append_result,
     library_versions,
     now_iso,
+    parse_line,
     read_results,
 )
 
@@ -42,7 +44,7 @@ def build_specs(model: str, precisions: list[str], workload: Workload, options: 
                 adapter: str | None, device: str) -> list[RunSpec]:
     """The reference precision first (quality is measured against it), then the rest."""
     names = [get_precision(p).name for p in precisions]
-    work = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(workload).items()}
+    work = workload.to_dict()
 
     def spec(name: str, with_adapter: str | None) -> RunSpec:
         return RunSpec(model=model, precision=name, options=_spec_options(options), workload=work,
@@ -60,24 +62,24 @@ def reference_file(spec: RunSpec, results_path: Path) -> Path:
     work = spec.workload
     keyed = [spec.model, spec.options.get("trust_remote_code"), work.get("text_file"),
              work.get("dataset"), work.get("ppl_context"), work.get("ppl_stride"),
-             work.get("ppl_max_tokens")]
+             work.get("ppl_max_tokens"), work.get("kl", "sampled"), work.get("ppl_protocol", "sliding")]
     digest = hashlib.sha1(json.dumps(keyed, default=str).encode()).hexdigest()[:12]
     return results_path.with_name(results_path.name + ".ref") / f"reference-{digest}.npy"
 
 
-def _job(spec: RunSpec, reference_name: str, results_path: Path) -> dict[str, Any]:
+def _job(spec: RunSpec, reference_name: str, results_path: Path) -> Job:
     quality_on = spec.workload.get("quality", True)
     ref_file = reference_file(spec, results_path)
     is_reference = spec.precision == reference_name and spec.adapter is None
-    return {
-        "spec": asdict(spec),
-        "save_reference": str(ref_file) if quality_on and is_reference else None,
-        "reference": str(ref_file) if quality_on and not is_reference and ref_file.exists() else None,
-    }
+    return Job(
+        spec=spec,
+        save_reference=str(ref_file) if quality_on and is_reference else None,
+        reference=str(ref_file) if quality_on and not is_reference and ref_file.exists() else None,
+    )
 
 
-def _run_in_subprocess(job: dict[str, Any], log_path: Path, progress: Progress) -> Result:
-    spec = RunSpec(**job["spec"])
+def _run_in_subprocess(job: Job, log_path: Path, progress: Progress) -> Result:
+    spec = job.spec
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -86,15 +88,14 @@ def _run_in_subprocess(job: dict[str, Any], log_path: Path, progress: Progress) 
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
         )
         try:
-            proc.stdin.write(json.dumps(job))
+            proc.stdin.write(job.to_json())
             proc.stdin.close()
             result = None
             for line in proc.stdout:
-                message = json.loads(line) if line.startswith("{") else {}
-                if "phase" in message:
-                    progress(f"{spec.precision}: {message['phase']}")
-                if "result" in message:
-                    result = Result.from_dict(message["result"])
+                phase, finished = parse_line(line)
+                if phase:
+                    progress(f"{spec.precision}: {phase}")
+                result = finished or result
             code = proc.wait()
         except BaseException:  # Ctrl-C included: never leave a worker behind
             proc.kill()
@@ -121,7 +122,7 @@ def run_specs(specs: list[RunSpec], results_path: str | Path, force: bool = Fals
     out: list[Result] = []
     for index, spec in enumerate(specs, 1):
         job = _job(spec, reference_name, results_path)
-        needs_reference_file = job["save_reference"] and not Path(job["save_reference"]).exists()
+        needs_reference_file = job.save_reference and not Path(job.save_reference).exists()
         if spec.key() in by_key and not force and not needs_reference_file:
             progress(f"[{index}/{len(specs)}] {spec.precision}: already measured, skipped")
             out.append(by_key[spec.key()])

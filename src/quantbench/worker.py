@@ -1,14 +1,13 @@
 """One RunSpec in one process: load -> quality -> latency -> Result.
 
 The runner starts it with `python -c "from quantbench.worker import main; main()"`; it reads
-{"spec", "reference", "save_reference"} as JSON on stdin and writes JSON lines on stdout:
-{"phase": ...} while working, {"result": ...} last.
+a Job as JSON on stdin and writes JSON lines on stdout: {"phase": ...} while working,
+{"result": ...} last (quantbench.results says how both are written and read).
 Whatever was measured before a failure is kept in the Result beside the error.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -20,23 +19,27 @@ import torch
 
 from quantbench.errors import QuantbenchError
 from quantbench.loading import Loaded, default_device, load
+from quantbench.logfilter import log_repeats_once
 from quantbench.measure import latency, quality
 from quantbench.measure.hygiene import DeviceWatch
 from quantbench.measure.memory import MemoryProbe, copy_bandwidth_bytes_per_s, device_name
 from quantbench.precisions import LoadOptions
-from quantbench.results import Result, RunSpec, Workload, library_versions, now_iso
+from quantbench.results import (
+    Job,
+    Result,
+    Workload,
+    library_versions,
+    now_iso,
+    phase_line,
+    result_line,
+)
 
 OOM = "out of memory"
 
 
-def _emit(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+def _emit(line: str) -> None:
+    sys.stdout.write(line)
     sys.stdout.flush()
-
-
-def workload_of(spec: RunSpec) -> Workload:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.workload.items()}
-    return Workload(**fields)
 
 
 def _load_metrics(loaded: Loaded, probe: MemoryProbe, rss_before: int) -> dict[str, Any]:
@@ -56,21 +59,10 @@ def _load_metrics(loaded: Loaded, probe: MemoryProbe, rss_before: int) -> dict[s
     return metrics
 
 
-def _quality(loaded: Loaded, work: Workload, job: dict[str, Any]) -> dict[str, Any]:
-    text = quality.load_text(work.text_file, work.dataset)
-    ids = torch.tensor(loaded.tokenizer(text)["input_ids"])
-    if work.ppl_max_tokens:
-        ids = ids[: work.ppl_max_tokens]
-    max_positions = getattr(loaded.model.config, "max_position_embeddings", work.ppl_context)
-    context = min(work.ppl_context, max_positions)
-    stride = min(work.ppl_stride, context)
-    reference = Path(job["reference"]) if job.get("reference") else None
-    save = Path(job["save_reference"]) if job.get("save_reference") else None
-    scores = quality.score(loaded.model, ids, context, stride, reference=reference, save_reference=save)
-    ref_ppl = quality.reference_perplexity(reference, ids, context, stride) if reference else None
-    if save is not None:
-        ref_ppl = scores.perplexity
-    return quality.quality_metrics(scores, ref_ppl)
+def _quality(loaded: Loaded, work: Workload, job: Job) -> dict[str, Any]:
+    reference = Path(job.reference) if job.reference else None
+    save = Path(job.save_reference) if job.save_reference else None
+    return quality.measure(loaded.model, loaded.tokenizer, work, reference=reference, save_reference=save)
 
 
 def _latency(loaded: Loaded, work: Workload, probe: MemoryProbe, notes: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +80,7 @@ def _latency(loaded: Loaded, work: Workload, probe: MemoryProbe, notes: dict[str
     )
     decode_prompt = min(lengths[0], 128)
     make = lambda batch: get_engine(  # noqa: E731
-        work.engine, loaded.model, batch, decode_prompt + work.new_tokens
+        work.engine, loaded.model, batch, decode_prompt + work.new_tokens, kernels=work.kernels
     )
     metrics |= latency.measure_batches(
         make, ids_for, work.batch_sizes, decode_prompt, work.new_tokens,
@@ -97,16 +89,16 @@ def _latency(loaded: Loaded, work: Workload, probe: MemoryProbe, notes: dict[str
     return metrics
 
 
-def execute(job: dict[str, Any]) -> Result:
-    spec = RunSpec(**job["spec"])
-    work = workload_of(spec)
+def execute(job: Job) -> Result:
+    spec = job.spec
+    work = Workload.from_dict(spec.workload)
     device = default_device()
     probe = MemoryProbe(device)
     result = Result(spec=spec, device=device_name(device), versions=library_versions(), timestamp=now_iso())
     notes: dict[str, Any] = {"memory_source": probe.source, "engine": work.engine}
     result.info = notes
     try:
-        _emit({"phase": "loading"})
+        _emit(phase_line("loading"))
         rss_before = probe.allocated_bytes()
         probe.reset_peak()
         loaded = load(spec.model, spec.precision, LoadOptions(**spec.options), adapter=spec.adapter)
@@ -118,10 +110,10 @@ def execute(job: dict[str, Any]) -> Result:
             if hasattr(loaded.model, "hf_device_map"):
                 notes["device_map"] = {k: str(v) for k, v in loaded.model.hf_device_map.items()}
         if work.quality and not loaded.model_ref.random_weights:
-            _emit({"phase": "quality"})
+            _emit(phase_line("quality"))
             result.metrics |= _quality(loaded, work, job)
         if work.latency:
-            _emit({"phase": "latency"})
+            _emit(phase_line("latency"))
             with DeviceWatch(device) as watch:
                 result.metrics |= _latency(loaded, work, probe, notes)
             result.shared_device, notes["isolation"] = watch.shared, watch.details
@@ -148,8 +140,9 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    job = json.loads(sys.stdin.read())
-    _emit({"result": execute(job).to_dict()})
+    log_repeats_once()
+    job = Job.from_json(sys.stdin.read())
+    _emit(result_line(execute(job)))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import typer
 
 from quantbench.errors import QuantbenchError
 from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, DTYPES, LoadOptions
+from quantbench.units import parse_size
 
 EXIT_CODES = (
     "Exit status: 0 every precision was measured (one that does not fit is an answer); "
@@ -23,9 +23,6 @@ INT8_THRESHOLD = typer.Option(DEFAULT_INT8_THRESHOLD, help="LLM.int8 outlier thr
 DEVICE_MAP = typer.Option(None, help="accelerate device map, e.g. auto")
 MAX_MEMORY = typer.Option(None, help="per-device cap, e.g. 0=20GiB,1=20GiB,cpu=30GiB")
 TRUST_REMOTE_CODE = typer.Option(False, help="run code shipped with the model")
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*$", re.IGNORECASE)
-
 
 def parse_skip_modules(text: str | None) -> tuple[str, ...]:
     """None: the default (lm_head); 'none': quantize every linear."""
@@ -42,7 +39,7 @@ def parse_max_memory(text: str | None) -> dict[Any, str] | None:
     for part in text.split(","):
         device, sep, size = part.partition("=")
         device, size = device.strip(), size.strip()
-        if not sep or not _SIZE.match(size) or not (device.isdigit() or device in ("cpu", "disk")):
+        if not sep or not _is_size(size) or not (device.isdigit() or device in ("cpu", "disk")):
             raise QuantbenchError(
                 f"bad --max-memory entry '{part.strip()}'; expected e.g. 0=20GiB,1=20GiB,cpu=30GiB"
             )
@@ -72,3 +69,22 @@ def load_options(compute_dtype: str | None, skip_modules: str | None, int8_thres
         max_memory=parse_max_memory(max_memory),
         trust_remote_code=trust_remote_code,
     )
+
+
+def _is_size(text: str) -> bool:
+    try:
+        parse_size(text)
+    except QuantbenchError:
+        return False
+    return True
+
+
+KERNELS = typer.Option(
+    "quantbench", help="fast engine's decode GEMVs on CUDA: quantbench (own Triton kernels) | bnb (the layers' own)"
+)
+
+
+def kernels_choice(name: str) -> str:
+    from quantbench.kernels import check_choice
+
+    return check_choice(name)

@@ -28,7 +28,8 @@ def estimate_command(
     as_json: bool = typer.Option(False, "--json", help="print the estimate as JSON"),
 ) -> None:
     """Estimate memory for MODEL in each precision from its config, before downloading weights."""
-    from quantbench.estimate import EstimateSettings, estimate, parse_size
+    from quantbench.estimate import EstimateSettings, estimate
+    from quantbench.units import parse_size
 
     validate.model_name(model)
     precisions = validate.precision_names(precision) if precision is not None else None

@@ -59,8 +59,8 @@ def train_command(
     results: str = typer.Option(None, help="also append the Result to this JSONL file"),
 ) -> None:
     """Train LoRA adapters on MODEL loaded in a precision (QLoRA for 4-bit)."""
-    from quantbench.finetune import FinetuneConfig, distributed, finetune
     from quantbench.results import append_result
+    from quantbench.training import FinetuneConfig, distributed, finetune
 
     validate.model_name(model)
     validate.precision_names(precision)
@@ -113,7 +113,7 @@ def merge_command(
     base: str = typer.Option(None, help="base model (default: the one the adapter was trained on)"),
 ) -> None:
     """Fold a LoRA adapter into its unquantized base and save a plain model."""
-    from quantbench.finetune import merge_adapter
+    from quantbench.training import merge_adapter
 
     out = merge_adapter(adapter, output, dtype=dtype, base=base)
     Console().print(f"merged {dtype} model saved in {out}")

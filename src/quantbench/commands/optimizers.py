@@ -28,8 +28,8 @@ def optimizers_command(
     results: str = typer.Option("results.jsonl", help="append one Result per mode x optimizer here"),
 ) -> None:
     """Optimizer-state memory and step time of AdamW, AdamW8bit, PagedAdamW8bit: full, LoRA, QLoRA."""
-    from quantbench.optimizers import ComparisonConfig, compare_optimizers
     from quantbench.results import append_result
+    from quantbench.training import ComparisonConfig, compare_optimizers
 
     validate.model_name(model)
     validate.positive(seq_len=seq_len, batch_size=batch_size, steps=steps, lora_r=lora_r)

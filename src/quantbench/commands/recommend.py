@@ -20,8 +20,9 @@ def recommend_command(
     as_json: bool = typer.Option(False, "--json", help="print the recommendation as JSON"),
 ) -> None:
     """Pick the precision of MODEL that fits VRAM with the best quality."""
-    from quantbench.estimate import EstimateSettings, gib
+    from quantbench.estimate import EstimateSettings
     from quantbench.recommend import recommend
+    from quantbench.units import gib
 
     validate.model_name(model)
     validate.positive(batch=batch, seq_len=seq_len)

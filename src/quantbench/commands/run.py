@@ -8,6 +8,7 @@ from rich.console import Console
 
 from quantbench import validate
 from quantbench.commands import _options as opt
+from quantbench.errors import QuantbenchError
 from quantbench.results import Workload
 
 
@@ -22,9 +23,15 @@ def run_command(
     repeats: int = typer.Option(3),
     warmup: int = typer.Option(1),
     engine: str = typer.Option("eager", help="eager (model.generate) | fast (static cache, graphs)"),
+    kernels: str = opt.KERNELS,
     ppl_context: int = typer.Option(1024, help="perplexity window (tokens)"),
     ppl_stride: int = typer.Option(512, help="perplexity stride (tokens)"),
     max_ppl_tokens: int = typer.Option(None, help="score only the first N tokens [GPU: all; CPU: 2048]"),
+    ppl_batch_size: int = typer.Option(None, min=1, help="perplexity windows per forward [GPU 8; CPU 1]"),
+    ppl_protocol: str = typer.Option("sliding", help="sliding (ours) | lm-eval (its loglikelihood_rolling; "
+                                                     "--ppl-context is its max_length)"),
+    kl: str = typer.Option("sampled", "--kl", help="reference kept for KL: sampled (top-64 + 64 tail samples, "
+                                                   "<1 KB/token) | sampled:K:M | exact (full vocabulary)"),
     text_file: Path = typer.Option(None, help="text for perplexity (default: our held-out passage)"),
     dataset: str = typer.Option(None, help="HF dataset name:config:split (online only)"),
     latency: bool = typer.Option(True, "--latency/--no-latency"),
@@ -39,6 +46,8 @@ def run_command(
 ) -> None:
     """Measure memory, latency and quality of MODEL in each precision, one process each."""
     from quantbench.loading import default_device
+    from quantbench.measure.quality import PROTOCOLS
+    from quantbench.measure.reference import parse_kl
     from quantbench.report import rich_renderables
     from quantbench.runner import run
 
@@ -50,11 +59,15 @@ def run_command(
     validate.at_least(2, new_tokens=new_tokens)
     validate.perplexity_window(ppl_context, ppl_stride, max_ppl_tokens)
     validate.engine(engine)
+    parse_kl(kl)
+    if ppl_protocol not in PROTOCOLS:
+        raise QuantbenchError(f"unknown --ppl-protocol '{ppl_protocol}'; choose from {', '.join(PROTOCOLS)}")
     chosen = {
         "prompt_lengths": opt.parse_ints(prompt_lengths, "--prompt-lengths") if prompt_lengths else None,
         "batch_sizes": opt.parse_ints(batch_sizes, "--batch-sizes") if batch_sizes else None,
         "new_tokens": new_tokens,
         "ppl_max_tokens": max_ppl_tokens,
+        "ppl_batch_size": ppl_batch_size,
     }
     options = opt.load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
                                trust_remote_code)
@@ -66,8 +79,8 @@ def run_command(
     _check_quality_text(model, text_file, dataset, quality)
     workload = Workload.for_device(
         device, **{k: v for k, v in chosen.items() if v is not None},
-        repeats=repeats, warmup=warmup, engine=engine,
-        ppl_context=ppl_context, ppl_stride=ppl_stride,
+        repeats=repeats, warmup=warmup, engine=engine, kernels=opt.kernels_choice(kernels),
+        ppl_context=ppl_context, ppl_stride=ppl_stride, ppl_protocol=ppl_protocol, kl=kl,
         text_file=str(text_file) if text_file else None, dataset=dataset,
         latency=latency, quality=quality,
     )

@@ -79,8 +79,9 @@ def synchronize(device: torch.device) -> None:
 ENGINES = ("eager", "fast")
 
 
-def get_engine(name: str, model: Any, max_batch_size: int, max_seq_len: int) -> Engine:
-    """'eager' or 'fast' -> an Engine for `model` (a loaded HF causal LM)."""
+def get_engine(name: str, model: Any, max_batch_size: int, max_seq_len: int, kernels: str | None = None) -> Engine:
+    """'eager' or 'fast' -> an Engine for `model` (a loaded HF causal LM). `kernels` picks the
+    fast engine's decode GEMVs on CUDA: 'quantbench' (default) or 'bnb' (see kernels/)."""
     key = name.strip().lower()
     if key == "eager":
         from quantbench.engine.eager import EagerEngine
@@ -89,7 +90,7 @@ def get_engine(name: str, model: Any, max_batch_size: int, max_seq_len: int) -> 
     if key == "fast":
         from quantbench.engine.fast import FastEngine
 
-        return FastEngine(model, max_batch_size, max_seq_len)
+        return FastEngine(model, max_batch_size, max_seq_len, kernels=kernels)
     raise QuantbenchError(f"unknown engine '{name}'; choose from: {', '.join(ENGINES)}")
 
 

@@ -12,11 +12,18 @@ feeds it to itself, so the host never waits inside the loop.
 Where capture is impossible the engine says why (`describe()`) and runs the same step on the
 same static cache without a graph, so tokens never silently change:
   - CPU: no CUDA graphs; a plain Python loop over the step.
-  - LLM.int8 with an outlier threshold > 0: bitsandbytes finds the outlier columns of every
-    activation with data-dependent shapes and a host sync in each of the model's linears;
-    a CUDA graph cannot hold that (threshold 0 has no outlier split and is captured).
+  - LLM.int8 with an outlier threshold > 0 on bitsandbytes' kernels (`kernels="bnb"`, or batches
+    over the GEMVs' row limit): bitsandbytes finds the outlier columns of every activation with
+    data-dependent shapes and a host sync in each of the model's linears; a CUDA graph cannot
+    hold that. quantbench's int8 GEMV keeps the outliers as a dense mask inside the kernel (static
+    shapes, no sync), so with it the step is captured.
   - modules offloaded to the CPU or disk.
 Prefill runs eagerly (any prompt length, outside the graph).
+
+Kernels (`kernels=`, on CUDA): "quantbench" (default) routes the decode step's linears through
+quantbench.kernels' GEMVs (NF4/FP4, LLM.int8 and fp16/bf16, q/k/v and gate/up merged into one
+launch each) while the step runs; prefill keeps the layers' own forwards. "bnb" leaves every layer
+on its own forward (bitsandbytes' kernels, cuBLAS). `describe()` names the kernel of each layer.
 
 Numbers: the uncompiled step gives exactly eager's tokens (CPU test; GPU check in
 benchmarks/NOTES-decode.md). The compiled step fuses and reorders reductions, so its logits
@@ -34,6 +41,8 @@ from typing import Any
 import torch
 
 from quantbench.engine import Engine, suppressed_tokens, synchronize
+from quantbench.errors import QuantbenchError
+from quantbench.kernels import DEFAULT_KINDS, check_choice
 
 WARMUP_STEPS = 3  # compile, autotune and allocate outside the capture, as CUDA graphs require
 
@@ -49,14 +58,20 @@ class _Slot:
     mask: torch.Tensor  # [batch, max_seq_len] 1 where the cache holds a token
     out: torch.Tensor  # [batch, max_seq_len] the generated ids
     step: torch.Tensor  # [1] the column of `out` the next step writes
+    logits: torch.Tensor | None = None  # [batch, vocab] fp32, the last step's (keep_logits=True)
     graph: torch.cuda.CUDAGraph | None = None
     prefilled: bool = False
 
 
-def capture_blocker(model: Any) -> str | None:
-    """Why a decode step of `model` cannot be captured as a CUDA graph, or None."""
+def capture_blocker(model: Any, plan: Any = None, max_batch_size: int = 1,
+                    kinds: frozenset[str] | None = None) -> str | None:
+    """Why a decode step of `model` cannot be captured as a CUDA graph, or None. `plan`: the
+    installed quantbench kernels, which serve LLM.int8 with outliers up to their row limit."""
+    from quantbench.kernels.layers import MAX_ROWS
+
     for module in model.modules():
-        if type(module).__name__ == "Linear8bitLt" and getattr(module.state, "threshold", 0) > 0:
+        served = plan is not None and plan.handles(module, kinds) and max_batch_size <= MAX_ROWS
+        if type(module).__name__ == "Linear8bitLt" and getattr(module.state, "threshold", 0) > 0 and not served:
             return (
                 "LLM.int8 outlier threshold > 0: outlier columns are found per activation with "
                 "data-dependent shapes and a host sync in every linear, which a CUDA graph cannot "
@@ -66,6 +81,19 @@ def capture_blocker(model: Any) -> str | None:
     if any(str(where) in ("cpu", "disk") for where in placement.values()):
         return "modules are offloaded to the CPU or disk; the step runs uncaptured"
     return None
+
+
+def kernel_plan(model: Any, kinds: frozenset[str]) -> Any:
+    """quantbench's kernels of `kinds` on `model`, each kind installed once per model (engines on
+    it share them); kinds not asked for leave their layers' weights untouched."""
+    from quantbench.kernels import install
+
+    plan = getattr(model, "_quantbench_kernels", None)
+    missing = tuple(sorted(set(kinds) - (plan.installed if plan is not None else set())))
+    if plan is None or missing:
+        plan = install(model, kinds=missing, plan=plan)
+        model._quantbench_kernels = plan
+    return plan
 
 
 def pick_next(logits: torch.Tensor, suppress: torch.Tensor | None) -> torch.Tensor:
@@ -89,10 +117,18 @@ class FastEngine(Engine):
         capture: bool | None = None,
         compile_mode: str | None = None,
         exact_casts: bool = True,
+        kernels: str | None = None,
+        kernel_kinds: tuple[str, ...] | None = None,
+        keep_logits: bool = False,
     ) -> None:
         super().__init__(model, max_batch_size, max_seq_len)
         on_gpu = self.device.type == "cuda"
-        self.blocker = capture_blocker(model) if on_gpu else "CPU: no CUDA graphs"
+        self.kernels = check_choice(kernels or "quantbench")
+        # which of quantbench's kernels serve (the others leave their layers on their own forward)
+        self.kinds = frozenset(kernel_kinds or DEFAULT_KINDS)
+        self.plan = kernel_plan(model, self.kinds) if on_gpu and self.kernels == "quantbench" else None
+        self.blocker = (capture_blocker(model, self.plan, max_batch_size, self.kinds) if on_gpu
+                        else "CPU: no CUDA graphs")
         if compile is False or capture is False:
             # Uncompiled, transformers' mask code reads a tensor on the host: not capturable.
             self.blocker = self.blocker or "compile=False or capture=False was asked"
@@ -102,6 +138,7 @@ class FastEngine(Engine):
         # Inductor keeps fused intermediates in fp32 where eager rounds them to fp16/bf16;
         # emulating the casts brings the compiled step's numbers closer to eager ones.
         self.exact_casts = exact_casts
+        self.keep_logits = keep_logits  # each step also writes its fp32 logits (teacher_forced_logits)
         eos = suppressed_tokens(model)
         self.suppress = torch.tensor(eos, device=self.device) if eos else None
         self._next = self._step_function()
@@ -118,6 +155,9 @@ class FastEngine(Engine):
             "compile_mode": (self.compile_mode or "default") if self.compile else None,
             "exact_casts": self.exact_casts if self.compile else None,
             "not_captured_because": None if self.capture else self.blocker,
+            "kernels": self.plan.describe(self.kinds) if self.plan else {
+                "kernels": self.kernels if self.device.type == "cuda" else "none on the CPU",
+                "layers": "own forwards"},
         }
 
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -134,8 +174,30 @@ class FastEngine(Engine):
         synchronize(self.device)
         return result
 
-    def _step_function(self) -> Callable[..., torch.Tensor]:
-        model, suppress = self.model, self.suppress
+    def teacher_forced_logits(self, input_ids: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+        """fp32 logits [batch, steps, vocab] of decode steps fed `forced` [batch, steps] tokens
+        (e.g. another engine's) instead of their own choices: step i sees forced[:, :i]. Needs
+        keep_logits=True. Step 0 is the prefill's, later ones the (captured) decode step's."""
+        if not self.keep_logits:
+            raise QuantbenchError("teacher_forced_logits needs FastEngine(keep_logits=True)")
+        input_ids = self._check(input_ids, forced.shape[1])
+        rows = []
+        with torch.no_grad():
+            slot = self._slot_for(input_ids)
+            self._prefill(slot, input_ids)
+            rows.append(slot.logits.clone())
+            for i in range(1, forced.shape[1]):
+                slot.tokens.copy_(forced[:, i - 1:i])
+                if slot.graph is not None:
+                    slot.graph.replay()
+                else:
+                    self._decode_step(slot)
+                rows.append(slot.logits.clone())
+        synchronize(self.device)
+        return torch.stack(rows, dim=1)
+
+    def _step_function(self) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
+        model, suppress, keep = self.model, self.suppress, self.keep_logits
 
         def next_token(tokens, position, mask, cache):  # noqa: ANN001, ANN202
             logits = model(
@@ -146,7 +208,7 @@ class FastEngine(Engine):
                 use_cache=True,
                 logits_to_keep=1,
             ).logits
-            return pick_next(logits, suppress)
+            return pick_next(logits, suppress), (logits[:, -1].float() if keep else None)
 
         if not self.compile:
             return next_token
@@ -177,6 +239,7 @@ class FastEngine(Engine):
         def buffer(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.long, device=self.device)
 
+        vocab = self.model.config.vocab_size
         return _Slot(
             batch=batch,
             cache=StaticCache(config=self.model.config, max_cache_len=self.max_seq_len),
@@ -185,6 +248,7 @@ class FastEngine(Engine):
             mask=buffer(batch, self.max_seq_len),
             out=buffer(batch, self.max_seq_len),
             step=buffer(1),
+            logits=torch.zeros(batch, vocab, device=self.device) if self.keep_logits else None,
         )
 
     def _prefill(self, slot: _Slot, input_ids: torch.Tensor) -> None:
@@ -202,6 +266,8 @@ class FastEngine(Engine):
             logits_to_keep=1,
         ).logits
         first = pick_next(logits, self.suppress)
+        if slot.logits is not None:
+            slot.logits.copy_(logits[:, -1].float())
         slot.tokens.copy_(first[:, None])
         slot.out[:, 0] = first
         slot.position.fill_(length)
@@ -211,7 +277,15 @@ class FastEngine(Engine):
     def _decode_step(self, slot: _Slot) -> None:
         """One token, in place on the slot's buffers: this is what the graph holds."""
         slot.mask.index_fill_(1, slot.position, 1)
-        token = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
+        if self.plan is not None:
+            self.plan.enabled, self.plan.kinds = True, self.kinds
+        try:
+            token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
+        finally:
+            if self.plan is not None:
+                self.plan.enabled = False
+        if slot.logits is not None:
+            slot.logits.copy_(logits)
         slot.tokens.copy_(token[:, None])
         slot.out.index_copy_(1, slot.step, token[:, None])
         slot.position.add_(1)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from quantbench.measure.memory import MemoryProbe
+from quantbench.results import sweep_key
 
 
 @dataclass
@@ -34,9 +35,26 @@ class Timing:
         return float(np.percentile(self.samples_ms, 90))
 
 
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+class Stopwatch:
+    """Wall time between laps, with the device synchronized at each, so queued GPU work counts
+    where it was issued."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        synchronize(device)
+        self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        """Milliseconds since the previous lap (or since the watch started)."""
+        synchronize(self.device)
+        now = time.perf_counter()
+        elapsed, self._last = (now - self._last) * 1000, now
+        return elapsed
 
 
 def time_ms(fn: Callable[[], Any], device: str, repeats: int, warmup: int) -> Timing:
@@ -45,11 +63,9 @@ def time_ms(fn: Callable[[], Any], device: str, repeats: int, warmup: int) -> Ti
         fn()
     samples = []
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+        watch = Stopwatch(device)
         fn()
-        _sync(device)
-        samples.append((time.perf_counter() - start) * 1000)
+        samples.append(watch.lap())
     return Timing(samples)
 
 
@@ -80,9 +96,10 @@ def measure_prefill(model: Any, ids_for: Callable[[int, int], torch.Tensor], len
                 model(ids, use_cache=True)
 
         timing = time_ms(forward, device, repeats, warmup)
-        metrics[f"prefill_ms_p{length}"] = timing.median
-        metrics[f"prefill_ms_p{length}_p10"] = timing.p10
-        metrics[f"prefill_ms_p{length}_p90"] = timing.p90
+        key = sweep_key("prefill_ms", length)
+        metrics[key] = timing.median
+        metrics[f"{key}_p10"] = timing.p10
+        metrics[f"{key}_p90"] = timing.p90
     return metrics
 
 
@@ -119,9 +136,9 @@ def measure_batches(make_engine: Callable[[int], Any], ids_for: Callable[[int, i
             notes[f"batch_{batch}"] = "out of memory"
             _free(device)
             break
-        metrics[f"tokens_per_s_b{batch}"] = result["tokens_per_s"]
-        metrics[f"decode_ms_per_token_b{batch}"] = result["decode_ms_per_token"]
-        metrics[f"peak_generate_bytes_b{batch}"] = memory.peak_bytes()
+        metrics[sweep_key("tokens_per_s", batch)] = result["tokens_per_s"]
+        metrics[sweep_key("decode_ms_per_token", batch)] = result["decode_ms_per_token"]
+        metrics[sweep_key("peak_generate_bytes", batch)] = memory.peak_bytes()
         if batch == min(batch_sizes):
             metrics.update(result)
             notes["engine_mode"] = engine.describe()  # e.g. why a decode step was not captured

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +46,36 @@ class MemoryProbe:
     def reserved_bytes(self) -> int | None:
         return torch.cuda.memory_reserved() if self.on_cuda else None
 
+    @contextlib.contextmanager
+    def watch_peak(self, interval_s: float = 0.02) -> Iterator[Peak]:
+        """Peak over a region: the allocator's max on CUDA (all live tensors), the growth of
+        RSS sampled every interval_s on the CPU; read `.bytes` after the region."""
+        peak = Peak()
+        if self.on_cuda:
+            self.reset_peak()
+            try:
+                yield peak
+            finally:
+                peak.bytes = self.peak_bytes() or 0
+            return
+        start = highest = self.allocated_bytes()
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal highest
+            while not stop.wait(interval_s):
+                highest = max(highest, self.allocated_bytes())
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            yield peak
+        finally:
+            stop.set()
+            thread.join()
+            highest = max(highest, self.allocated_bytes())
+            peak.bytes = max(0, highest - start)
+
     def per_device_allocated(self) -> dict[str, int]:
         """Allocated bytes on every visible GPU, for models placed across several."""
         if not self.on_cuda:
@@ -50,7 +83,13 @@ class MemoryProbe:
         return {f"cuda:{i}": torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
 
 
+@dataclass
+class Peak:
+    bytes: int = 0
+
+
 def device_name(device: str) -> str:
+    """The one label every Result carries for the device it was measured on."""
     if device.startswith("cuda") and torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return names[0] if len(set(names)) == 1 and len(names) == 1 else f"{len(names)}x {names[0]}"

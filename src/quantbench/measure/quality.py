@@ -1,52 +1,40 @@
-"""Sliding-window perplexity, and KL divergence / top-1 agreement against a reference.
+"""Perplexity over sliding windows, and KL divergence / top-1 agreement against a reference.
 
-Reference and quantized models run in different processes, so the reference's log-probs of
-every scored position are kept in a file (fp16, memory-mapped), the way llama-perplexity keeps
-its --kl-divergence-base. Both sides score the very same token ids with the same windows.
+Two window protocols, both scoring every token of every document exactly once:
+- sliding (ours, the default): the first window scores all it sees; each later one scores the
+  next `stride` tokens with up to `context` tokens of history.
+- lm-eval: lm-evaluation-harness's loglikelihood_rolling: the BOS (else EOS) token is
+  prepended, windows are disjoint blocks of `context` predictions (the model's max_length);
+  word- and byte-perplexity are reported as its wikitext task does.
+Reference and quantized models run in different processes: reference.py keeps what KL needs.
 """
 
 from __future__ import annotations
 
-import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from quantbench.errors import QuantbenchError
+from quantbench.measure import reference as refs
+from quantbench.measure import uncertainty
+from quantbench.measure.scoring import Window, score_windows, vocab_size
+from quantbench.measure.texts import HELDOUT, load_documents, load_text
 
-HELDOUT = Path(__file__).resolve().parent.parent / "data" / "heldout.txt"
-
-
-def load_text(text_file: str | None = None, dataset: str | None = None) -> str:
-    """Our held-out passage by default; a user's file; or an HF dataset ('name:config:split')."""
-    if text_file:
-        path = Path(text_file)
-        if not path.is_file():
-            raise QuantbenchError(f"text file '{text_file}' does not exist")
-        return path.read_text(encoding="utf-8")
-    if dataset:
-        return _dataset_text(dataset)
-    return HELDOUT.read_text(encoding="utf-8")
-
-
-def _dataset_text(spec: str) -> str:
-    try:
-        import datasets
-    except ImportError:
-        raise QuantbenchError("--dataset needs: pip install 'quantbench[datasets]'") from None
-    name, config, split = (spec.split(":") + [None, None])[:3]
-    try:
-        data = datasets.load_dataset(name, config, split=split or "test")
-    except Exception as err:
-        raise QuantbenchError(f"cannot load dataset '{spec}' (offline?): {type(err).__name__}") from None
-    return "\n\n".join(t for t in data["text"] if t.strip())
+__all__ = ["HELDOUT", "PROTOCOLS", "Scores", "load_documents", "load_text", "lm_eval_windows", "measure",
+           "quality_metrics", "reference_perplexity", "score", "windows"]
+PROTOCOLS = ("sliding", "lm-eval")
 
 
 def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first_target) per window; every position from 1 on is a target exactly once.
+    """(begin, end, first) per window; every position from 1 on is a target exactly once.
 
+    The model reads ids[begin:end-1] (at most context - 1 tokens) and predicts first..end-1.
     The first window scores all it sees; each later one scores the next `stride` positions
     (at most context - 1, so every target keeps some context) and reaches back a full context.
     """
@@ -61,104 +49,169 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     return out
 
 
+def lm_eval_windows(n_tokens: int, max_length: int) -> list[tuple[int, int, int]]:
+    """lm-eval's rolling windows (context_len=1) over prefix + n_tokens ids, in our (begin, end, first).
+
+    Index 0 is the prefix token. The first window reads [prefix] + the first max_length - 1
+    tokens and predicts max_length tokens; each later one predicts the next max_length tokens
+    from the max_length ids just before them.
+    """
+    if max_length < 1:
+        raise QuantbenchError(f"need a context of at least 1 token (got {max_length})")
+    if n_tokens < 1:
+        return []
+    predicted = min(max_length, n_tokens)
+    out = [(0, predicted + 1, 1)]
+    while predicted < n_tokens:
+        window_end = predicted + min(n_tokens - predicted, max_length)
+        out.append((window_end - max_length, window_end + 1, predicted + 1))
+        predicted = window_end
+    return out
+
+
 @dataclass
 class Scores:
-    nll_sum: float
-    n_tokens: int
-    kl: np.ndarray | None = None  # per scored token
+    target_lp: np.ndarray  # per scored token, natural log
+    kl: np.ndarray | None = None
+    kl_mc_var: np.ndarray | None = None
     top1_match: np.ndarray | None = None
+    ref_target_lp: np.ndarray | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.target_lp)
+
+    @property
+    def nll_sum(self) -> float:
+        return float(-self.target_lp.sum())
 
     @property
     def perplexity(self) -> float:
         return float(np.exp(self.nll_sum / self.n_tokens))
 
 
-def _window_logprobs(model: torch.nn.Module, ids: torch.Tensor, begin: int, end: int, first: int) -> torch.Tensor:
-    """Log-probs (fp32) predicting positions first..end-1, from the window ids[begin:end]."""
-    device = next(p.device for p in model.parameters() if p.device.type != "meta")
-    with torch.inference_mode():
-        logits = model(ids[begin:end].unsqueeze(0).to(device)).logits[0]
-    rows = logits[first - begin - 1 : end - begin - 1].float()
-    return torch.log_softmax(rows, dim=-1).cpu()
+def _as_docs(ids: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    return [ids] if isinstance(ids, torch.Tensor) else list(ids)
+
+
+def _spans(docs: list[torch.Tensor], context: int, stride: int, protocol: str) -> list[Window]:
+    if protocol == "lm-eval":
+        return [(d, *w) for d, doc in enumerate(docs) for w in lm_eval_windows(len(doc) - 1, context)]
+    return [(d, *w) for d, doc in enumerate(docs) for w in windows(len(doc), context, stride)]
 
 
 def score(
     model: torch.nn.Module,
-    ids: torch.Tensor,
+    ids: torch.Tensor | list[torch.Tensor],
     context: int,
     stride: int,
     reference: Path | None = None,
     save_reference: Path | None = None,
+    kl: str = "sampled",
+    batch_size: int = 1,
+    protocol: str = "sliding",
 ) -> Scores:
-    """Token-weighted NLL over sliding windows; KL and top-1 vs `reference` when given."""
-    spans = windows(len(ids), context, stride)
-    n_scored = sum(end - first for _, end, first in spans)
-    ref = _open_reference(reference, n_scored) if reference else None
-    out = _create_reference(save_reference, n_scored, model) if save_reference else None
-    nll_sum, cursor, kls, matches = 0.0, 0, [], []
-    for begin, end, first in spans:
-        logprobs = _window_logprobs(model, ids, begin, end, first)
-        targets = ids[first:end]
-        nll_sum -= logprobs.gather(1, targets.unsqueeze(1)).sum().item()
-        rows = slice(cursor, cursor + len(targets))
-        if out is not None:
-            out[rows] = logprobs.numpy().astype(np.float16)
-        if ref is not None:
-            ref_lp = torch.from_numpy(np.asarray(ref[rows], dtype=np.float32))
-            kls.append((ref_lp.exp() * (ref_lp - logprobs)).sum(-1).clamp_min(0).numpy())
-            matches.append((ref_lp.argmax(-1) == logprobs.argmax(-1)).numpy())
-        cursor += len(targets)
-    if out is not None:
-        out.flush()
-    return Scores(
-        nll_sum=nll_sum,
-        n_tokens=n_scored,
-        kl=np.concatenate(kls) if kls else None,
-        top1_match=np.concatenate(matches) if matches else None,
-    )
+    """Token-weighted scores of one or more documents; KL and top-1 vs `reference` when given.
+
+    Under the lm-eval protocol each document's ids must already start with the prefix token.
+    """
+    if protocol not in PROTOCOLS:
+        raise QuantbenchError(f"unknown --ppl-protocol '{protocol}'; choose from {', '.join(PROTOCOLS)}")
+    mode = refs.parse_kl(kl)
+    docs = _as_docs(ids)
+    spans = _spans(docs, context, stride, protocol)
+    if not spans:
+        raise QuantbenchError("the text is too short to score (fewer than 2 tokens)")
+    n_scored = sum(end - first for _, _, end, first in spans)
+    vocab = vocab_size(model)
+    ref = refs.open_reference(Path(reference), n_scored, vocab, mode) if reference else None
+    out = refs.create(Path(save_reference), n_scored, vocab, mode) if save_reference else None
+    arrays = score_windows(model, docs, spans, batch_size, mode, ref, out)
+    join = lambda parts: np.concatenate(parts) if parts else None  # noqa: E731
+    return Scores(target_lp=join(arrays.target_lp), kl=join(arrays.kl), kl_mc_var=join(arrays.kl_mc_var),
+                  top1_match=join(arrays.top1_match), ref_target_lp=join(arrays.ref_target_lp))
 
 
-def _vocab(model: torch.nn.Module) -> int:
-    return model.get_output_embeddings().weight.shape[0]
+def reference_perplexity(path: Path) -> float:
+    """The reference's perplexity recomputed from its saved file (no model needed)."""
+    records = np.load(path, mmap_mode="r")
+    return float(np.exp(-records["target_lp"].astype(np.float64).mean()))
 
 
-def _create_reference(path: Path, n_scored: int, model: torch.nn.Module) -> np.memmap:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (n_scored, _vocab(model))
-    path.with_suffix(".json").write_text(json.dumps({"shape": shape}))
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
-
-
-def _open_reference(path: Path, n_scored: int) -> np.ndarray:
-    if not path.exists():
-        raise QuantbenchError(f"reference log-probs '{path}' are missing; run the reference precision first")
-    ref = np.load(path, mmap_mode="r")
-    if ref.shape[0] != n_scored:
-        raise QuantbenchError(f"reference log-probs '{path}' were made with other settings; rerun with --force")
-    return ref
-
-
-def reference_perplexity(path: Path, ids: torch.Tensor, context: int, stride: int) -> float:
-    """The reference's perplexity recomputed from its saved log-probs (no model needed)."""
-    spans = windows(len(ids), context, stride)
-    targets = torch.cat([ids[first:end] for _, end, first in spans]).numpy()
-    ref = np.load(path, mmap_mode="r")
-    picked = ref[np.arange(len(targets)), targets].astype(np.float64)
-    return float(np.exp(-picked.mean()))
-
-
-def quality_metrics(scores: Scores, reference_ppl: float | None) -> dict[str, float | int | None]:
+def quality_metrics(scores: Scores, reference_ppl: float | None = None) -> dict[str, float | int | None]:
+    """Every figure with its standard error (`<name>_se`); see uncertainty.py."""
+    nll = -scores.target_lp
+    ppl, ppl_se = uncertainty.perplexity(nll)
     metrics: dict[str, float | int | None] = {
-        "perplexity": scores.perplexity,
-        "scored_tokens": scores.n_tokens,
+        "perplexity": ppl, "perplexity_se": ppl_se, "scored_tokens": scores.n_tokens,
     }
     if scores.kl is not None:
+        kl_mean, kl_se, kl_mc = uncertainty.kl_mean(scores.kl, scores.kl_mc_var)
+        top1, top1_se = uncertainty.proportion(scores.top1_match)
         metrics |= {
-            "kl_mean": float(scores.kl.mean()),
+            "kl_mean": kl_mean, "kl_mean_se": kl_se, "kl_mean_mc_se": kl_mc,
             "kl_p99": float(np.percentile(scores.kl, 99)),
             "kl_median": float(np.median(scores.kl)),
-            "top1_agreement": float(scores.top1_match.mean()),
+            "top1_agreement": top1, "top1_agreement_se": top1_se,
         }
-    if reference_ppl:
+    if scores.ref_target_lp is not None:
+        ln_ratio, ln_se = uncertainty.log_ratio(nll, -scores.ref_target_lp)
+        metrics |= {"ln_ppl_ratio": ln_ratio, "ln_ppl_ratio_se": ln_se,
+                    "ppl_ratio": math.exp(ln_ratio), "ppl_ratio_se": math.exp(ln_ratio) * ln_se}
+    elif reference_ppl:
         metrics["ppl_ratio"] = scores.perplexity / reference_ppl
     return metrics
+
+
+def _tokenize(tokenizer: Any, docs: list[str], protocol: str, max_tokens: int | None
+              ) -> tuple[list[torch.Tensor], list[str]]:
+    """Token ids per document, cut at `max_tokens` in all, and the text each one covers."""
+    if protocol == "lm-eval":  # lm-eval encodes without special tokens and prepends its own prefix
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        encoded = [[prefix] + tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
+    else:
+        encoded = [tokenizer(d)["input_ids"] for d in docs]
+    out, texts, left = [], [], max_tokens
+    for text, ids in zip(docs, encoded, strict=True):
+        if left is not None and len(ids) > left:
+            ids = ids[:left]
+            text = tokenizer.decode(ids[1:] if protocol == "lm-eval" else ids, skip_special_tokens=True)
+        if left is not None:
+            left -= len(ids)
+        if len(ids) > 1:
+            out.append(torch.tensor(ids))
+            texts.append(text)
+        if left is not None and left <= 0:
+            break
+    return out, texts
+
+
+def measure(model: torch.nn.Module, tokenizer: Any, work: Any, reference: Path | None = None,
+            save_reference: Path | None = None) -> dict[str, Any]:
+    """The quality metrics of one loaded model under a Workload's settings."""
+    texts = load_documents(work.text_file, work.dataset)
+    protocol = getattr(work, "ppl_protocol", "sliding")
+    docs, texts = _tokenize(tokenizer, texts, protocol, work.ppl_max_tokens)
+    max_positions = getattr(model.config, "max_position_embeddings", None) or work.ppl_context
+    context = min(work.ppl_context, max_positions)
+    stride = min(work.ppl_stride, context)
+    scores = score(model, docs, context, stride, reference=reference, save_reference=save_reference,
+                   kl=getattr(work, "kl", "sampled"), batch_size=getattr(work, "ppl_batch_size", 1),
+                   protocol=protocol)
+    metrics = quality_metrics(scores, scores.perplexity if save_reference else None)
+    if protocol == "lm-eval":
+        metrics |= _lm_eval_metrics(scores, texts)
+    return metrics
+
+
+def _lm_eval_metrics(scores: Scores, texts: list[str]) -> dict[str, float]:
+    """lm-eval's wikitext aggregates: log-likelihood over words and bytes of the scored text."""
+    loglikelihood = float(scores.target_lp.sum())
+    words = sum(len(re.split(r"\s+", t)) for t in texts)
+    size = sum(len(t.encode("utf-8")) for t in texts)
+    return {
+        "loglikelihood": loglikelihood,
+        "word_perplexity": math.exp(-loglikelihood / words),
+        "byte_perplexity": math.exp(-loglikelihood / size),
+        "bits_per_byte": -loglikelihood / size / math.log(2),
+    }

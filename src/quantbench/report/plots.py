@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quantbench.report.table import benchmarks, label, metric, suffixes, varying
-from quantbench.results import Result
+from quantbench.results import Result, sweep, sweep_key
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,7 +51,7 @@ def memory_chart(results: Iterable[Result]) -> Figure | None:
     if not results:
         return None
     series = [("weights", "weights_footprint_bytes")]
-    series += [(f"peak b{b}", f"peak_generate_bytes_b{b}")
+    series += [(f"peak b{b}", sweep_key("peak_generate_bytes", b))
                for b in suffixes(results, "peak_generate_bytes")]
     models = list(dict.fromkeys(r.spec.model for r in results))
     widest = max(sum(r.spec.model == m for r in results) for m in models)
@@ -74,8 +74,8 @@ def memory_chart(results: Iterable[Result]) -> Figure | None:
 
 
 def _series(result: Result, family: str, batches: list[int]) -> tuple[list[int], list[float]]:
-    points = [(b, metric(result, f"{family}_b{b}")) for b in batches]
-    points = [(b, v) for b, v in points if v is not None]
+    measured = sweep(result.metrics, family) if isinstance(result.metrics, dict) else {}
+    points = [(b, measured[b]) for b in batches if isinstance(measured.get(b), (int, float))]
     return [b for b, _ in points], [v for _, v in points]
 
 

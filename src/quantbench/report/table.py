@@ -7,13 +7,12 @@ Cells are plain text; each renderer (rich, markdown, HTML) escapes them for its 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from quantbench.checks import Check, metric_of
-from quantbench.results import Result
+from quantbench.results import Result, sweep, sweep_key
 
 MISSING = "-"
 RANDOM_NOTE = "⚠ random weights: memory and speed only, quality not meaningful"
@@ -21,9 +20,6 @@ SHARED_MARK = "timings on a shared device"
 SHARED_NOTE = ("⚠ timings on a shared device: other processes used the GPU, or more CPU cores "
                "than were free, while they were taken; expect them slow and noisy")
 QUALITY_METRICS = ("perplexity", "ppl_ratio", "kl_mean", "kl_p99", "top1_agreement")
-_SUFFIXED = re.compile(
-    r"^(peak_generate_bytes|tokens_per_s|decode_ms_per_token)_b(\d+)$|^prefill_ms_p(\d+)$"
-)
 
 
 metric = metric_of  # the report's name for it
@@ -71,12 +67,8 @@ def suffixes(results: Iterable[Result], family: str) -> list[int]:
     """The batch sizes (or prompt lengths) a metric family was measured at, ascending."""
     found: set[int] = set()
     for result in results:
-        for key in metric_keys(result):
-            match = _SUFFIXED.match(key)
-            if match and family == "prefill_ms" and match.group(3):
-                found.add(int(match.group(3)))
-            elif match and match.group(1) == family:
-                found.add(int(match.group(2)))
+        if isinstance(result.metrics, dict):
+            found.update(sweep(result.metrics, family))
     return sorted(found)
 
 
@@ -139,7 +131,11 @@ def _quality(key: str, spec: str) -> Cell:
         if result.random_weights:
             return "n/a"  # never quote quality for random weights, even if a number was written
         value = metric(result, key)
-        return MISSING if value is None else format(value, spec)
+        if value is None:
+            return MISSING
+        error = metric(result, f"{key}_se")
+        # the standard error, llama-perplexity style: a difference inside it is no difference
+        return format(value, spec) + (f" ± {error:.2g}" if error is not None and error == error else "")
 
     return cell
 
@@ -161,16 +157,16 @@ def _columns(results: list[Result]) -> list[tuple[str, Cell]]:
         ("weights", lambda r: fmt_bytes(metric(r, "weights_footprint_bytes"))),
     ]
     if batches:
-        peak = f"peak_generate_bytes_b{batches[-1]}"
+        peak = sweep_key("peak_generate_bytes", batches[-1])
         columns.append((f"peak b{batches[-1]}", lambda r, k=peak: fmt_bytes(metric(r, k))))
     if lengths:
-        prefill = f"prefill_ms_p{lengths[-1]}"
+        prefill = sweep_key("prefill_ms", lengths[-1])
         columns.append((f"prefill p{lengths[-1]} ms", lambda r, k=prefill: fmt_spread(r, k)))
     columns.append(("decode ms/token", lambda r: fmt_spread(r, "decode_ms_per_token")))
     # share of the memory-bandwidth bound reached (gpt-fast's number): limit / measured
     columns.append(("% of bw limit", _bandwidth_share))
     for batch in speeds[:1] + speeds[1:][-1:]:
-        key = f"tokens_per_s_b{batch}"
+        key = sweep_key("tokens_per_s", batch)
         columns.append((f"tok/s b{batch}", lambda r, key=key: fmt_num(metric(r, key), 4)))
     columns += [
         ("ppl", _quality("perplexity", ".4g")),
@@ -219,6 +215,8 @@ def summary(results: Iterable[Result]) -> Table:
         table.notes.append(SHARED_NOTE)
     if any(h.startswith(("peak b", "tok/s b", "prefill p")) for h in table.headers):
         table.notes.append("b = batch size, p = prompt tokens; [p10-p90] spread over repeats")
+    if any(" ± " in cell for row in table.rows for cell in row.cells):
+        table.notes.append("± one standard error over scored tokens (ppl ratio paired per token)")
     return table
 
 

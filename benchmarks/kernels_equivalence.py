@@ -1,0 +1,101 @@
+"""Does the fast engine with quantbench's kernels compute what eager bitsandbytes computes?
+
+    python benchmarks/kernels_equivalence.py --out DIR [--precisions fp16,nf4,nf4-dq,int8,int8-t0]
+
+On the real SmolLM2-135M (GPU), per precision, in this one process:
+  eager      `model.generate` greedy with its raw logits per step (the reference);
+  forced     the fast engine (kernels=quantbench, compiled, captured) fed eager's tokens, so each
+             step sees the same prefix: mean and max KL(eager || fast) over the decode steps and
+             the share of steps with the same top-1 token;
+  free       the fast engine's own greedy tokens: the first step where they leave eager's, and
+             there eager's score gap between its choice and the fast one (a near tie flips).
+Writes kernels_equivalence.json into --out and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}
+PROMPT = ("The history of the printing press begins in the fifteenth century, when movable metal type "
+          "made books cheaper than ever before. Within fifty years")
+
+
+def one(precision_name: str, new_tokens: int, kernels: str) -> dict:
+    import torch
+
+    import quantbench
+    from quantbench.engine.fast import FastEngine
+
+    precision, options = VARIANTS.get(precision_name, (precision_name, {}))
+    loaded = quantbench.load("smollm2-135m", precision, **options)
+    model = loaded.model
+    ids = torch.tensor([loaded.tokenizer(PROMPT).input_ids], device=loaded.device)
+    with torch.inference_mode():
+        eager = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                               pad_token_id=model.generation_config.eos_token_id,
+                               output_logits=True, return_dict_in_generate=True)
+    tokens = eager.sequences[:, ids.shape[1]:]
+    eager_logits = torch.stack(eager.logits, dim=1).float()  # [1, steps, vocab]
+    fast = FastEngine(model, 1, ids.shape[1] + new_tokens + 1, kernels=kernels, keep_logits=True)
+    fast.warmup(ids, 4)
+    forced = fast.teacher_forced_logits(ids, tokens)
+    steps = slice(1, new_tokens)  # step 0 is the prefill, eager in both
+    log_e = torch.log_softmax(eager_logits[0, steps], -1)
+    log_f = torch.log_softmax(forced[0, steps], -1)
+    kl = (log_e.exp() * (log_e - log_f)).sum(-1)
+    same_top1 = (eager_logits[0, steps].argmax(-1) == forced[0, steps].argmax(-1)).float()
+    own = fast.generate(ids, new_tokens)
+    differ = (own != tokens).nonzero()
+    first = int(differ[0, 1]) if differ.numel() else None
+    gap = None
+    if first is not None:
+        scores = eager_logits[0, first]
+        gap = float(scores[tokens[0, first]] - scores[own[0, first]])
+    return {
+        "precision": precision_name, "options": options, "decode_steps": new_tokens - 1,
+        "engine": fast.describe(), "mean_kl": float(kl.mean()), "max_kl": float(kl.max()),
+        "top1_agreement": float(same_top1.mean()), "free_run_first_divergence": first,
+        "free_run_gap_at_divergence": gap,
+        "passes": bool(kl.mean() <= 1e-4 and same_top1.mean() >= 0.995),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="equivalence-out")
+    p.add_argument("--precisions", default="fp16,nf4,int8,int8-t0,nf4-dq")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--kernels", default="quantbench")
+    args = p.parse_args()
+    import torch
+
+    from quantbench.results import library_versions, now_iso
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": "smollm2-135m", "device": torch.cuda.get_device_name(), "timestamp": now_iso(),
+              "versions": library_versions(), "kernels": args.kernels, "rows": []}
+    for name in args.precisions.split(","):
+        try:
+            row = one(name, args.new_tokens, args.kernels)
+        except Exception as err:  # one precision's failure is a result; the others still run
+            row = {"precision": name, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        report["rows"].append(row)
+        (out / "kernels_equivalence.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps({k: v for k, v in row.items() if k != "engine"}), flush=True)
+        torch.cuda.empty_cache()
+    print("\n| precision | mean KL | max KL | top-1 same | free-run first divergence (gap) | pass |")
+    for r in report["rows"]:
+        if "error" in r:
+            print(f"| {r['precision']} | error: {r['error'][:100]} |")
+            continue
+        print(f"| {r['precision']} | {r['mean_kl']:.2e} | {r['max_kl']:.2e} | {r['top1_agreement']:.1%} "
+              f"| {r['free_run_first_divergence']} ({r['free_run_gap_at_divergence']}) | {r['passes']} |")
+
+
+if __name__ == "__main__":
+    main()

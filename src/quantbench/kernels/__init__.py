@@ -1,0 +1,40 @@
+"""Decode kernels of quantbench's own: Triton GEMVs that read bitsandbytes' (and torch's) weight
+storage exactly as it is, so a model's checkpoint and numerics stay its library's.
+
+    plan = install(model)      # layers get kernel forwards, disabled
+    plan.enabled = True        # the fast engine turns them on around its decode step
+    plan.describe()            # which kernel serves which layer
+
+KERNELS names the choices the fast engine offers: "quantbench" (these) or "bnb" (the layers' own
+forwards: bitsandbytes' kernels, cuBLAS). gemv.py holds the kernels and their numerics, layers.py
+the routing and the merged q/k/v and gate/up launches, storage.py the weight formats.
+"""
+
+from __future__ import annotations
+
+from quantbench.errors import QuantbenchError
+
+KERNELS = ("quantbench", "bnb")
+# Which of quantbench's kernels the "quantbench" choice uses by default. The 4-bit GEMV measured
+# slower than bitsandbytes' own gemv_4bit on an H100 (benchmarks/NOTES-decode.md), so 4-bit layers
+# stay on bitsandbytes' kernel unless asked for: FastEngine(..., kernel_kinds=ALL_KINDS).
+DEFAULT_KINDS = ("dense", "int8")
+ALL_KINDS = ("dense", "4bit", "int8")
+
+
+def check_choice(name: str) -> str:
+    key = name.strip().lower()
+    if key not in KERNELS:
+        raise QuantbenchError(f"unknown kernels '{name}'; choose from: {', '.join(KERNELS)}")
+    return key
+
+
+def install(model, **options):  # noqa: ANN001, ANN003, ANN201
+    """layers.install(model, allow_cpu=, skip=, kinds=, plan=), imported lazily: Triton loads
+    only when kernels are used."""
+    from quantbench.kernels.layers import install as _install
+
+    return _install(model, **options)
+
+
+__all__ = ["ALL_KINDS", "DEFAULT_KINDS", "KERNELS", "check_choice", "install"]

@@ -1,0 +1,157 @@
+"""quantbench's decode GEMVs, run on the CPU by Triton's interpreter, against bitsandbytes' own
+functions and layers as the oracle (tiny shapes; the GPU check is benchmarks/kernels_gemv.py)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton sees a kernel: CPU tensors
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+bnb = pytest.importorskip("bitsandbytes")
+bnbf = bnb.functional
+
+from quantbench.kernels import gemv  # noqa: E402
+from quantbench.kernels.config import set_fourbit_factored  # noqa: E402
+
+N, K = 40, 192  # N is no multiple of a program's rows, K three 64-blocks: masks are exercised
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ulps(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest error in units of the output dtype's spacing at each reference value."""
+    spacing = torch.finfo(out.dtype).eps * ref.abs().clamp_min(1e-3)
+    return float(((out.double() - ref).abs() / spacing.double()).max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dense_gemv_is_a_rounded_fp32_matmul(dtype):
+    x, w = torch.randn(2, K, dtype=dtype), torch.randn(N, K, dtype=dtype)
+    bias = torch.randn(N, dtype=dtype)
+    ref = x.double() @ w.double().T + bias.double()
+    out = gemv.gemv_dense(x, w, bias)
+    assert out.dtype == dtype and out.shape == (2, N)
+    assert _ulps(out, ref) <= 1.0  # fp32 sums, one rounding (the interpreter's bf16 cast truncates)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("factored", [False, True])
+def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, factored):
+    torch.manual_seed(1)
+    x, w = torch.randn(3, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant_type, compress_statistics=double_quant)
+    absmax = state.absmax
+    if state.nested:  # what dequantize_4bit computes on every call
+        absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
+    exact = copy.copy(state)
+    exact.dtype = torch.float32  # factored: code * absmax is never rounded to the activation dtype
+    weight = bnbf.dequantize_4bit(packed, exact if factored else state).double()
+    ref = x.double() @ weight.T
+    set_fourbit_factored(factored)
+    try:
+        out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64)
+    finally:
+        set_fourbit_factored(False)
+    assert _ulps(out, ref) <= 1.0
+
+
+def _int8_layer(w: torch.Tensor, threshold: float):
+    layer = bnb.nn.Linear8bitLt(K, N, bias=False, has_fp16_weights=False, threshold=threshold)
+    layer.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
+    layer = layer.to("cpu").eval()
+    with torch.no_grad():
+        layer(torch.randn(1, K, dtype=w.dtype))  # first call moves CB/SCB into the state
+    return layer
+
+
+def test_int8_gemv_threshold_0_is_bitsandbytes_arithmetic_exactly():
+    torch.manual_seed(2)
+    w, x = torch.randn(N, K, dtype=torch.float16), torch.randn(2, K, dtype=torch.float16)
+    layer = _int8_layer(w, 0.0)
+    cb, scb = layer.state.CB, layer.state.SCB
+    # bitsandbytes' own activation quantization and int32 product; its GPU epilogue written out
+    # (fmaf(acc * row * col, 1/127^2) in fp32, one rounding to fp16; its CPU one differs).
+    ca, sca, _ = bnbf.int8_vectorwise_quant(x.clone())
+    acc = torch.ops.bitsandbytes.int8_linear_matmul(ca, cb).double()
+    expected = ((acc.float() * sca[:, None] * scb[None, :]).double() * 6.200012e-05).float().half()
+    got = gemv.gemv_int8(x, cb, scb, 0.0)
+    assert torch.equal(got, expected)
+    with torch.no_grad():
+        layer_out = layer(x)  # the layer itself: same up to its CPU epilogue's other constant
+    assert _ulps(got, layer_out.double()) <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_int8_gemv_outliers_as_a_dense_mask_match_linear8bitlt(dtype):
+    torch.manual_seed(3)
+    w = torch.randn(N, K, dtype=torch.float16)
+    x = torch.randn(1, K, dtype=dtype)
+    x[0, torch.randperm(K)[:7]] = torch.tensor([4.0, -5.5, 7.0, -3.1, 9.0, 3.0, -8.0], dtype=dtype)
+    layer = _int8_layer(w, 3.0)
+    with torch.no_grad():
+        expected = layer(x.clone()).double()
+    got = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
+    plain = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 0.0)
+    # bitsandbytes on the CPU skips the GPU's fp16 rounding of the int8 part; the interpreter's
+    # bf16 casts truncate: judged against the output's scale, a few steps of the dtype
+    scale = float(expected.abs().max())
+    error, error_plain = (float((t.double() - expected).abs().max()) / scale for t in (got, plain))
+    steps = torch.finfo(dtype).eps
+    assert error <= 2 * steps
+    if dtype == torch.float16:  # the outliers matter: quantized with the rest, the result is off
+        assert error_plain > 3 * max(error, steps)
+
+
+def test_plan_merges_projections_and_gives_the_layers_results():
+    """Real SmolLM2 (NF4, two blocks): a decode step through the kernels, compiled, equals the
+    layers' own step; q/k/v and gate/up are one launch each and the weights are not copied."""
+    import quantbench
+    from quantbench.kernels import install
+
+    model = quantbench.load("smollm2-135m", "nf4", device="cpu").model
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    for module in model.modules():  # keep bitsandbytes' storage; no CPU repacking
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 3, 7, 9, 11]])
+    with torch.no_grad():
+        prefix = model(ids[:, :-1], use_cache=True).past_key_values
+        theirs_cache, ours_cache = prefix, copy.deepcopy(prefix)
+        expected = model(ids[:, -1:], past_key_values=theirs_cache, use_cache=True).logits
+        attention = model.model.layers[0].self_attn
+        bytes_before = sum(p.numel() * p.element_size() for p in model.parameters())
+        plan = install(model, allow_cpu=True, skip=("lm_head",))
+        layers = plan.describe()["layers"]
+        assert layers["q_proj+k_proj+v_proj"] == "quantbench gemv nf4, merged, x2"
+        assert layers["gate_proj+up_proj"] == "quantbench gemv nf4, merged, x2"
+        assert sum(p.numel() * p.element_size() for p in model.parameters()) == bytes_before
+        q, k = attention.q_proj.weight, attention.k_proj.weight
+        assert k.data_ptr() == q.data_ptr() + q.numel()  # views of one buffer, rows end to end
+
+        launches = []
+        original = gemv.gemv_4bit
+        gemv.gemv_4bit = lambda *a, **kw: launches.append(1) or original(*a, **kw)
+        try:
+            plan.enabled = True
+            step = torch.compile(lambda i, c: model(i, past_key_values=c, use_cache=True).logits,
+                                 backend="eager")
+            got = step(ids[:, -1:], ours_cache)
+        finally:
+            plan.enabled = False
+            gemv.gemv_4bit = original
+    assert len(launches) == 2 * 4  # per block: q/k/v, o, gate/up, down
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
