@@ -80,14 +80,14 @@ def test_absent_inputs_errors_and_junk_values_are_not_applicable_not_crashes():
         bench("m", "nf4", weights_footprint_bytes=float("nan"), perplexity="oops"),
     ]
     checks = run_checks(results)
-    assert len(checks) == 6
+    assert len(checks) == 7
     assert all(c.passed is None and c.status == "n/a" and c.value for c in checks)
     assert all(c.passed is None for c in run_checks([]))
 
 
 def test_nf4_dq_stands_in_for_nf4_and_bf16_for_fp16():
-    results = [bench("m", "bf16", weights_footprint_bytes=1000.0),
-               bench("m", "nf4-dq", weights_footprint_bytes=300.0)]
+    results = [bench("m", "bf16", 1.1e9, weights_footprint_bytes=1000.0),
+               bench("m", "nf4-dq", 1.1e9, weights_footprint_bytes=300.0)]
     check = by_name(run_checks(results))["nf4/fp16 weights ratio"]
     assert check.passed is True and "nf4-dq" in check.value and "bf16" in check.value
 
@@ -111,3 +111,46 @@ def test_checks_and_report_modules_do_not_import_torch():
                 assert name.split(".")[0] != "torch", path
                 assert name not in ("quantbench", "quantbench.loading", "quantbench.inspect",
                                     "quantbench.precisions"), (path, name)
+
+
+def real_result(loaded, precision: str) -> Result:
+    """What the worker records after loading, from a real load of SmolLM2 on this machine."""
+    inspection = loaded.inspection.to_dict()
+    return Result(RunSpec("smollm2-135m", precision), info={"inspection": inspection},
+                  metrics={"weights_footprint_bytes": inspection["footprint_bytes"]})
+
+
+def test_default_run_on_smollm2_shows_no_fail_and_fits_the_estimate(loaded_model):
+    """The CPU defaults (fp32 reference, fp16, int8, nf4): the 1.1B bands are n/a, the model's own pass."""
+    results = [real_result(loaded_model(p), p) for p in ("fp32", "fp16", "int8", "nf4")]
+    checks = by_name(run_checks(results))
+    assert not [c for c in checks.values() if c.passed is False], checks
+    for precision in ("fp32", "int8", "nf4"):
+        fit = checks[f"{precision}/fp16 weights vs estimate"]
+        assert fit.passed is True, fit
+    # SmolLM2's tied embedding is ~21 % of its weights: far above the 1.1B lab's 0.3-0.8 band edge
+    assert float(checks["int8/fp16 weights vs estimate"].value.split()[0]) > 0.8
+    for name in ("int8/fp16 weights ratio", "nf4/fp16 weights ratio", "fp16 weights for a ~1.1B model"):
+        assert checks[name].passed is None and "1.1B" in checks[name].value
+    assert checks["weights order"].passed is True
+
+
+def test_weights_off_the_estimate_by_more_than_3_percent_fail(loaded_model):
+    results = [real_result(loaded_model(p), p) for p in ("fp16", "nf4")]
+    nf4 = results[1].metrics["weights_footprint_bytes"]
+    results[1].metrics["weights_footprint_bytes"] = nf4 * 1.02
+    assert by_name(run_checks(results))["nf4/fp16 weights vs estimate"].passed is True
+    results[1].metrics["weights_footprint_bytes"] = nf4 * 1.05
+    check = by_name(run_checks(results))["nf4/fp16 weights vs estimate"]
+    assert check.passed is False and "estimate" in check.value and check.expected.endswith("± 3%")
+
+
+def test_fit_check_is_not_applicable_without_a_config_offline_or_a_modelled_layout():
+    checks = run_checks([bench("no-such-org/model", "fp16", weights_footprint_bytes=2e9),
+                         bench("no-such-org/model", "nf4", weights_footprint_bytes=6e8)])
+    (fit,) = [c for c in checks if c.name == "weights vs estimate"]
+    assert fit.passed is None and "not available offline" in fit.value
+    checks = run_checks([bench("smollm2-135m", "bf16", weights_footprint_bytes=2.7e8),
+                         bench("smollm2-135m", "hqq-4bit", weights_footprint_bytes=1e8)])
+    (fit,) = [c for c in checks if c.name == "weights vs estimate"]
+    assert fit.passed is None and "modelled layout" in fit.value

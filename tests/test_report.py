@@ -117,7 +117,9 @@ def test_csv_has_one_raw_row_per_result_and_json_reads_back():
     back = [Result.from_dict(d) for d in payload["results"]]
     assert [r.spec.precision for r in back] == [r.spec.precision for r in results]
     statuses = {c["name"]: c["status"] for c in payload["checks"]["smollm2-135m"]}
-    assert statuses["int8/fp16 weights ratio"] == "pass"  # 160 / 270 MiB
+    assert statuses["int8/fp16 weights ratio"] == "n/a"  # the 1.1B lab band: not for 0.13B
+    # 160 / 270 MiB is not SmolLM2's layout (int8 keeps its 21 % tied embedding in fp32 on CPU)
+    assert statuses["int8/fp16 weights vs estimate"] == "fail"
     assert statuses["fp16 weights for a ~1.1B model"] == "n/a"
 
 
@@ -210,7 +212,13 @@ def test_example_notebook_is_valid_and_uses_the_public_api():
     notebook = json.loads((Path(__file__).parents[1] / "examples/classic_lab.ipynb").read_text())
     assert notebook["nbformat"] == 4 and notebook["cells"]
     code = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
-    assert all(not c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
+    cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    # committed with the outputs of a real run (examples/run_notebook.py), none of them an error
+    assert all(c.get("outputs") and c.get("execution_count") for c in cells[:-1])
+    outputs = [o for c in cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    printed = "".join("".join(o.get("text", "")) for o in outputs)
+    assert "PASS  nf4/fp16 weights vs estimate" in printed and "FAIL" not in printed
     for source in code:
         tree = ast.parse(source)  # every code cell is valid Python
         for node in ast.walk(tree):

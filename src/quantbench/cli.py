@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
 
 import typer
 
+from quantbench.commands._options import EXIT_CODES
 from quantbench.errors import QuantbenchError
+
+try:  # newer typer vendors its own click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:
+    from click.exceptions import ClickException, NoArgsIsHelpError
 
 app = typer.Typer(
     help="Which precision should I run this LLM in, on this GPU, and what does it cost me?",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -38,22 +46,39 @@ def _register_commands() -> None:
     _registered = True
 
 
+# Libraries that log at import: torchao (its optional kernels), torch (pytree deprecations),
+# bitsandbytes (optional CPU kernels). transformers imports torchao whenever it is installed.
+CHATTY_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes")
+
+
 def _quiet_libraries() -> None:
-    """Our own progress display replaces the libraries' bars and advisory warnings."""
+    """Our own progress display replaces the libraries' bars and advisory warnings.
+
+    Only the commands' own lines reach the terminal; workers keep library chatter in their log.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main() -> None:
     _quiet_libraries()
     _register_commands()
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come back here, to be shown as one line
     except QuantbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except NoArgsIsHelpError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except ClickException as err:
+        print(f"error: {err.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted: results measured so far are kept", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

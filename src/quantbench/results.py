@@ -32,6 +32,8 @@ from typing import Any
 from quantbench.errors import QuantbenchError
 
 TRACKED_PACKAGES = ("torch", "transformers", "bitsandbytes", "accelerate", "peft", "quantbench")
+# The error of a precision that does not fit the device: an answer, not a failure.
+OUT_OF_MEMORY = "out of memory"
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,18 @@ class Result:
     error: str | None = None
     random_weights: bool = False
     device: str = ""
+    shared_device: str | None = None  # why timings may be slow: other work on the device meanwhile
     versions: dict[str, str] = field(default_factory=dict)
     timestamp: str = ""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def answered(self) -> bool:
+        """Measured, or known not to fit; anything else is redone by the next run."""
+        return self.error is None or self.error == OUT_OF_MEMORY
 
     @property
     def key(self) -> str:

@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from quantbench.lock import results_lock
 from quantbench.precisions import LoadOptions, get_precision, reference_precision
 from quantbench.report.notebook import ResultList
 from quantbench.results import (
@@ -116,7 +117,7 @@ def run_specs(specs: list[RunSpec], results_path: str | Path, force: bool = Fals
     results_path = Path(results_path)
     progress = progress or (lambda message: None)
     done, problems = read_results(results_path) if results_path.exists() else ([], [])
-    by_key = {r.key: r for r in done}
+    by_key = {r.key: r for r in done if r.answered}  # a crash or error is redone
     reference_name = reference_precision(default_device())
     out: list[Result] = []
     for index, spec in enumerate(specs, 1):
@@ -149,7 +150,8 @@ def run(model: str = "smollm2-135m", precisions: list[str] | str = "fp16,int8,nf
     if ref.random_weights:
         workload = replace(workload, quality=False)
     specs = build_specs(ref.name, precisions, workload, options or LoadOptions(), adapter, default_device())
-    results, problems = run_specs(specs, results_path, force=force, progress=progress)
+    with results_lock(results_path):  # a second sweep on the same file is refused, not interleaved
+        results, problems = run_specs(specs, results_path, force=force, progress=progress)
     for problem in problems:
         print(problem, file=sys.stderr)
     return ResultList(results)

@@ -22,6 +22,7 @@ from quantbench.errors import QuantbenchError
 from quantbench.loading import Loaded, default_device, load
 from quantbench.logfilter import log_repeats_once
 from quantbench.measure import latency, quality
+from quantbench.measure.hygiene import DeviceWatch
 from quantbench.measure.memory import MemoryProbe, copy_bandwidth_bytes_per_s, device_name
 from quantbench.precisions import LoadOptions
 from quantbench.results import (
@@ -115,7 +116,9 @@ def execute(job: Job) -> Result:
             result.metrics |= _quality(loaded, work, job)
         if work.latency:
             _emit(phase_line("latency"))
-            result.metrics |= _latency(loaded, work, probe, notes)
+            with DeviceWatch(device) as watch:
+                result.metrics |= _latency(loaded, work, probe, notes)
+            result.shared_device, notes["isolation"] = watch.shared, watch.details
             bandwidth = copy_bandwidth_bytes_per_s(device)
             if bandwidth:
                 result.metrics["copy_bandwidth_bytes_per_s"] = bandwidth

@@ -8,8 +8,14 @@ import typer
 
 from quantbench.calibration.text import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from quantbench.errors import QuantbenchError
-from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, LoadOptions
+from quantbench.precisions import DEFAULT_INT8_THRESHOLD, DEFAULT_SKIP_MODULES, DTYPES, LoadOptions
 from quantbench.units import parse_size
+
+EXIT_CODES = (
+    "Exit status: 0 every precision was measured (one that does not fit is an answer); "
+    "1 a precision ended in another error (the results are kept); 2 bad input (nothing "
+    "measured, no results file touched); 130 interrupted (what was measured is kept)."
+)
 
 # The loading options every model-loading command takes, declared once.
 COMPUTE_DTYPE = typer.Option(None, help="fp32 | fp16 | bf16 (default: best for the device)")
@@ -60,6 +66,8 @@ def load_options(compute_dtype: str | None, skip_modules: str | None, int8_thres
                  device_map: str | None, max_memory: str | None, trust_remote_code: bool,
                  calibration: dict[str, Any] | None = None) -> LoadOptions:
     """`calibration`: calibration_file / _samples / _seq_len, for the calibrated precisions."""
+    if compute_dtype is not None and compute_dtype.lower() not in DTYPES:
+        raise QuantbenchError(f"unknown compute dtype '{compute_dtype}'; choose from: fp32, fp16, bf16")
     calibration = dict(calibration or {})
     if calibration.get("calibration_file") is not None:
         calibration["calibration_file"] = str(calibration["calibration_file"])

@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbench import validate
 from quantbench.commands._options import parse_skip_modules
 
 
@@ -30,6 +31,9 @@ def estimate_command(
     from quantbench.estimate import EstimateSettings, estimate
     from quantbench.units import parse_size
 
+    validate.model_name(model)
+    precisions = validate.precision_names(precision) if precision is not None else None
+    validate.positive(batch=batch, seq_len=seq_len, gpus=gpus, lora_r=lora_r)
     settings = EstimateSettings(
         batch_size=batch, seq_len=seq_len, device=device, compute_dtype=compute_dtype,
         skip_modules=parse_skip_modules(skip_modules), train=train, optimizer=optimizer,
@@ -37,7 +41,7 @@ def estimate_command(
         gpu_memory_bytes=parse_size(gpu_memory) if gpu_memory else None,
         trust_remote_code=trust_remote_code,
     )
-    result = estimate(model, precision, settings)
+    result = estimate(model, precisions, settings)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return

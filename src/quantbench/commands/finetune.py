@@ -4,6 +4,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from quantbench import validate
 from quantbench.errors import QuantbenchError
 
 
@@ -61,6 +62,13 @@ def train_command(
     from quantbench.results import append_result
     from quantbench.training import FinetuneConfig, distributed, finetune
 
+    validate.model_name(model)
+    validate.precision_names(precision)
+    if data:
+        validate.text_file(data, "training data")
+    validate.writable_folder(output)
+    if results:
+        validate.results_to_append(results)
     config = FinetuneConfig(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         target_modules=_targets(target_modules), optimizer=optimizer, learning_rate=lr,

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from quantbench import validate
 from quantbench.commands import _options as opt
 
 
@@ -28,6 +29,7 @@ def inspect_command(
     """Load MODEL in a precision and show what was quantized and what it weighs."""
     from quantbench.loading import load
 
+    validate.model_name(model)
     calibration = {"calibration_file": calibration_file, "calibration_samples": calibration_samples,
                    "calibration_seq_len": calibration_seq_len}
     options = opt.load_options(

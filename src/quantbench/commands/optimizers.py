@@ -4,6 +4,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbench import validate
+
 
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -29,6 +31,9 @@ def optimizers_command(
     from quantbench.results import append_result
     from quantbench.training import ComparisonConfig, compare_optimizers
 
+    validate.model_name(model)
+    validate.positive(seq_len=seq_len, batch_size=batch_size, steps=steps, lora_r=lora_r)
+    validate.results_to_append(results)
     config = ComparisonConfig(
         modes=_split(modes), optimizers=_split(optimizers), seq_len=seq_len,
         batch_size=batch_size, steps=steps, lora_r=lora_r, full_precision=full_precision,

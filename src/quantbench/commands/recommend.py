@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quantbench import validate
+
 
 def recommend_command(
     model: str = typer.Argument(..., help="HF id, local folder or offline alias"),
@@ -22,6 +24,10 @@ def recommend_command(
     from quantbench.recommend import recommend
     from quantbench.units import gib
 
+    validate.model_name(model)
+    validate.positive(batch=batch, seq_len=seq_len)
+    if results:
+        validate.results_to_read(results)
     settings = EstimateSettings(batch_size=batch, seq_len=seq_len, device=device)
     rec = recommend(model, vram, max_ppl_increase, results, settings)
     if as_json:

@@ -5,6 +5,8 @@ import sys
 import typer
 from rich.console import Console
 
+from quantbench import validate
+
 
 def report_command(
     results_path: str = typer.Argument(..., help="a results.jsonl written by quantbench run"),
@@ -16,6 +18,12 @@ def report_command(
     """Read RESULTS.jsonl and show it as a table, markdown, CSV or JSON; HTML and PNG on request."""
     from quantbench.report import make_report, render, rich_renderables
 
+    validate.results_to_read(results_path)
+    for path, what in ((html, "HTML report"), (output, "output file")):
+        if path:
+            validate.writable_file(path, what)
+    if plots:
+        validate.writable_folder(plots, "plots folder")
     report = make_report(results_path, html=html, plots=plots, output=output, fmt=fmt)
     for problem in report.problems:
         print(problem, file=sys.stderr)

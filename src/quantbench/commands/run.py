@@ -6,9 +6,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from quantbench import validate
 from quantbench.commands import _options as opt
 from quantbench.errors import QuantbenchError
-from quantbench.precisions import parse_precisions
 from quantbench.results import Workload
 
 
@@ -19,9 +19,9 @@ def run_command(
     force: bool = typer.Option(False, help="redo specs already in the results file"),
     prompt_lengths: str = typer.Option(None, help="prefill lengths, capped by context [GPU 128,512,2048; CPU 128,512]"),
     batch_sizes: str = typer.Option(None, help="batch sweep for tokens/s [GPU 1,4,16; CPU 1,4]"),
-    new_tokens: int = typer.Option(None, min=2, help="generated tokens per decode measurement [GPU 64; CPU 32]"),
-    repeats: int = typer.Option(3, min=1),
-    warmup: int = typer.Option(1, min=0),
+    new_tokens: int = typer.Option(None, help="generated tokens per decode measurement [GPU 64; CPU 32]"),
+    repeats: int = typer.Option(3),
+    warmup: int = typer.Option(1),
     engine: str = typer.Option("eager", help="eager (model.generate) | fast (static cache, graphs)"),
     kernels: str = opt.KERNELS,
     ppl_context: int = typer.Option(1024, help="perplexity window (tokens)"),
@@ -51,10 +51,18 @@ def run_command(
     from quantbench.loading import default_device
     from quantbench.measure.quality import PROTOCOLS
     from quantbench.measure.reference import parse_kl
+    from quantbench.models import resolve
     from quantbench.report import rich_renderables
     from quantbench.runner import run
 
-    names = [p.name for p in parse_precisions(precisions)]
+    # everything checkable is checked here, before a worker starts or the results file is touched
+    names = validate.precision_names(precisions)
+    validate.model_name(model)
+    validate.positive(repeats=repeats)
+    validate.at_least(0, warmup=warmup)
+    validate.at_least(2, new_tokens=new_tokens)
+    validate.perplexity_window(ppl_context, ppl_stride, max_ppl_tokens)
+    validate.engine(engine)
     parse_kl(kl)
     if ppl_protocol not in PROTOCOLS:
         raise QuantbenchError(f"unknown --ppl-protocol '{ppl_protocol}'; choose from {', '.join(PROTOCOLS)}")
@@ -65,17 +73,24 @@ def run_command(
         "ppl_max_tokens": max_ppl_tokens,
         "ppl_batch_size": ppl_batch_size,
     }
+    calibration = {"calibration_file": calibration_file, "calibration_samples": calibration_samples,
+                   "calibration_seq_len": calibration_seq_len}
+    options = opt.load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
+                               trust_remote_code, calibration)
+    validate.results_to_append(results)
+    if adapter:
+        validate.adapter_folder(adapter)
+    device = default_device()
+    validate.runnable_here(names, device)
+    _check_quality_text(model, text_file, dataset, quality)
+    validate.calibration_text(names, options, resolve(model).source)
     workload = Workload.for_device(
-        default_device(), **{k: v for k, v in chosen.items() if v is not None},
+        device, **{k: v for k, v in chosen.items() if v is not None},
         repeats=repeats, warmup=warmup, engine=engine, kernels=opt.kernels_choice(kernels),
         ppl_context=ppl_context, ppl_stride=ppl_stride, ppl_protocol=ppl_protocol, kl=kl,
         text_file=str(text_file) if text_file else None, dataset=dataset,
         latency=latency, quality=quality,
     )
-    calibration = {"calibration_file": calibration_file, "calibration_samples": calibration_samples,
-                   "calibration_seq_len": calibration_seq_len}
-    options = opt.load_options(compute_dtype, skip_modules, int8_threshold, device_map, max_memory,
-                               trust_remote_code, calibration)
     console = Console(stderr=True)
     try:
         with console.status("starting") as status:
@@ -89,7 +104,26 @@ def run_command(
     for renderable in rich_renderables(measured):
         out.print(renderable)
     console.print(f"results: {results} (quantbench report {results} --html report.html)")
+    failed = [r.spec.precision for r in measured if not r.answered]  # out of memory is an answer
+    if failed:
+        console.print(f"error: {', '.join(failed)} ended in an error (see the status column); "
+                      f"the results are kept in {results} and a rerun redoes only these")
+        raise typer.Exit(1)
+
+
+def _check_quality_text(model: str, text_file: Path | None, dataset: str | None, quality: bool) -> None:
+    """The perplexity text, read in the parent: a typo fails here, not as a precision's result."""
+    from quantbench.models import resolve
+
+    ref = resolve(model)  # one line for a model that cannot be had; aliases materialise once
+    if not quality or ref.random_weights:
+        return
+    if text_file:
+        text = validate.text_file(text_file)
+        validate.enough_tokens(text, ref.source, f"text file '{text_file}'")
+    elif dataset:
+        validate.enough_tokens(validate.dataset(dataset), ref.source, f"dataset '{dataset}'")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run_command)
+    app.command("run", epilog=opt.EXIT_CODES)(run_command)

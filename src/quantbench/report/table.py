@@ -16,6 +16,9 @@ from quantbench.results import Result, sweep, sweep_key
 
 MISSING = "-"
 RANDOM_NOTE = "⚠ random weights: memory and speed only, quality not meaningful"
+SHARED_MARK = "timings on a shared device"
+SHARED_NOTE = ("⚠ timings on a shared device: other processes used the GPU, or more CPU cores "
+               "than were free, while they were taken; expect them slow and noisy")
 QUALITY_METRICS = ("perplexity", "ppl_ratio", "kl_mean", "kl_p99", "top1_agreement")
 
 
@@ -189,6 +192,8 @@ def status(result: Result) -> str:
     oom = [k.removeprefix("batch_") for k, v in info.items()
            if str(k).startswith("batch_") and "out of memory" in str(v)]
     base = "random weights" if result.random_weights else "ok"
+    if result.shared_device:
+        base += f"; {SHARED_MARK}"
     return f"{base}; out of memory at b{', b'.join(oom)}" if oom else base
 
 
@@ -206,6 +211,8 @@ def summary(results: Iterable[Result]) -> Table:
                               + [cells[i] for i in keep] + [status(result)]))
     if any(r.random_weights for r in results):
         table.notes.append(RANDOM_NOTE)
+    if any(r.shared_device for r in results):
+        table.notes.append(SHARED_NOTE)
     if any(h.startswith(("peak b", "tok/s b", "prefill p")) for h in table.headers):
         table.notes.append("b = batch size, p = prompt tokens; [p10-p90] spread over repeats")
     if any(" ± " in cell for row in table.rows for cell in row.cells):
