@@ -7,8 +7,8 @@
 # writes to $OUT: faults-oom.jsonl, faults-kill.jsonl, faults.md (and the runs' output).
 #
 # oom:  no -arch alias needs more than 80 GB in fp32, so a ballast process first takes all but
-#       FREE_GIB (default 20) of the card; then llama-2-7b-arch in fp32 (27 GB of weights) does
-#       not fit while nf4 (4 GB) does. The ballast is another process on the GPU, so nf4's
+#       FREE_GIB (default 3) of the card; then OOM_MODEL (default tinyllama-1.1b-arch) in fp32
+#       (4.4 GB of weights) does not fit while nf4 (0.8 GB) does. The ballast is another process on the GPU, so nf4's
 #       timings must come back flagged as taken on a shared device.
 # kill: tinyllama-1.1b-arch fp16,nf4,int8; nf4's worker is killed with SIGKILL KILL_AFTER
 #       seconds (default 20) after it starts; then the same command again.
@@ -17,9 +17,10 @@ source benchmarks/gpu/setup.sh
 set -u
 part=${1:-all}
 OUT=${OUT:-/tmp/results}
-FREE_GIB=${FREE_GIB:-20}
+FREE_GIB=${FREE_GIB:-3}
+OOM_MODEL=${OOM_MODEL:-tinyllama-1.1b-arch}
 KILL_AFTER=${KILL_AFTER:-20}
-LIGHT=(--prompt-lengths 128,512 --batch-sizes 1,4 --new-tokens 32 --repeats 3)
+LIGHT=(--prompt-lengths 128 --batch-sizes 1,4 --new-tokens 16 --repeats 2 --no-quality)
 md=$OUT/faults.md
 [ -f "$md" ] || printf '# Faults on %s\n\n' "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" > "$md"
 
@@ -38,7 +39,7 @@ EOF
 
 if [ "$part" = oom ] || [ "$part" = all ]; then
   results=$OUT/faults-oom.jsonl; rm -f "$results"
-  python3 -c "from quantbench.models import resolve; resolve('llama-2-7b-arch')"  # weights before ballast
+  python3 -c "from quantbench.models import resolve; resolve('$OOM_MODEL')"  # weights before ballast
   python3 -u - "$FREE_GIB" > /tmp/ballast.log 2>&1 <<'EOF' &
 import sys, time, torch
 free, total = torch.cuda.mem_get_info()
@@ -51,13 +52,13 @@ EOF
   ballast=$!
   until grep -q ballast /tmp/ballast.log 2>/dev/null || ! kill -0 $ballast 2>/dev/null; do sleep 1; done
   cat /tmp/ballast.log
-  python3 -m quantbench run llama-2-7b-arch -p fp32,nf4 -o "$results" "${LIGHT[@]}" > "$OUT/faults-oom.out" 2>&1
+  python3 -m quantbench run "$OOM_MODEL" -p fp32,nf4 -o "$results" "${LIGHT[@]}" > "$OUT/faults-oom.out" 2>&1
   code=$?
   kill $ballast; wait $ballast 2>/dev/null
   tail -25 "$OUT/faults-oom.out"
   {
     printf '## CUDA out of memory is an answer\n\n'
-    printf '%s; `quantbench run llama-2-7b-arch -p fp32,nf4 %s`: exit %s\n\n' "$(cat /tmp/ballast.log)" "${LIGHT[*]}" "$code"
+    printf '%s; `quantbench run %s -p fp32,nf4 %s`: exit %s\n\n' "$(cat /tmp/ballast.log)" "$OOM_MODEL" "${LIGHT[*]}" "$code"
     statuses "$results"
     printf '\n'
   } >> "$md"
