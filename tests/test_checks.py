@@ -151,6 +151,6 @@ def test_fit_check_is_not_applicable_without_a_config_offline_or_a_modelled_layo
     (fit,) = [c for c in checks if c.name == "weights vs estimate"]
     assert fit.passed is None and "not available offline" in fit.value
     checks = run_checks([bench("smollm2-135m", "bf16", weights_footprint_bytes=2.7e8),
-                         bench("smollm2-135m", "hqq-4bit", weights_footprint_bytes=1e8)])
+                         bench("smollm2-135m", "int8-offload", weights_footprint_bytes=1e8)])  # a placement
     (fit,) = [c for c in checks if c.name == "weights vs estimate"]
     assert fit.passed is None and "modelled layout" in fit.value
