@@ -16,7 +16,8 @@
 source benchmarks/gpu/setup.sh
 set -u
 part=${1:-all}
-OUT=${OUT:-/tmp/results}
+OUT=${OUT:-$QB_WORK/results}
+mkdir -p "$OUT"
 FREE_GIB=${FREE_GIB:-3}
 OOM_MODEL=${OOM_MODEL:-tinyllama-1.1b-arch}
 KILL_AFTER=${KILL_AFTER:-20}

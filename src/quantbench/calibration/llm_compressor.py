@@ -69,6 +69,18 @@ def _modifier(scheme: Calibrated, plan: dict[int, list[str]]) -> Any:
     return AWQModifier(config_groups=groups)
 
 
+def _stand_in_processor() -> Any:
+    """A random-weights folder has no tokenizer, and `oneshot` insists on a processor once a
+    dataset is given; the samples are token ids already, so an empty word-level one will do."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>", pad_token="<unk>"
+    )
+
+
 def calibrate(scheme: Calibrated, model_dir: Path, out: Path, tokenizer: Any, samples: list[list[int]],
               source: str, options: Any, dtype: str, key: dict[str, Any]) -> None:
     """Calibrate `model_dir` with `scheme` on token `samples`; write the compressed checkpoint to `out`."""
@@ -94,6 +106,7 @@ def calibrate(scheme: Calibrated, model_dir: Path, out: Path, tokenizer: Any, sa
     start = time.perf_counter()
     with _cpu_only_pipeline():
         oneshot(model=model, dataset=dataset, recipe=_modifier(scheme, plan),
+                processor=tokenizer if tokenizer is not None else _stand_in_processor(),
                 max_seq_length=options.calibration_seq_len, num_calibration_samples=len(samples))
     seconds = time.perf_counter() - start
     peak = {"calibration_peak_bytes": torch.cuda.max_memory_allocated()} if on_cuda else {
