@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from quantbench.errors import QuantbenchError
 
@@ -44,15 +45,22 @@ def _file_documents(path: Path) -> list[str]:
     return [path.read_text(encoding="utf-8")]
 
 
-def _jsonl_documents(path: Path) -> list[str]:
-    docs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def json_lines(path: Path, text: str) -> list[tuple[int, Any]]:
+    """(line number, parsed record) for each non-blank line of a JSONL text; one line per bad line."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            records.append((number, json.loads(line)))
         except json.JSONDecodeError:
             raise QuantbenchError(f"{path}:{number}: not a JSON line") from None
+    return records
+
+
+def _jsonl_documents(path: Path) -> list[str]:
+    docs = []
+    for number, record in json_lines(path, path.read_text(encoding="utf-8")):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise QuantbenchError(f"{path}:{number}: needs a string 'text' field")
         docs.append(record["text"])

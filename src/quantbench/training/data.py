@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from quantbench.errors import QuantbenchError
+from quantbench.measure.texts import json_lines
 
 SAMPLE_TEXT = Path(__file__).parents[1] / "data" / "train_sample.txt"
 
@@ -22,13 +22,7 @@ def read_texts(path: str | Path) -> list[str]:
     if path.suffix.lower() not in (".jsonl", ".json"):
         return [raw] if raw.strip() else []
     texts = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise QuantbenchError(f"{path}:{number}: not a JSON line") from None
+    for number, record in json_lines(path, raw):
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             texts.append(record["text"])
         elif isinstance(record, dict) and "prompt" in record and "completion" in record:
