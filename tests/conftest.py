@@ -19,6 +19,20 @@ warnings.filterwarnings("ignore")
 MODEL = "smollm2-135m"
 
 
+@pytest.fixture(autouse=True)
+def _library_log_levels():
+    """The CLI quiets chatty library loggers for its whole process; a test that calls it in
+    process must not leave them quiet for the tests after it."""
+    import logging
+
+    from quantbench.cli import CHATTY_LOGGERS
+
+    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     from quantbench.models import resolve
