@@ -105,10 +105,22 @@ def measure_prefill(model: Any, ids_for: Callable[[int, int], torch.Tensor], len
 
 def measure_decode(engine: Any, ids: torch.Tensor, new_tokens: int, device: str,
                    repeats: int, warmup: int) -> dict[str, float]:
-    """TTFT and decode ms/token at one batch size; tokens/s counts generated tokens only."""
-    first = time_ms(lambda: engine.generate(ids, 1), device, repeats, warmup)
-    full = time_ms(lambda: engine.generate(ids, new_tokens), device, repeats, warmup)
-    per_token = [(t - first.median) / (new_tokens - 1) for t in full.samples_ms]
+    """TTFT and decode ms/token at one batch size; tokens/s counts generated tokens only.
+
+    Each repeat times one token and then `new_tokens` back to back, and decode is the difference
+    within that repeat: both sides see the same state of a busy machine, where subtracting one
+    median from another could even go negative."""
+    first_samples, full_samples = [], []
+    for _ in range(warmup):
+        engine.generate(ids, 1)
+        engine.generate(ids, new_tokens)
+    for _ in range(repeats):
+        for tokens, samples in ((1, first_samples), (new_tokens, full_samples)):
+            watch = Stopwatch(device)
+            engine.generate(ids, tokens)
+            samples.append(watch.lap())
+    first, full = Timing(first_samples), Timing(full_samples)
+    per_token = [(f - o) / (new_tokens - 1) for o, f in zip(first_samples, full_samples, strict=True)]
     batch = ids.shape[0]
     return {
         "ttft_ms": first.median,
