@@ -141,11 +141,8 @@ def enough_tokens(text: str, tokenizer_folder: str | None, what: str) -> None:
     """
     if len(text.split()) >= 2:
         return
-    count = 0
-    if tokenizer_folder and any(Path(tokenizer_folder).glob("tokenizer*")):
-        from transformers import AutoTokenizer
-
-        count = len(AutoTokenizer.from_pretrained(tokenizer_folder)(text)["input_ids"])
+    tokenizer = _folder_tokenizer(tokenizer_folder)
+    count = len(tokenizer(text)["input_ids"]) if tokenizer is not None else 0
     if count < 2:
         raise QuantbenchError(f"{what} holds fewer than two tokens; perplexity needs at least two")
 
@@ -255,9 +252,16 @@ def calibration_text(names: Iterable[str], options: Any, tokenizer_folder: str |
     if not any(isinstance(get_precision(name).scheme, Calibrated) for name in names):
         return
     text = read_calibration_text(options.calibration_file)
-    if tokenizer_folder and any(Path(tokenizer_folder).glob("tokenizer*")):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    tokenizer = _folder_tokenizer(tokenizer_folder)
+    if tokenizer is not None:
         token_samples(text, tokenizer, options.calibration_samples, options.calibration_seq_len,
                       options.calibration_file or "the shipped calibration text")
+
+
+def _folder_tokenizer(folder: str | None) -> Any:
+    """The model folder's own tokenizer, or None where it has none (random-weight folders)."""
+    if not folder or not any(Path(folder).glob("tokenizer*")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

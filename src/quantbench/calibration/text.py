@@ -20,16 +20,9 @@ def calibration_path(path: str | None) -> Path:
 
 
 def read_calibration_text(path: str | None) -> str:
-    file = calibration_path(path)
-    if not file.is_file():
-        raise QuantbenchError(f"calibration file '{file}' does not exist")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise QuantbenchError(f"cannot read calibration file '{file}': {type(err).__name__}") from None
-    if not text.strip():
-        raise QuantbenchError(f"calibration file '{file}' is empty")
-    return text
+    from quantbench.validate import text_file
+
+    return text_file(calibration_path(path), "calibration file")
 
 
 def text_sha256(text: str) -> str:

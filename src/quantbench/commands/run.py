@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -10,6 +11,9 @@ from quantbench import validate
 from quantbench.commands import _options as opt
 from quantbench.errors import QuantbenchError
 from quantbench.results import Workload
+
+if TYPE_CHECKING:
+    from quantbench.models import ModelRef
 
 
 def run_command(
@@ -82,8 +86,9 @@ def run_command(
         validate.adapter_folder(adapter)
     device = default_device()
     validate.runnable_here(names, device)
-    _check_quality_text(model, text_file, dataset, quality)
-    validate.calibration_text(names, options, resolve(model).source)
+    ref = resolve(model)  # one line for a model that cannot be had; aliases materialise once
+    _check_quality_text(ref, text_file, dataset, quality)
+    validate.calibration_text(names, options, ref.source)
     workload = Workload.for_device(
         device, **{k: v for k, v in chosen.items() if v is not None},
         repeats=repeats, warmup=warmup, engine=engine, kernels=opt.kernels_choice(kernels),
@@ -111,11 +116,8 @@ def run_command(
         raise typer.Exit(1)
 
 
-def _check_quality_text(model: str, text_file: Path | None, dataset: str | None, quality: bool) -> None:
+def _check_quality_text(ref: ModelRef, text_file: Path | None, dataset: str | None, quality: bool) -> None:
     """The perplexity text, read in the parent: a typo fails here, not as a precision's result."""
-    from quantbench.models import resolve
-
-    ref = resolve(model)  # one line for a model that cannot be had; aliases materialise once
     if not quality or ref.random_weights:
         return
     if text_file:
