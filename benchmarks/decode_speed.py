@@ -201,14 +201,15 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
 
 
 def kernel_options(spec: str) -> dict:
-    """'bnb', 'quantbench' (its default kernels), 'quantbench+4bit' (its 4-bit GEMV too, each
-    weight rounded as dequantize_4bit does) or 'quantbench+4bit-factored' (absmax per block)."""
+    """'bnb', 'quantbench' (its default kernels), 'quantbench+4bit' (all of its kernels) or
+    'quantbench-4bit' (its dense and int8 kernels; 4-bit layers on bitsandbytes' gemv_4bit)."""
     from quantbench.kernels import ALL_KINDS
-    from quantbench.kernels.config import set_fourbit_factored
 
-    kernels, _, extra = spec.partition("+")
-    set_fourbit_factored(extra == "4bit-factored")  # read at capture: each engine keeps its own
-    return {"kernels": kernels, "kernel_kinds": ALL_KINDS if extra else None}
+    if spec.endswith("+4bit"):
+        return {"kernels": spec[:-5], "kernel_kinds": ALL_KINDS}
+    if spec.endswith("-4bit"):
+        return {"kernels": spec[:-5], "kernel_kinds": ("dense", "int8")}
+    return {"kernels": spec, "kernel_kinds": None}
 
 
 def run_child(args: argparse.Namespace, name: str) -> dict:

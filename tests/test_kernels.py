@@ -16,7 +16,7 @@ bnb = pytest.importorskip("bitsandbytes")
 bnbf = bnb.functional
 
 from quantbench.kernels import gemv  # noqa: E402
-from quantbench.kernels.config import set_fourbit_factored  # noqa: E402
+from quantbench.kernels.config import set_config  # noqa: E402
 
 N, K = 40, 192  # N is no multiple of a program's rows, K three 64-blocks: masks are exercised
 
@@ -47,24 +47,28 @@ def test_dense_gemv_is_a_rounded_fp32_matmul(dtype):
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
-@pytest.mark.parametrize("factored", [False, True])
-def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, factored):
+@pytest.mark.parametrize("shape", [None, (128, 128, 4, 2)])  # the table's shape; split-K in 2
+def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape):
     torch.manual_seed(1)
     x, w = torch.randn(3, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    bias = torch.randn(N, dtype=torch.float16)
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant_type, compress_statistics=double_quant)
     absmax = state.absmax
     if state.nested:  # what dequantize_4bit computes on every call
         absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
     exact = copy.copy(state)
-    exact.dtype = torch.float32  # factored: code * absmax is never rounded to the activation dtype
-    weight = bnbf.dequantize_4bit(packed, exact if factored else state).double()
-    ref = x.double() @ weight.T
-    set_fourbit_factored(factored)
+    exact.dtype = torch.float32  # absmax applied per block: code * absmax is never rounded to fp16
+    ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T + bias.double()
+    set_config("4bit", shape)
     try:
-        out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64)
+        out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
     finally:
-        set_fourbit_factored(False)
+        set_config("4bit", None)
+    assert out.shape == (3, N) and out.dtype == torch.float16
     assert _ulps(out, ref) <= 1.0
+    # and within fp16 rounding of bitsandbytes' own weights (rounded to fp16 by dequantize_4bit)
+    theirs = x.double() @ bnbf.dequantize_4bit(packed, state).double().T + bias.double()
+    assert float((out.double() - theirs).norm() / theirs.norm()) < 1e-3
 
 
 def _int8_layer(w: torch.Tensor, threshold: float):
@@ -94,7 +98,11 @@ def test_int8_gemv_threshold_0_is_bitsandbytes_arithmetic_exactly():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_int8_gemv_outliers_as_a_dense_mask_match_linear8bitlt(dtype):
+@pytest.mark.parametrize("capacity", [32, 4])  # 7 outliers: within the set; over it (dense path)
+def test_int8_gemv_outliers_match_linear8bitlt(dtype, capacity, monkeypatch):
+    from quantbench.kernels import int8
+
+    monkeypatch.setattr(int8, "CAPACITY", capacity)
     torch.manual_seed(3)
     w = torch.randn(N, K, dtype=torch.float16)
     x = torch.randn(1, K, dtype=dtype)
@@ -102,8 +110,10 @@ def test_int8_gemv_outliers_as_a_dense_mask_match_linear8bitlt(dtype):
     layer = _int8_layer(w, 3.0)
     with torch.no_grad():
         expected = layer(x.clone()).double()
-    got = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
+    overflow = torch.zeros(1, dtype=torch.int32)
+    got = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0, overflow=overflow)
     plain = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 0.0)
+    assert int(overflow[0]) == (capacity < 7)  # the dense fallback is counted
     # bitsandbytes on the CPU skips the GPU's fp16 rounding of the int8 part; the interpreter's
     # bf16 casts truncate: judged against the output's scale, a few steps of the dtype
     scale = float(expected.abs().max())
@@ -155,3 +165,25 @@ def test_plan_merges_projections_and_gives_the_layers_results():
     assert len(launches) == 2 * 4  # per block: q/k/v, o, gate/up, down
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_int8_outliers_op_counts_overflow_when_compiled(monkeypatch):
+    """The installed LLM.int8 launch (a custom op that updates its overflow counter) compiled as
+    the fast engine compiles its step: same output as uncompiled, and the counter moves."""
+    from quantbench.kernels import install, int8
+
+    monkeypatch.setattr(int8, "CAPACITY", 4)
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(_int8_layer(torch.randn(N, K, dtype=torch.float16), 3.0))
+    x = torch.randn(1, K, dtype=torch.float16)
+    x[0, :6] = 5.0  # six outliers: over the capacity of 4
+    plan = install(model, allow_cpu=True)
+    assert "outlier_overflow_rows" in plan.describe()
+    plan.enabled = True
+    try:
+        eager = model(x)
+        compiled = torch.compile(model, backend="aot_eager")(x)
+    finally:
+        plan.enabled = False
+    assert torch.equal(eager, compiled)
+    assert plan.describe()["outlier_overflow_rows"] == 2

@@ -114,7 +114,12 @@ class KernelPlan:
             key = f"{_short(name)}: {why}"
             left[key] = left.get(key, 0) + 1
         layers |= {key: f"own forward, x{n}" for key, n in left.items()}
-        return {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
+        described = {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
+        counters = {id(c): c for launch in self.launches for m in launch.modules
+                    if (c := getattr(m, "quantbench_outlier_overflow", None)) is not None}
+        if counters and "int8" in kinds:  # activation rows over the outlier set's capacity so far
+            described["outlier_overflow_rows"] = int(sum(int(c.sum()) for c in counters.values()))
+        return described
 
     def uninstall(self) -> None:
         for module, previous in self._restore:

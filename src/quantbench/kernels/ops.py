@@ -40,3 +40,16 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
 def _(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshold: float,
       bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("quantbench::gemv_int8_outliers", mutates_args=("overflow",))
+def gemv_int8_outliers(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshold: float,
+                       bias: torch.Tensor | None, overflow: torch.Tensor) -> torch.Tensor:
+    """LLM.int8 with outliers; `overflow` counts rows that went over the outlier set's capacity."""
+    return gemv.gemv_int8(x, weight, scb, threshold, bias, overflow)
+
+
+@gemv_int8_outliers.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshold: float,
+      bias: torch.Tensor | None, overflow: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])

@@ -127,6 +127,15 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
                 m.weight.SCB = scale
         weight = flat.view(-1, k)
         threshold = specs[0]["threshold"]
+        if threshold > 0:
+            from quantbench.kernels.layers import MAX_ROWS
+
+            # rows that had more outliers than the kernel's set holds (the dense fallback ran)
+            overflow = torch.zeros(MAX_ROWS, dtype=torch.int32, device=weight.device)
+            for m in members:
+                m.quantbench_outlier_overflow = overflow
+            return lambda x, a, b: ops.gemv_int8_outliers(x, weight[a:b], scb[a:b], threshold,
+                                                          bias_rows(a, b), overflow)
         return lambda x, a, b: ops.gemv_int8(x, weight[a:b], scb[a:b], threshold, bias_rows(a, b))
 
     raise ValueError(f"no kernel for {kind}")

@@ -1,0 +1,130 @@
+"""The 4-bit GEMV: bitsandbytes' packed NF4/FP4 storage read as it is, for a few activation rows.
+
+Storage (bitsandbytes): the row-major [N, K] matrix as bytes, two codes per byte (high nibble
+first), one fp32 absmax per `blocksize` consecutive weights of a row (K % blocksize == 0, so a
+block never straddles a row); a weight is code[nibble] * absmax.
+
+How it is fast:
+  - a program's tile is [rows, quant blocks, bytes of a block]: each thread loads 16 contiguous
+    packed bytes, and the activation arrives as contiguous pairs split into the values the high
+    and the low nibbles meet (no strided loads);
+  - the 16-entry code table is a 64-byte gather that stays in L1 (one cache line per warp);
+  - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
+    by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
+  - split-K for matrices with few rows: SPLIT programs share a row range, each writes an fp32
+    partial sum, and a second small kernel adds the partials in a fixed order (no atomics: the
+    result is the same on every run).
+Launch shapes come from config.py's table (never timed at run time).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from quantbench.kernels.config import config_for
+
+
+@triton.jit
+def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, k0, K, limit, m, stride_x,
+          BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr):
+    HALF: tl.constexpr = BLOCKSIZE // 2
+    blk = tl.arange(0, NB)
+    byte = tl.arange(0, HALF)
+    first_byte = k0 // 2 + blk[None, :, None] * HALF + byte[None, None, :]
+    offsets = rows[:, None, None] * (K // 2) + first_byte
+    elem = k0 + tl.arange(0, NB * BLOCKSIZE)
+    if MASKED:
+        ok = (k0 + blk * BLOCKSIZE) < limit
+        packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
+        x = tl.load(x_ptr + m * stride_x + elem, mask=elem < limit, other=0.0)
+    else:
+        packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
+        x = tl.load(x_ptr + m * stride_x + elem)
+    x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
+    hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
+    lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
+    part = tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2)  # [rows, blocks]
+    nblocks = K // BLOCKSIZE
+    block = k0 // BLOCKSIZE + blk
+    if MASKED:
+        scale = tl.load(absmax_ptr + rows[:, None] * nblocks + block[None, :],
+                        mask=(block < limit // BLOCKSIZE)[None, :], other=0.0)
+    else:
+        scale = tl.load(absmax_ptr + rows[:, None] * nblocks + block[None, :])
+    return part * scale
+
+
+@triton.jit
+def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, K, k_split, stride_x,
+                    stride_o, HAS_BIAS: tl.constexpr, BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    NB: tl.constexpr = BLOCK_K // BLOCKSIZE
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    m = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    rows = tl.where(row_ok, rows, 0)  # clamped, not masked: the loads stay unconditional
+    start = split * k_split
+    end = tl.minimum(start + k_split, K)
+    acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
+    full_end = start + ((end - start) // BLOCK_K) * BLOCK_K
+    for k0 in range(start, full_end, BLOCK_K):
+        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, k0, K, K, m, stride_x, BLOCKSIZE, NB, False)
+    if full_end < end:  # a last partial step of whole quantization blocks
+        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, K, end, m, stride_x, BLOCKSIZE,
+                     NB, True)
+    out = tl.sum(acc, axis=1)
+    if SPLIT == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + m * stride_o + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
+    else:  # fp32 partials [M, SPLIT, N]; _sum_splits adds them
+        tl.store(out_ptr + (m * SPLIT + split) * N + rows, out, mask=row_ok)
+
+
+@triton.jit
+def _sum_splits(part_ptr, bias_ptr, out_ptr, N, stride_o, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = tl.program_id(1)
+    ok = rows < N
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(SPLIT):  # always in this order: a deterministic sum
+        total += tl.load(part_ptr + (m * SPLIT + s) * N + rows, mask=ok, other=0.0)
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + rows, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + m * stride_o + rows, total.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int,
+              blocksize: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] against bitsandbytes' packed 4-bit [N, K] (`absmax` fp32, one per block of a
+    row; `code` its 16-entry table), fp32 accumulation, in x's dtype."""
+    k = x.shape[-1]
+    if k % blocksize or absmax.dtype != torch.float32:
+        raise ValueError("gemv_4bit needs K % blocksize == 0 and fp32 absmax")
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    block_n, block_k, warps, split = config_for(f"4bit{blocksize}", n, k)
+    # each split takes whole steps of the same length; the last one may be shorter
+    k_split = triton.cdiv(triton.cdiv(k, split), blocksize) * blocksize
+    split = triton.cdiv(k, k_split)
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    code = code if code.dtype == torch.float32 else code.float()
+    target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
+    bias_arg = bias if bias is not None else absmax
+    _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
+        x2, packed, absmax, code, bias_arg, target, n, k, k_split, x2.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps)
+    if split > 1:
+        block = 1024
+        _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, out, n, out.stride(0),
+                                                    HAS_BIAS=bias is not None, SPLIT=split, BLOCK=block,
+                                                    num_warps=4)
+    return out.reshape(*x.shape[:-1], n)
