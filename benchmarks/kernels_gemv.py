@@ -29,9 +29,10 @@ SHAPES = {  # name -> (N, K) per linear launch; q/k/v and gate/up merged
 }
 SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "dense": [(*s, 1) for s in itertools.product((2, 4, 8), (512, 1024, 2048), (4, 8))],
-    "4bit": list(itertools.product((2, 4, 8, 16), (256, 512, 1024), (4, 8), (0, 1))),
+    "4bit": list(itertools.product((2, 4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
+GATHERS = {"dense": (None,), "int8": (None,), "4bit": ("shared", "global")}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8", "_prepare", "_outlier_gemv")
 
 
@@ -141,7 +142,7 @@ def build(fmt: str, n: int, k: int) -> dict:
 def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     import torch
 
-    from quantbench.kernels.config import config_for, set_config
+    from quantbench.kernels.config import config_for, set_config, set_fourbit_gather
 
     items: list[dict] = []
 
@@ -172,13 +173,16 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     if sweep:
         times = {}
         with torch.no_grad():
-            for shape in SWEEP[kind]:
+            for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
                 set_config(kind, shape)
+                set_fourbit_gather(gather or "shared")
+                key = str(shape) + (f" {gather}" if gather else "")
                 try:
-                    times[str(shape)] = graph_us(make("ours"), nbytes, calls=32)
+                    times[key] = graph_us(make("ours"), nbytes, calls=32)
                 except Exception as err:  # a shape Triton cannot build is a result too
-                    times[str(shape)] = f"{type(err).__name__}"
+                    times[key] = f"{type(err).__name__}"
         set_config(kind, None)
+        set_fourbit_gather("shared")
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
         row["sweep_us"] = times
         row["best"] = min(ok, key=ok.get) if ok else None

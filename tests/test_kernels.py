@@ -16,7 +16,7 @@ bnb = pytest.importorskip("bitsandbytes")
 bnbf = bnb.functional
 
 from quantbench.kernels import gemv  # noqa: E402
-from quantbench.kernels.config import set_config  # noqa: E402
+from quantbench.kernels.config import set_config, set_fourbit_gather  # noqa: E402
 
 N, K = 40, 192  # N is no multiple of a program's rows, K three 64-blocks: masks are exercised
 
@@ -47,8 +47,9 @@ def test_dense_gemv_is_a_rounded_fp32_matmul(dtype):
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
-@pytest.mark.parametrize("shape", [None, (128, 128, 4, 2)])  # the table's shape; split-K in 2
-def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape):
+@pytest.mark.parametrize(("shape", "gather"), [(None, "shared"), ((128, 128, 4, 2), "global")])
+def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, gather):
+    """Both code-table lookups; the table's shape (one partial step) and a split-K in 2."""
     torch.manual_seed(1)
     x, w = torch.randn(3, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
     bias = torch.randn(N, dtype=torch.float16)
@@ -60,10 +61,12 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape):
     exact.dtype = torch.float32  # absmax applied per block: code * absmax is never rounded to fp16
     ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T + bias.double()
     set_config("4bit", shape)
+    set_fourbit_gather(gather)
     try:
         out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
     finally:
         set_config("4bit", None)
+        set_fourbit_gather("shared")
     assert out.shape == (3, N) and out.dtype == torch.float16
     assert _ulps(out, ref) <= 1.0
     # and within fp16 rounding of bitsandbytes' own weights (rounded to fp16 by dequantize_4bit)

@@ -23,6 +23,16 @@ LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down
 # gate/up shapes of the tinyllama and llama-2-7b architectures)
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
+_GATHER = {"4bit": "shared"}
+
+
+def fourbit_gather() -> str:
+    """Where the 4-bit kernel looks its codes up: "shared" (tl.gather) or "global" (L1)."""
+    return _GATHER["4bit"]
+
+
+def set_fourbit_gather(mode: str) -> None:
+    _GATHER["4bit"] = mode
 
 
 def interpreted() -> bool:

@@ -8,7 +8,8 @@ How it is fast:
   - a program's tile is [rows, quant blocks, bytes of a block]: each thread loads 16 contiguous
     packed bytes, and the activation arrives as contiguous pairs split into the values the high
     and the low nibbles meet (no strided loads);
-  - the 16-entry code table is a 64-byte gather that stays in L1 (one cache line per warp);
+  - the 16-entry code table is gathered from shared memory (tl.gather on a register copy; or,
+    config.set_fourbit_gather("global"), from its 64 bytes in L1);
   - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
     by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
   - split-K for matrices with few rows: SPLIT programs share a row range, each writes an fp32
@@ -23,43 +24,46 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for
+from quantbench.kernels.config import config_for, fourbit_gather
 
 
 @triton.jit
-def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, k0, K, limit, m, stride_x,
-          BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr):
+def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
+          BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, TABLE=None):
+    # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
+    # compiler sees 16-byte alignment of every packed row chunk).
     HALF: tl.constexpr = BLOCKSIZE // 2
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
-    first_byte = k0 // 2 + blk[None, :, None] * HALF + byte[None, None, :]
-    offsets = rows[:, None, None] * (K // 2) + first_byte
-    elem = k0 + tl.arange(0, NB * BLOCKSIZE)
+    offsets = rows[:, None, None] * row_bytes + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]
+    elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
+    block = b0 + blk
     if MASKED:
-        ok = (k0 + blk * BLOCKSIZE) < limit
+        ok = block < limit
         packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
-        x = tl.load(x_ptr + m * stride_x + elem, mask=elem < limit, other=0.0)
+        x = tl.load(x_ptr + m * stride_x + elem, mask=elem < limit * BLOCKSIZE, other=0.0)
+        scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :], mask=ok[None, :], other=0.0)
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
         x = tl.load(x_ptr + m * stride_x + elem)
+        scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :])
     x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
-    hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
-    lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
-    part = tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2)  # [rows, blocks]
-    nblocks = K // BLOCKSIZE
-    block = k0 // BLOCKSIZE + blk
-    if MASKED:
-        scale = tl.load(absmax_ptr + rows[:, None] * nblocks + block[None, :],
-                        mask=(block < limit // BLOCKSIZE)[None, :], other=0.0)
+    if TABLE is None:
+        hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
+        lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
     else:
-        scale = tl.load(absmax_ptr + rows[:, None] * nblocks + block[None, :])
+        shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
+        hi = tl.reshape(tl.gather(TABLE, tl.reshape((packed >> 4).to(tl.int32), shape), 0), packed.shape)
+        lo = tl.reshape(tl.gather(TABLE, tl.reshape((packed & 15).to(tl.int32), shape), 0), packed.shape)
+    part = tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2)  # [rows, blocks]
     return part * scale
 
 
 @triton.jit
-def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, K, k_split, stride_x,
-                    stride_o, HAS_BIAS: tl.constexpr, BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, row_bytes, row_blocks,
+                    split_blocks, stride_x, stride_o, HAS_BIAS: tl.constexpr, BLOCKSIZE: tl.constexpr,
+                    SPLIT: tl.constexpr, SHARED_TABLE: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -67,15 +71,17 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, K,
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     rows = tl.where(row_ok, rows, 0)  # clamped, not masked: the loads stay unconditional
-    start = split * k_split
-    end = tl.minimum(start + k_split, K)
+    start = split * split_blocks  # in quantization blocks
+    end = tl.minimum(start + split_blocks, row_blocks)
     acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
-    full_end = start + ((end - start) // BLOCK_K) * BLOCK_K
-    for k0 in range(start, full_end, BLOCK_K):
-        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, k0, K, K, m, stride_x, BLOCKSIZE, NB, False)
-    if full_end < end:  # a last partial step of whole quantization blocks
-        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, K, end, m, stride_x, BLOCKSIZE,
-                     NB, True)
+    full_end = start + ((end - start) // NB) * NB
+    table = tl.load(code_ptr + tl.arange(0, 16)) if SHARED_TABLE else None
+    for b0 in range(start, full_end, NB):
+        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
+                     BLOCKSIZE, NB, False, table)
+    if full_end < end:  # a last partial step
+        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
+                     stride_x, BLOCKSIZE, NB, True, table)
     out = tl.sum(acc, axis=1)
     if SPLIT == 1:
         if HAS_BIAS:
@@ -111,16 +117,17 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         x2 = x2.contiguous()
     rows = x2.shape[0]
     block_n, block_k, warps, split = config_for(f"4bit{blocksize}", n, k)
-    # each split takes whole steps of the same length; the last one may be shorter
-    k_split = triton.cdiv(triton.cdiv(k, split), blocksize) * blocksize
-    split = triton.cdiv(k, k_split)
+    blocks = k // blocksize
+    split_blocks = triton.cdiv(blocks, split)  # each split whole quantization blocks
+    split = triton.cdiv(blocks, split_blocks)
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     code = code if code.dtype == torch.float32 else code.float()
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
-        x2, packed, absmax, code, bias_arg, target, n, k, k_split, x2.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split, BLOCK_N=block_n, BLOCK_K=block_k,
+        x2, packed, absmax, code, bias_arg, target, n, k // 2, blocks, split_blocks, x2.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split, SHARED_TABLE=fourbit_gather() == "shared",
+        BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps)
     if split > 1:
         block = 1024
