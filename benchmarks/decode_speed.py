@@ -201,15 +201,10 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
 
 
 def kernel_options(spec: str) -> dict:
-    """'bnb', 'quantbench' (its default kernels), 'quantbench+4bit' (all of its kernels) or
-    'quantbench-4bit' (its dense and int8 kernels; 4-bit layers on bitsandbytes' gemv_4bit)."""
-    from quantbench.kernels import ALL_KINDS
-
-    if spec.endswith("+4bit"):
-        return {"kernels": spec[:-5], "kernel_kinds": ALL_KINDS}
-    if spec.endswith("-4bit"):
-        return {"kernels": spec[:-5], "kernel_kinds": ("dense", "int8")}
-    return {"kernels": spec, "kernel_kinds": None}
+    """'bnb', 'quantbench' (its default kernels) or 'quantbench/KIND/KIND...' (those of its
+    kernels: dense, 4bit, int8, attention; layers of other kinds keep their own forwards)."""
+    kernels, *kinds = spec.split("/")
+    return {"kernels": kernels, "kernel_kinds": tuple(kinds) or None}
 
 
 def run_child(args: argparse.Namespace, name: str) -> dict:

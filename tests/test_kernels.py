@@ -190,3 +190,25 @@ def test_int8_outliers_op_counts_overflow_when_compiled(monkeypatch):
         plan.enabled = False
     assert torch.equal(eager, compiled)
     assert plan.describe()["outlier_overflow_rows"] == 2
+
+
+def test_decode_attention_matches_sdpa_on_a_masked_cache():
+    """Grouped-query heads over a static cache with unwritten (masked) positions, per row."""
+    import types
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from quantbench.kernels.attention import decode_attention
+
+    torch.manual_seed(5)
+    batch, heads, kv_heads, length, dim = 2, 8, 2, 100, 64  # 100: a last partial block of keys
+    q = torch.randn(batch, heads, 1, dim, dtype=torch.float16)
+    k, v = (torch.randn(batch, kv_heads, length, dim, dtype=torch.float16) for _ in range(2))
+    mask = torch.zeros(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., :37] = True
+    mask[1, ..., 5:80] = True
+    module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
+    ref, _ = sdpa_attention_forward(module, q.double(), k.double(), v.double(), mask, scaling=dim**-0.5)
+    out = decode_attention(q, k, v, mask, dim**-0.5)
+    assert out.shape == ref.shape == (batch, 1, heads, dim)
+    assert _ulps(out, ref) <= 1.0  # fp32 softmax and sums, one rounding to fp16

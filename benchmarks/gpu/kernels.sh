@@ -1,7 +1,9 @@
 #!/bin/bash
 # The kernel benchmarks on a GPU machine, one stage per call (run after `source setup.sh`):
-#   dev     GEMV checks + times (fp16, nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
-#           sweep, tinyllama decode for nf4 and int8 (t=6) with quantbench's kernels
+#   dev1    GEMV checks + times (fp16, nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
+#           sweep (two code-table lookups)
+#   dev2    tinyllama decode: nf4 and fp16 with kernel subsets (4-bit GEMV, decode attention),
+#           int8 (t=6) with quantbench's kernels
 #   final   per-kernel times and profiler bandwidth, teacher-forced equivalence on the real
 #           SmolLM2-135M, decode tables (eager / fast+bnb / fast+ours) for both models
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
@@ -19,11 +21,14 @@ gemv() {  # limit_s out_subdir [args]
   timeout "$1" python3 benchmarks/kernels_gemv.py --out "$OUT/$2" "${@:3}" 2>&1 | grep -v '^{' >> "$log"
 }
 case "$stage" in
-  dev)
+  dev1)
     gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t6
-    gemv 200 sweep --formats nf4 --sweep
-    decode tinyllama-1.1b-arch nf4 bnb,quantbench-4bit,quantbench+4bit tinyllama-nf4 100
-    decode tinyllama-1.1b-arch int8,fp16 quantbench tinyllama-int8-fp16 120 ;;
+    gemv 240 sweep --formats nf4 --sweep ;;
+  dev2)
+    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8,quantbench/dense/4bit,quantbench/dense/4bit/attention \
+      tinyllama-nf4 200
+    decode tinyllama-1.1b-arch fp16 quantbench/dense,quantbench/dense/attention tinyllama-fp16 130
+    decode tinyllama-1.1b-arch int8 quantbench tinyllama-int8 100 ;;
   final)  # needs the SmolLM2 GGUF joined by setup.sh
     gemv 120 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6
     timeout 200 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
