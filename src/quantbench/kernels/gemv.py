@@ -2,23 +2,15 @@
 
 Each kernel reads a storage format exactly as its library keeps it, so the model, its checkpoint
 and its numerics stay that library's:
-  gemv_dense  fp16/bf16/fp32 weights [N, K] (nn.Linear), fp32 accumulation;
-  gemv_4bit   bitsandbytes NF4/FP4: bytes of the row-major [N, K] matrix, two codes per byte
-              (high nibble first), one fp32 absmax per `blocksize` consecutive weights; a weight
-              is code[nibble] * absmax rounded to the activation dtype (what bitsandbytes'
-              dequantize_4bit produces), products and sums in fp32;
-  gemv_int8   LLM.int8: int8 rows + per-row fp32 scale (SCB). The activation row is quantized
-              in the kernel as bitsandbytes does (absmax over non-outliers, scale 127/absmax by
-              the GPU's approximate division, round to nearest even), the int8 dot is exact in
-              int32 and bitsandbytes' fp16 epilogue follows: fma(acc * row * col, 1/127^2, bias).
-              With an outlier threshold the columns with |x| >= threshold are a dense mask: they
-              are left out of the int8 part and added back in the activation dtype from the
-              weight dequantized as bitsandbytes does (int8 * SCB / 127). A dense mask has no
-              capacity limit: any number of outliers per token is exact.
+  gemv_dense  fp16/bf16/fp32 weights [N, K] (nn.Linear), fp32 accumulation (here);
+  gemv_4bit   bitsandbytes NF4/FP4 packed bytes + fp32 absmax per block (fourbit.py);
+  gemv_int8   LLM.int8: int8 rows + per-row scale (SCB), threshold 0 bit-exact to bitsandbytes,
+              outliers as a fixed-capacity set with a dense fallback (int8.py).
 
-Every program owns BLOCK_N output rows and walks all of K: no split-K, no atomics, so a result
-is the same on every run. Activation rows are a grid axis: each row re-reads the weights, which
-is right for decode (1-8 rows) and wrong for prefill (bitsandbytes' own kernels serve that).
+No atomics anywhere: a program owns its output rows (the 4-bit split-K adds its partial sums in a
+second kernel, in a fixed order), so a result is the same on every run. Activation rows are a
+grid axis: each row re-reads the weights, which is right for decode (1-8 rows) and wrong for
+prefill (bitsandbytes' own kernels serve that).
 """
 
 from __future__ import annotations
