@@ -35,12 +35,18 @@ def _ulps(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((out.double() - ref).abs() / spacing.double()).max())
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_dense_gemv_is_a_rounded_fp32_matmul(dtype):
+@pytest.mark.parametrize(("dtype", "act"), [(torch.float16, False), (torch.bfloat16, False), (torch.float16, True)])
+def test_dense_gemv_is_a_rounded_fp32_matmul(dtype, act):
+    """act: the kernel reads silu(gate) * up of a [gate | up] row, rounded as torch rounds it
+    (fp16 only: the interpreter's bf16 casts truncate, and act rounds twice before the matmul)."""
     x, w = torch.randn(2, K, dtype=dtype), torch.randn(N, K, dtype=dtype)
     bias = torch.randn(N, dtype=dtype)
     ref = x.double() @ w.double().T + bias.double()
-    out = gemv.gemv_dense(x, w, bias)
+    if act:
+        gate, up = torch.randn(2, K, dtype=dtype), torch.randn(2, K, dtype=dtype)
+        ref = (torch.nn.functional.silu(gate) * up).double() @ w.double().T + bias.double()
+        x = torch.cat([gate, up], dim=-1)
+    out = gemv.gemv_dense(x, w, bias, act=act)
     assert out.dtype == dtype and out.shape == (2, N)
     assert _ulps(out, ref) <= 1.0  # fp32 sums, one rounding (the interpreter's bf16 cast truncates)
 
@@ -129,7 +135,8 @@ def test_int8_gemv_outliers_match_linear8bitlt(dtype, capacity, monkeypatch):
 
 def test_plan_merges_projections_and_gives_the_layers_results():
     """Real SmolLM2 (NF4, two blocks): a decode step through the kernels, compiled, equals the
-    layers' own step; q/k/v and gate/up are one launch each and the weights are not copied."""
+    layers' own step; q/k/v and gate/up are one launch each, silu(gate) * up is read by the down
+    GEMV (no kernel of its own) and the weights are not copied."""
     import quantbench
     from quantbench.kernels import install
 
@@ -150,6 +157,7 @@ def test_plan_merges_projections_and_gives_the_layers_results():
         layers = plan.describe()["layers"]
         assert layers["q_proj+k_proj+v_proj"] == "quantbench gemv nf4, merged, x2"
         assert layers["gate_proj+up_proj"] == "quantbench gemv nf4, merged, x2"
+        assert layers["act_fn"] == "silu(gate) * up in the down GEMV's prologue, x2"
         assert sum(p.numel() * p.element_size() for p in model.parameters()) == bytes_before
         q, k = attention.q_proj.weight, attention.k_proj.weight
         assert k.data_ptr() == q.data_ptr() + q.numel()  # views of one buffer, rows end to end
@@ -217,9 +225,10 @@ def test_decode_attention_matches_sdpa_on_a_masked_cache():
 def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypatch):
     """Real SmolLM2 (two blocks) on transformers' StaticCache, as the fast engine steps it: the
     installed attention serves each layer's decode call and the logits stay SDPA's."""
+    from transformers import StaticCache
+
     import quantbench
     from quantbench.kernels import attention, install
-    from transformers import StaticCache
 
     model = quantbench.load("smollm2-135m", "fp32", device="cpu").model
     model.model.layers = model.model.layers[:2]

@@ -25,11 +25,12 @@ import triton
 import triton.language as tl
 
 from quantbench.kernels.config import config_for, fourbit_gather
+from quantbench.kernels.prologue import act_columns, load_x
 
 
 @triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
-          BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, TABLE=None):
+          BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, ACT: tl.constexpr, TABLE=None):
     # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
     # compiler sees 16-byte alignment of every packed row chunk).
     HALF: tl.constexpr = BLOCKSIZE // 2
@@ -41,11 +42,11 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
     if MASKED:
         ok = block < limit
         packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
-        x = tl.load(x_ptr + m * stride_x + elem, mask=elem < limit * BLOCKSIZE, other=0.0)
+        x = load_x(x_ptr + m * stride_x, elem, elem < limit * BLOCKSIZE, row_blocks * BLOCKSIZE, ACT)
         scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :], mask=ok[None, :], other=0.0)
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
-        x = tl.load(x_ptr + m * stride_x + elem)
+        x = load_x(x_ptr + m * stride_x, elem, None, row_blocks * BLOCKSIZE, ACT)
         scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :])
     x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
     if TABLE is None:
@@ -62,7 +63,7 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
 @triton.jit
 def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, row_bytes, row_blocks,
                     split_blocks, stride_x, stride_o, HAS_BIAS: tl.constexpr, BLOCKSIZE: tl.constexpr,
-                    SPLIT: tl.constexpr, SHARED_TABLE: tl.constexpr, BLOCK_N: tl.constexpr,
+                    SPLIT: tl.constexpr, SHARED_TABLE: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
@@ -78,10 +79,10 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, ro
     table = tl.load(code_ptr + tl.arange(0, 16)) if SHARED_TABLE else None
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
-                     BLOCKSIZE, NB, False, table)
+                     BLOCKSIZE, NB, False, ACT, table)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
-                     stride_x, BLOCKSIZE, NB, True, table)
+                     stride_x, BLOCKSIZE, NB, True, ACT, table)
     out = tl.sum(acc, axis=1)
     if SPLIT == 1:
         if HAS_BIAS:
@@ -106,13 +107,15 @@ def _sum_splits(part_ptr, bias_ptr, out_ptr, N, stride_o, HAS_BIAS: tl.constexpr
 
 
 def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int,
-              blocksize: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+              blocksize: int, bias: torch.Tensor | None = None, act: bool = False) -> torch.Tensor:
     """x [..., K] against bitsandbytes' packed 4-bit [N, K] (`absmax` fp32, one per block of a
-    row; `code` its 16-entry table), fp32 accumulation, in x's dtype."""
-    k = x.shape[-1]
+    row; `code` its 16-entry table), fp32 accumulation, in x's dtype. act: x is [..., 2K] =
+    [gate | up] and the kernel reads silu(gate) * up (prologue.py)."""
+    k = packed.numel() * 2 // n
+    act_columns(x.shape[-1], k, act)
     if k % blocksize or absmax.dtype != torch.float32:
         raise ValueError("gemv_4bit needs K % blocksize == 0 and fp32 absmax")
-    x2 = x.reshape(-1, k)
+    x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     rows = x2.shape[0]
@@ -126,7 +129,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     bias_arg = bias if bias is not None else absmax
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, target, n, k // 2, blocks, split_blocks, x2.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split, SHARED_TABLE=fourbit_gather() == "shared",
+        HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split, SHARED_TABLE=fourbit_gather() == "shared", ACT=act,
         BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps)
     if split > 1:

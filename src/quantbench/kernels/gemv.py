@@ -22,13 +22,14 @@ import triton.language as tl
 from quantbench.kernels.config import config_for
 from quantbench.kernels.fourbit import gemv_4bit
 from quantbench.kernels.int8 import gemv_int8
+from quantbench.kernels.prologue import act_columns, load_x
 
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
 @triton.jit
 def _dense_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_x, stride_o,
-                  HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -38,7 +39,7 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_x, stride_o,
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         k_ok = k < K
-        x = tl.load(x_ptr + m * stride_x + k, mask=k_ok, other=0.0).to(tl.float32)
+        x = load_x(x_ptr + m * stride_x, k, k_ok, K, ACT).to(tl.float32)
         w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & k_ok[None, :],
                     other=0.0, eviction_policy="evict_first")
         acc += w.to(tl.float32) * x[None, :]
@@ -52,21 +53,24 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _launch(kernel, x: torch.Tensor, n: int, out_dtype: torch.dtype, kind: str, *args, **meta) -> torch.Tensor:  # noqa: ANN001
+def _launch(kernel, x: torch.Tensor, n: int, k: int, out_dtype: torch.dtype, kind: str, *args, **meta) -> torch.Tensor:  # noqa: ANN001
     x2 = _rows(x)
     out = torch.empty(x2.shape[0], n, dtype=out_dtype, device=x.device)
-    block_n, block_k, warps, _ = config_for(kind, n, x.shape[-1])
+    block_n, block_k, warps, _ = config_for(kind, n, k)
     grid = (triton.cdiv(n, block_n), x2.shape[0])
-    kernel[grid](x2, *args, out, n, x.shape[-1], x2.stride(0), out.stride(0),
+    kernel[grid](x2, *args, out, n, k, x2.stride(0), out.stride(0),
                  BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **meta)
     return out.reshape(*x.shape[:-1], n)
 
 
-def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] @ weight[N, K].T (+ bias), fp32 accumulation, in x's dtype."""
-    n = weight.shape[0]
-    return _launch(_dense_kernel, x, n, x.dtype, "dense", weight, bias if bias is not None else weight,
-                   HAS_BIAS=bias is not None)
+def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               act: bool = False) -> torch.Tensor:
+    """x [..., K] @ weight[N, K].T (+ bias), fp32 accumulation, in x's dtype. act: x is
+    [..., 2K] = [gate | up] and the kernel reads silu(gate) * up (prologue.py)."""
+    n, k = weight.shape
+    act_columns(x.shape[-1], k, act)
+    return _launch(_dense_kernel, x, n, k, x.dtype, "dense", weight, bias if bias is not None else weight,
+                   HAS_BIAS=bias is not None, ACT=act)
 
 
 __all__ = ["gemv_4bit", "gemv_dense", "gemv_int8"]

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from quantbench.kernels.config import config_for, interpreted
+from quantbench.kernels.prologue import act_columns, load_x
 
 CAPACITY = 32  # outlier columns per activation row before the dense fallback (counted)
 
@@ -44,7 +45,7 @@ def _divide(num, den, APPROX: tl.constexpr):
 
 @triton.jit
 def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, threshold, out_ptr, N, K, stride_x, stride_o,
-                 OUTLIERS: tl.constexpr, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr,
+                 OUTLIERS: tl.constexpr, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr, ACT: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -55,7 +56,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, threshold, out_ptr, N, K, stri
     amax = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        a = tl.abs(tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0).to(tl.float16).to(tl.float32))
+        a = tl.abs(load_x(x_ptr + m * stride_x, k, k < K, K, ACT).to(tl.float16).to(tl.float32))
         if OUTLIERS:
             a = tl.where(a < threshold, a, 0.0)
         amax = tl.maximum(amax, a)
@@ -69,7 +70,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, threshold, out_ptr, N, K, stri
         col_scale = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        x = tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0)
+        x = load_x(x_ptr + m * stride_x, k, k < K, K, ACT)
         x16 = x.to(tl.float16).to(tl.float32)
         q = _rint(x16 * scale)
         if OUTLIERS:
@@ -109,13 +110,13 @@ def _rint(v):
 
 @triton.jit
 def _prepare(x_ptr, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, overflow_ptr, K, stride_x,
-             CAP: tl.constexpr, APPROX_DIV: tl.constexpr, BLOCK_K: tl.constexpr):
+             CAP: tl.constexpr, APPROX_DIV: tl.constexpr, ACT: tl.constexpr, BLOCK_K: tl.constexpr):
     m = tl.program_id(0)
     cols = tl.arange(0, BLOCK_K)
     amax = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        a = tl.abs(tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0).to(tl.float16).to(tl.float32))
+        a = tl.abs(load_x(x_ptr + m * stride_x, k, k < K, K, ACT).to(tl.float16).to(tl.float32))
         amax = tl.maximum(amax, tl.where(a < threshold, a, 0.0))
     row_stat = tl.max(amax, axis=0)
     scale = _divide(tl.full([BLOCK_K], 127.0, tl.float32), tl.zeros([BLOCK_K], tl.float32) + row_stat,
@@ -124,7 +125,7 @@ def _prepare(x_ptr, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, ove
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         ok = k < K
-        x = tl.load(x_ptr + m * stride_x + k, mask=ok, other=0.0)
+        x = load_x(x_ptr + m * stride_x, k, ok, K, ACT)
         x16 = x.to(tl.float16).to(tl.float32)
         outlier = (tl.abs(x16) >= threshold) & ok
         q = tl.where(outlier, 0.0, _rint(x16 * scale))
@@ -144,7 +145,7 @@ def _prepare(x_ptr, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, ove
 @triton.jit
 def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, scb_ptr, bias_ptr, threshold,
                   out_ptr, N, K, stride_x, stride_o, CAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  APPROX_DIV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                  APPROX_DIV: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -185,7 +186,7 @@ def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, sc
         dense = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + cols
-            x = tl.load(x_ptr + m * stride_x + k, mask=k < K, other=0.0)
+            x = load_x(x_ptr + m * stride_x, k, k < K, K, ACT)
             xo = tl.where(tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold, x.to(tl.float32), 0.0)
             w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=(k < K)[None, :], other=0)
             w_deq = ((w.to(tl.float32) * col[:, None]) * 7.874015718698502e-3).to(x_ptr.dtype.element_ty)
@@ -200,11 +201,14 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshold: float = 0.0,
-              bias: torch.Tensor | None = None, overflow: torch.Tensor | None = None) -> torch.Tensor:
+              bias: torch.Tensor | None = None, overflow: torch.Tensor | None = None,
+              act: bool = False) -> torch.Tensor:
     """LLM.int8 linear for a few rows: x [..., K], int8 weight [N, K], SCB [N] fp32. With a
     threshold, `overflow` (int32, one per activation row; optional) counts the rows that had more
-    than CAPACITY outliers and took the dense path."""
+    than CAPACITY outliers and took the dense path. act: x is [..., 2K] = [gate | up] and the
+    kernels read silu(gate) * up (prologue.py)."""
     n, k = weight.shape
+    act_columns(x.shape[-1], k, act)
     x2 = _rows(x)
     rows = x2.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
@@ -216,7 +220,7 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     grid = (triton.cdiv(n, block_n), rows)
     if threshold <= 0:
         _int8_kernel[grid](x2, weight, scb, bias_arg, 0.0, out, n, k, x2.stride(0), out.stride(0),
-                           OUTLIERS=False, HAS_BIAS=bias is not None, APPROX_DIV=not interpreted(),
+                           OUTLIERS=False, HAS_BIAS=bias is not None, APPROX_DIV=not interpreted(), ACT=act,
                            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **fusion)
         return out.reshape(*x.shape[:-1], n)
     if overflow is None or overflow.numel() < rows:
@@ -227,10 +231,10 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     val = torch.empty(rows, CAPACITY, dtype=torch.float32, device=x.device)
     count = torch.empty(rows, dtype=torch.int32, device=x.device)
     _prepare[(rows,)](x2, float(threshold), q, stat, idx, val, count, overflow, k, x2.stride(0),
-                      CAP=CAPACITY, APPROX_DIV=not interpreted(), BLOCK_K=min(2048, triton.next_power_of_2(k)),
+                      CAP=CAPACITY, APPROX_DIV=not interpreted(), ACT=act, BLOCK_K=min(2048, triton.next_power_of_2(k)),
                       num_warps=8, **fusion)
     _outlier_gemv[grid](q, stat, idx, val, count, x2, weight, scb, bias_arg, float(threshold), out, n, k,
                         x2.stride(0), out.stride(0), CAP=CAPACITY, HAS_BIAS=bias is not None,
-                        APPROX_DIV=not interpreted(), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+                        APPROX_DIV=not interpreted(), ACT=act, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
                         **fusion)
     return out.reshape(*x.shape[:-1], n)

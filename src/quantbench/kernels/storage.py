@@ -3,7 +3,8 @@
 `describe_linear` says whether a module is a linear the kernels serve (a dict), a linear they do
 not (a one-line reason) or no linear (None). `merge` moves the weights of one or more such
 layers into one buffer, points each layer at its view of it, and returns the launch
-(x, first row, end row) -> x @ W[first:end].T.
+(x, first row, end row, act=False) -> x @ W[first:end].T (act: x is [gate | up] and the kernel
+reads silu(gate) * up).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
         for m, view in zip(members, views, strict=True):
             m.weight.data = view
         weight = flat.view(-1, k)
-        return lambda x, a, b: ops.gemv_dense(x, weight[a:b], bias_rows(a, b))
+        return lambda x, a, b, act=False: ops.gemv_dense(x, weight[a:b], bias_rows(a, b), act)
 
     if kind == "4bit":
         import bitsandbytes.functional as bnbf
@@ -109,9 +110,9 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
         if any(s.quant_type != states[0].quant_type for s in states):
             raise ValueError("merged 4-bit layers must share one quant type")
 
-        def fourbit(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        def fourbit(x: torch.Tensor, a: int, b: int, act: bool = False) -> torch.Tensor:
             return ops.gemv_4bit(x, flat[a * k // 2:b * k // 2], absmax[a * k // blocksize:b * k // blocksize],
-                                 code, b - a, blocksize, bias_rows(a, b))
+                                 code, b - a, blocksize, bias_rows(a, b), act)
 
         return fourbit
 
@@ -134,8 +135,8 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
             overflow = torch.zeros(MAX_ROWS, dtype=torch.int32, device=weight.device)
             for m in members:
                 m.quantbench_outlier_overflow = overflow
-            return lambda x, a, b: ops.gemv_int8_outliers(x, weight[a:b], scb[a:b], threshold,
-                                                          bias_rows(a, b), overflow)
-        return lambda x, a, b: ops.gemv_int8(x, weight[a:b], scb[a:b], threshold, bias_rows(a, b))
+            return lambda x, a, b, act=False: ops.gemv_int8_outliers(x, weight[a:b], scb[a:b], threshold,
+                                                                     bias_rows(a, b), overflow, act)
+        return lambda x, a, b, act=False: ops.gemv_int8(x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), act)
 
     raise ValueError(f"no kernel for {kind}")
