@@ -13,12 +13,12 @@ import triton.language as tl
 @triton.jit
 def load_x(x_ptr, offsets, mask, half, ACT: tl.constexpr):
     """x[offsets] (0 where `mask` is False; mask None: every offset is in range)."""
-    if mask is None:
+    if mask is None:  # noqa: SIM108  (a compile-time branch in Triton)
         gate = tl.load(x_ptr + offsets)
     else:
         gate = tl.load(x_ptr + offsets, mask=mask, other=0.0)
     if ACT:
-        if mask is None:
+        if mask is None:  # noqa: SIM108
             up = tl.load(x_ptr + half + offsets)
         else:
             up = tl.load(x_ptr + half + offsets, mask=mask, other=0.0)
