@@ -23,7 +23,7 @@ gemv() {  # limit_s out_subdir [args]
 case "$stage" in
   dev1)
     gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t6
-    gemv 240 sweep --formats nf4 --sweep ;;
+    gemv 300 sweep --formats nf4,fp16 --sweep ;;
   dev2)
     decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8,quantbench/dense/4bit,quantbench/dense/4bit/attention \
       tinyllama-nf4 200
