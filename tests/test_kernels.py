@@ -135,8 +135,8 @@ def test_int8_gemv_outliers_match_linear8bitlt(dtype, capacity, monkeypatch):
 
 def test_plan_merges_projections_and_gives_the_layers_results():
     """Real SmolLM2 (NF4, two blocks): a decode step through the kernels, compiled, equals the
-    layers' own step; q/k/v and gate/up are one launch each, silu(gate) * up is read by the down
-    GEMV (no kernel of its own) and the weights are not copied."""
+    layers' own step; q/k/v and gate/up are one launch each, the blocks' norms, residual adds and
+    silu(gate) * up run inside the GEMVs (no kernels of their own), the weights are not copied."""
     import quantbench
     from quantbench.kernels import install
 
@@ -157,11 +157,15 @@ def test_plan_merges_projections_and_gives_the_layers_results():
         layers = plan.describe()["layers"]
         assert layers["q_proj+k_proj+v_proj"] == "quantbench gemv nf4, merged, x2"
         assert layers["gate_proj+up_proj"] == "quantbench gemv nf4, merged, x2"
-        assert layers["act_fn"] == "silu(gate) * up in the down GEMV's prologue, x2"
+        assert layers["block"].endswith(", x2")  # norms and residual adds inside the GEMVs
         assert sum(p.numel() * p.element_size() for p in model.parameters()) == bytes_before
         q, k = attention.q_proj.weight, attention.k_proj.weight
         assert k.data_ptr() == q.data_ptr() + q.numel()  # views of one buffer, rows end to end
 
+        norms = []
+        for block in model.model.layers:
+            block.input_layernorm.register_forward_hook(lambda *_: norms.append(1))
+            block.post_attention_layernorm.register_forward_hook(lambda *_: norms.append(1))
         launches = []
         original = gemv.gemv_4bit
         gemv.gemv_4bit = lambda *a, **kw: launches.append(1) or original(*a, **kw)
@@ -174,6 +178,7 @@ def test_plan_merges_projections_and_gives_the_layers_results():
             plan.enabled = False
             gemv.gemv_4bit = original
     assert len(launches) == 2 * 4  # per block: q/k/v, o, gate/up, down
+    assert not norms  # the norms ran inside the GEMVs
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
@@ -259,3 +264,30 @@ def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypat
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
     plan.uninstall()
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("kind", ["dense", "4bit", "int8", "int8-outliers"])
+def test_fused_norm_and_residual_equal_the_separate_steps(kind):
+    """norm=(weight, eps): the kernel reads LlamaRMSNorm(x) itself; residual: added to its result
+    (both rounded as eager fp16 torch rounds them)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(6)
+    x, residual = torch.randn(2, K, dtype=torch.float16), torch.randn(2, N, dtype=torch.float16)
+    norm = LlamaRMSNorm(K, eps=1e-5).half()
+    norm.weight.data = torch.rand(K, dtype=torch.float16) + 0.5
+    w = torch.randn(N, K, dtype=torch.float16)
+    if kind == "dense":
+        run = lambda x, **kw: gemv.gemv_dense(x, w, **kw)  # noqa: E731
+    elif kind == "4bit":
+        packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        run = lambda x, **kw: gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **kw)  # noqa: E731
+    else:
+        threshold = 2.5 if kind == "int8-outliers" else 0.0
+        layer = _int8_layer(w, threshold)
+        run = lambda x, **kw: gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, threshold, **kw)  # noqa: E731
+    with torch.no_grad():
+        separate = (run(norm(x)).float() + residual.float()).half()
+    fused = run(x, norm=(norm.weight, norm.variance_epsilon), residual=residual)
+    scale = float(separate.abs().max())
+    assert float((fused.double() - separate.double()).abs().max()) / scale <= 2 * torch.finfo(torch.float16).eps

@@ -19,7 +19,7 @@ KERNELS = ("quantbench", "bnb")
 # slower than bitsandbytes' own gemv_4bit on an H100 (benchmarks/NOTES-decode.md), so 4-bit layers
 # stay on bitsandbytes' kernel unless asked for: FastEngine(..., kernel_kinds=ALL_KINDS).
 DEFAULT_KINDS = ("dense", "int8")
-ALL_KINDS = ("dense", "4bit", "int8", "attention")
+ALL_KINDS = ("dense", "4bit", "int8", "attention", "fuse")
 
 
 def check_choice(name: str) -> str:

@@ -25,12 +25,13 @@ import triton
 import triton.language as tl
 
 from quantbench.kernels.config import config_for, fourbit_gather
-from quantbench.kernels.prologue import act_columns, load_x
+from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 
 @triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
-          BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, ACT: tl.constexpr, TABLE=None):
+          nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
+          TABLE=None):
     # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
     # compiler sees 16-byte alignment of every packed row chunk).
     HALF: tl.constexpr = BLOCKSIZE // 2
@@ -42,11 +43,11 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
     if MASKED:
         ok = block < limit
         packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
-        x = load_x(x_ptr + m * stride_x, elem, elem < limit * BLOCKSIZE, row_blocks * BLOCKSIZE, ACT)
+        x = load_x(x_ptr + m * stride_x, elem, elem < limit * BLOCKSIZE, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
         scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :], mask=ok[None, :], other=0.0)
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
-        x = load_x(x_ptr + m * stride_x, elem, None, row_blocks * BLOCKSIZE, ACT)
+        x = load_x(x_ptr + m * stride_x, elem, None, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
         scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :])
     x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
     if TABLE is None:
@@ -61,9 +62,10 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
 
 
 @triton.jit
-def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, row_bytes, row_blocks,
-                    split_blocks, stride_x, stride_o, HAS_BIAS: tl.constexpr, BLOCKSIZE: tl.constexpr,
-                    SPLIT: tl.constexpr, SHARED_TABLE: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr,
+def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, row_bytes,
+                    row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
+                    BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, SHARED_TABLE: tl.constexpr, PRO: tl.constexpr,
+                    RES: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
@@ -77,24 +79,26 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, out_ptr, N, ro
     acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
     full_end = start + ((end - start) // NB) * NB
     table = tl.load(code_ptr + tl.arange(0, 16)) if SHARED_TABLE else None
+    r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO)
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
-                     BLOCKSIZE, NB, False, ACT, table)
+                     nw_ptr, r, BLOCKSIZE, NB, False, PRO, table)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
-                     stride_x, BLOCKSIZE, NB, True, ACT, table)
+                     stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, table)
     out = tl.sum(acc, axis=1)
     if SPLIT == 1:
         if HAS_BIAS:
             out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + m * stride_o + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
+        out = add_residual(out.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
+        tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
     else:  # fp32 partials [M, SPLIT, N]; _sum_splits adds them
         tl.store(out_ptr + (m * SPLIT + split) * N + rows, out, mask=row_ok)
 
 
 @triton.jit
-def _sum_splits(part_ptr, bias_ptr, out_ptr, N, stride_o, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-                BLOCK: tl.constexpr):
+def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS_BIAS: tl.constexpr,
+                RES: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = tl.program_id(1)
     ok = rows < N
@@ -103,22 +107,23 @@ def _sum_splits(part_ptr, bias_ptr, out_ptr, N, stride_o, HAS_BIAS: tl.constexpr
         total += tl.load(part_ptr + (m * SPLIT + s) * N + rows, mask=ok, other=0.0)
     if HAS_BIAS:
         total += tl.load(bias_ptr + rows, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + m * stride_o + rows, total.to(out_ptr.dtype.element_ty), mask=ok)
+    out = add_residual(total.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, ok, RES)
+    tl.store(out_ptr + m * stride_o + rows, out, mask=ok)
 
 
 def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int,
-              blocksize: int, bias: torch.Tensor | None = None, act: bool = False) -> torch.Tensor:
+              blocksize: int, bias: torch.Tensor | None = None, act: bool = False,
+              norm: tuple[torch.Tensor, float] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] against bitsandbytes' packed 4-bit [N, K] (`absmax` fp32, one per block of a
-    row; `code` its 16-entry table), fp32 accumulation, in x's dtype. act: x is [..., 2K] =
-    [gate | up] and the kernel reads silu(gate) * up (prologue.py)."""
+    row; `code` its 16-entry table), fp32 accumulation, in x's dtype. act / norm / residual: the
+    fusions of prologue.py."""
     k = packed.numel() * 2 // n
-    act_columns(x.shape[-1], k, act)
     if k % blocksize or absmax.dtype != torch.float32:
         raise ValueError("gemv_4bit needs K % blocksize == 0 and fp32 absmax")
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    pro = prologue(x.shape[-1], k, act, norm)
+    x2 = rows_of(x)
     rows = x2.shape[0]
+    nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
     block_n, block_k, warps, split = config_for(f"4bit{blocksize}", n, k)
     blocks = k // blocksize
     split_blocks = triton.cdiv(blocks, split)  # each split whole quantization blocks
@@ -128,13 +133,13 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
-        x2, packed, absmax, code, bias_arg, target, n, k // 2, blocks, split_blocks, x2.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split, SHARED_TABLE=fourbit_gather() == "shared", ACT=act,
-        BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps)
+        x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
+        stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
+        SHARED_TABLE=fourbit_gather() == "shared", PRO=pro, RES=residual is not None and split == 1,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
     if split > 1:
         block = 1024
-        _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, out, n, out.stride(0),
-                                                    HAS_BIAS=bias is not None, SPLIT=split, BLOCK=block,
-                                                    num_warps=4)
+        _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, res, out, n, stride_r, out.stride(0),
+                                                    HAS_BIAS=bias is not None, RES=residual is not None,
+                                                    SPLIT=split, BLOCK=block, num_warps=4)
     return out.reshape(*x.shape[:-1], n)

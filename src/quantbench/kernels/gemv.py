@@ -22,55 +22,51 @@ import triton.language as tl
 from quantbench.kernels.config import config_for
 from quantbench.kernels.fourbit import gemv_4bit
 from quantbench.kernels.int8 import gemv_int8
-from quantbench.kernels.prologue import act_columns, load_x
-
-_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
+from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 
 @triton.jit
-def _dense_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, N, K, stride_x, stride_o,
-                  HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, stride_x, stride_r, stride_o,
+                  HAS_BIAS: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
+    r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         k_ok = k < K
-        x = load_x(x_ptr + m * stride_x, k, k_ok, K, ACT).to(tl.float32)
+        x = load_x(x_ptr + m * stride_x, k, k_ok, K, PRO, nw_ptr, r).to(tl.float32)
         w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & k_ok[None, :],
                     other=0.0, eviction_policy="evict_first")
         acc += w.to(tl.float32) * x[None, :]
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + m * stride_o + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
+    out = add_residual(out.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
+    tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
-
-
-def _launch(kernel, x: torch.Tensor, n: int, k: int, out_dtype: torch.dtype, kind: str, *args, **meta) -> torch.Tensor:  # noqa: ANN001
-    x2 = _rows(x)
-    out = torch.empty(x2.shape[0], n, dtype=out_dtype, device=x.device)
-    block_n, block_k, warps, _ = config_for(kind, n, k)
-    grid = (triton.cdiv(n, block_n), x2.shape[0])
-    kernel[grid](x2, *args, out, n, k, x2.stride(0), out.stride(0),
-                 BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **meta)
-    return out.reshape(*x.shape[:-1], n)
-
-
-def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               act: bool = False) -> torch.Tensor:
-    """x [..., K] @ weight[N, K].T (+ bias), fp32 accumulation, in x's dtype. act: x is
-    [..., 2K] = [gate | up] and the kernel reads silu(gate) * up (prologue.py)."""
+def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, act: bool = False,
+               norm: tuple[torch.Tensor, float] | None = None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight[N, K].T (+ bias), fp32 accumulation, in x's dtype. act: x is [..., 2K]
+    = [gate | up], read as silu(gate) * up; norm (weight, eps): x read RMSNorm-ed; residual:
+    added to the result (prologue.py)."""
     n, k = weight.shape
-    act_columns(x.shape[-1], k, act)
-    return _launch(_dense_kernel, x, n, k, x.dtype, "dense", weight, bias if bias is not None else weight,
-                   HAS_BIAS=bias is not None, ACT=act)
+    pro = prologue(x.shape[-1], k, act, norm)
+    x2 = rows_of(x)
+    out = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x.device)
+    nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
+    block_n, block_k, warps, _ = config_for("dense", n, k)
+    _dense_kernel[(triton.cdiv(n, block_n), x2.shape[0])](
+        x2, weight, bias if bias is not None else weight, nw, eps, res, out, n, k, x2.stride(0), stride_r,
+        out.stride(0), HAS_BIAS=bias is not None, PRO=pro, RES=residual is not None, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=warps)
+    return out.reshape(*x.shape[:-1], n)
 
 
 __all__ = ["gemv_4bit", "gemv_dense", "gemv_int8"]

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from quantbench.kernels.config import config_for, interpreted
-from quantbench.kernels.prologue import act_columns, load_x
+from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 CAPACITY = 32  # outlier columns per activation row before the dense fallback (counted)
 
@@ -44,61 +44,51 @@ def _divide(num, den, APPROX: tl.constexpr):
 
 
 @triton.jit
-def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, threshold, out_ptr, N, K, stride_x, stride_o,
-                 OUTLIERS: tl.constexpr, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr, ACT: tl.constexpr,
+def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, stride_x, stride_r,
+                 stride_o, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
-    # 1. The row's absmax in fp16 (bitsandbytes quantizes A.to(float16)), outliers left out.
+    xm = x_ptr + m * stride_x
+    r = row_rsqrt(xm, K, eps, PRO)
+    # 1. The row's absmax in fp16 (bitsandbytes quantizes A.to(float16)).
     amax = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        a = tl.abs(load_x(x_ptr + m * stride_x, k, k < K, K, ACT).to(tl.float16).to(tl.float32))
-        if OUTLIERS:
-            a = tl.where(a < threshold, a, 0.0)
-        amax = tl.maximum(amax, a)
+        amax = tl.maximum(amax, tl.abs(load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32)))
     row_stat = tl.max(amax, axis=0)
     scale = _divide(tl.full([BLOCK_K], 127.0, tl.float32), tl.zeros([BLOCK_K], tl.float32) + row_stat,
                     APPROX_DIV)
-    # 2. Quantize the activation chunk, exact int8 x int8 -> int32 dot; outliers in float.
+    # 2. Quantize the activation chunk, exact int8 x int8 -> int32 dot.
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
-    extra = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    if OUTLIERS:
-        col_scale = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        x = load_x(x_ptr + m * stride_x, k, k < K, K, ACT)
-        x16 = x.to(tl.float16).to(tl.float32)
+        x16 = load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32)
         q = _rint(x16 * scale)
-        if OUTLIERS:
-            q = tl.where(tl.abs(x16) < threshold, q, 0.0)
         w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
                     other=0, eviction_policy="evict_first")
         acc += w.to(tl.int32) * q.to(tl.int32)[None, :]
-        if OUTLIERS:  # noqa: SIM102  (a compile-time branch around a run-time one)
-            if tl.max((tl.abs(x16) >= threshold).to(tl.int32), axis=0) > 0:  # rare: skip the float path
-                xo = tl.where(tl.abs(x16) >= threshold, x.to(tl.float32), 0.0)
-                # int8_vectorwise_dequant: int8 * SCB * (1/127), in the activation dtype
-                w_deq = ((w.to(tl.float32) * col_scale[:, None]) * 7.874015718698502e-3)
-                extra += w_deq.to(x_ptr.dtype.element_ty).to(tl.float32) * xo[None, :]
-    # 3. bitsandbytes' epilogue: fp16 result, then the activation dtype; outliers added there.
-    total = tl.sum(acc, axis=1).to(tl.float32)
+    # 3. bitsandbytes' epilogue: fp16 result, then the activation dtype.
+    out = _epilogue(tl.sum(acc, axis=1), row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS, APPROX_DIV)
+    out = add_residual(out.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
+    tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
+
+
+@triton.jit
+def _epilogue(acc, row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr):
+    """bitsandbytes' int8 matmul epilogue: fp16(fmaf(acc * row * col, 1/127^2, bias))."""
     col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
-    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    bias = tl.zeros(acc.shape, dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    product = total * row_stat * col
+    product = acc.to(tl.float32) * row_stat * col
     if APPROX_DIV:  # compiled: bitsandbytes' fmaf, 1/127^2 as it writes it
-        out = tl.fma(product, 6.200012e-05, bias).to(tl.float16)
+        return tl.fma(product, 6.200012e-05, bias).to(tl.float16)
     else:  # the interpreter mistypes tl.fma's result
-        out = (product * 6.200012e-05 + bias).to(tl.float16)
-    out = out.to(out_ptr.dtype.element_ty)
-    if OUTLIERS:
-        out = (out.to(tl.float32) + tl.sum(extra, axis=1)).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
+        return (product * 6.200012e-05 + bias).to(tl.float16)
 
 
 @triton.jit
@@ -109,14 +99,16 @@ def _rint(v):
 
 
 @triton.jit
-def _prepare(x_ptr, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, overflow_ptr, K, stride_x,
-             CAP: tl.constexpr, APPROX_DIV: tl.constexpr, ACT: tl.constexpr, BLOCK_K: tl.constexpr):
+def _prepare(x_ptr, nw_ptr, eps, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, overflow_ptr, K,
+             stride_x, CAP: tl.constexpr, APPROX_DIV: tl.constexpr, PRO: tl.constexpr, BLOCK_K: tl.constexpr):
     m = tl.program_id(0)
     cols = tl.arange(0, BLOCK_K)
+    xm = x_ptr + m * stride_x
+    r = row_rsqrt(xm, K, eps, PRO)
     amax = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        a = tl.abs(load_x(x_ptr + m * stride_x, k, k < K, K, ACT).to(tl.float16).to(tl.float32))
+        a = tl.abs(load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32))
         amax = tl.maximum(amax, tl.where(a < threshold, a, 0.0))
     row_stat = tl.max(amax, axis=0)
     scale = _divide(tl.full([BLOCK_K], 127.0, tl.float32), tl.zeros([BLOCK_K], tl.float32) + row_stat,
@@ -125,7 +117,7 @@ def _prepare(x_ptr, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, ove
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         ok = k < K
-        x = load_x(x_ptr + m * stride_x, k, ok, K, ACT)
+        x = load_x(xm, k, ok, K, PRO, nw_ptr, r)
         x16 = x.to(tl.float16).to(tl.float32)
         outlier = (tl.abs(x16) >= threshold) & ok
         q = tl.where(outlier, 0.0, _rint(x16 * scale))
@@ -143,9 +135,10 @@ def _prepare(x_ptr, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, ove
 
 
 @triton.jit
-def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, scb_ptr, bias_ptr, threshold,
-                  out_ptr, N, K, stride_x, stride_o, CAP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  APPROX_DIV: tl.constexpr, ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps,
+                  res_ptr, threshold, out_ptr, N, K, stride_x, stride_r, stride_o, CAP: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -159,17 +152,9 @@ def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, sc
         w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=(k < K)[None, :], other=0,
                     eviction_policy="evict_first")
         acc += w.to(tl.int32) * q.to(tl.int32)[None, :]
-    total = tl.sum(acc, axis=1).to(tl.float32)
     col = tl.load(scb_ptr + rows)
     row_stat = tl.load(stat_ptr + m)
-    bias = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + rows).to(tl.float32)
-    product = total * row_stat * col
-    if APPROX_DIV:  # compiled: bitsandbytes' fmaf, 1/127^2 as it writes it
-        out = tl.fma(product, 6.200012e-05, bias).to(tl.float16)
-    else:  # the interpreter mistypes tl.fma's result
-        out = (product * 6.200012e-05 + bias).to(tl.float16)
+    out = _epilogue(tl.sum(acc, axis=1), row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS, APPROX_DIV)
     out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
     # the outlier term: int8_vectorwise_dequant (int8 * SCB * (1/127)) in the activation dtype
     count = tl.load(count_ptr + m)
@@ -183,45 +168,44 @@ def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, sc
         w_deq = ((w.to(tl.float32) * col[:, None]) * 7.874015718698502e-3).to(x_ptr.dtype.element_ty)
         extra = tl.sum(w_deq.to(tl.float32) * value[None, :], axis=1)
     else:  # more outliers than the set holds: the dense mask over the whole row (counted)
+        r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)
         dense = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + cols
-            x = load_x(x_ptr + m * stride_x, k, k < K, K, ACT)
+            x = load_x(x_ptr + m * stride_x, k, k < K, K, PRO, nw_ptr, r)
             xo = tl.where(tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold, x.to(tl.float32), 0.0)
             w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=(k < K)[None, :], other=0)
             w_deq = ((w.to(tl.float32) * col[:, None]) * 7.874015718698502e-3).to(x_ptr.dtype.element_ty)
             dense += w_deq.to(tl.float32) * xo[None, :]
         extra = tl.sum(dense, axis=1)
-    tl.store(out_ptr + m * stride_o + rows, (out + extra).to(out_ptr.dtype.element_ty), mask=row_ok)
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
-    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+    out = add_residual((out + extra).to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
+    tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
 
 
 def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshold: float = 0.0,
-              bias: torch.Tensor | None = None, overflow: torch.Tensor | None = None,
-              act: bool = False) -> torch.Tensor:
+              bias: torch.Tensor | None = None, overflow: torch.Tensor | None = None, act: bool = False,
+              norm: tuple[torch.Tensor, float] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """LLM.int8 linear for a few rows: x [..., K], int8 weight [N, K], SCB [N] fp32. With a
     threshold, `overflow` (int32, one per activation row; optional) counts the rows that had more
-    than CAPACITY outliers and took the dense path. act: x is [..., 2K] = [gate | up] and the
-    kernels read silu(gate) * up (prologue.py)."""
+    than CAPACITY outliers and took the dense path. act / norm / residual: the fusions of
+    prologue.py."""
     n, k = weight.shape
-    act_columns(x.shape[-1], k, act)
-    x2 = _rows(x)
+    pro = prologue(x.shape[-1], k, act, norm)
+    x2 = rows_of(x)
     rows = x2.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
     block_n, block_k, warps, _ = config_for("int8", n, k)
     # fp32 products must round before they are added or rounded to integers, as in bitsandbytes:
     # no fused multiply-add in these kernels (their dot is integer arithmetic: this costs little).
     fusion = {} if interpreted() else {"enable_fp_fusion": False}
     bias_arg = bias if bias is not None else scb
     grid = (triton.cdiv(n, block_n), rows)
+    common = {"HAS_BIAS": bias is not None, "APPROX_DIV": not interpreted(), "PRO": pro,
+              "RES": residual is not None, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, **fusion}
     if threshold <= 0:
-        _int8_kernel[grid](x2, weight, scb, bias_arg, 0.0, out, n, k, x2.stride(0), out.stride(0),
-                           OUTLIERS=False, HAS_BIAS=bias is not None, APPROX_DIV=not interpreted(), ACT=act,
-                           BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **fusion)
+        _int8_kernel[grid](x2, weight, scb, bias_arg, nw, eps, res, out, n, k, x2.stride(0), stride_r,
+                           out.stride(0), **common)
         return out.reshape(*x.shape[:-1], n)
     if overflow is None or overflow.numel() < rows:
         overflow = torch.zeros(rows, dtype=torch.int32, device=x.device)
@@ -230,11 +214,9 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     idx = torch.empty(rows, CAPACITY, dtype=torch.int32, device=x.device)
     val = torch.empty(rows, CAPACITY, dtype=torch.float32, device=x.device)
     count = torch.empty(rows, dtype=torch.int32, device=x.device)
-    _prepare[(rows,)](x2, float(threshold), q, stat, idx, val, count, overflow, k, x2.stride(0),
-                      CAP=CAPACITY, APPROX_DIV=not interpreted(), ACT=act, BLOCK_K=min(2048, triton.next_power_of_2(k)),
-                      num_warps=8, **fusion)
-    _outlier_gemv[grid](q, stat, idx, val, count, x2, weight, scb, bias_arg, float(threshold), out, n, k,
-                        x2.stride(0), out.stride(0), CAP=CAPACITY, HAS_BIAS=bias is not None,
-                        APPROX_DIV=not interpreted(), ACT=act, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-                        **fusion)
+    _prepare[(rows,)](x2, nw, eps, float(threshold), q, stat, idx, val, count, overflow, k, x2.stride(0),
+                      CAP=CAPACITY, APPROX_DIV=not interpreted(), PRO=pro,
+                      BLOCK_K=min(2048, triton.next_power_of_2(k)), num_warps=8, **fusion)
+    _outlier_gemv[grid](q, stat, idx, val, count, x2, weight, scb, bias_arg, nw, eps, res, float(threshold), out,
+                        n, k, x2.stride(0), stride_r, out.stride(0), CAP=CAPACITY, **common)
     return out.reshape(*x.shape[:-1], n)

@@ -30,7 +30,11 @@ from torch import nn
 
 MAX_ROWS = 8  # decode batches up to this run the GEMVs; above, a GEMM (the layer's own) is faster
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # in the order blocks call them
-KINDS = ("dense", "4bit", "int8", "attention")
+KINDS = ("dense", "4bit", "int8", "attention", "fuse")
+FUSIONS = {  # fusion.py's kinds of fused modules, as describe() names them
+    "block": "input and post-attention RMSNorms in the q/k/v and gate/up GEMVs, residual adds in o and down",
+    "act_fn": "silu(gate) * up in the down GEMV's prologue",
+}
 
 
 @dataclass
@@ -46,6 +50,8 @@ class _Launch:
     dtype: torch.dtype | None  # the activation dtype served (None: any float)
     plan: KernelPlan
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    # (x or None: any x, {"norm": ..., "res": ...}) for the next call (fusion.py)
+    fusion: tuple[torch.Tensor | None, dict[str, Any]] | None = None
 
     def forward(self, index: int, original: Callable[..., Any]) -> Callable[..., Any]:
         last = len(self.names) - 1
@@ -56,7 +62,9 @@ class _Launch:
             if args or kwargs or not self.plan.serves(x, self.dtype, self.base):
                 return original(x, *args, **kwargs)
             if index == 0:
-                out = self.call(x, 0, total)
+                fusion, self.fusion = self.fusion, None
+                extra = fusion[1] if fusion is not None and (fusion[0] is None or fusion[0] is x) else {}
+                out = self.call(x, 0, total, **extra)
                 if last:
                     self.pending = (x, out)
                 return out[..., first_row:end_row] if last else out
@@ -82,7 +90,7 @@ class KernelPlan:
     allow_cpu: bool = False  # tests run the kernels on CPU tensors under Triton's interpreter
     _restore: list[tuple[nn.Module, Any]] = field(default_factory=list)
     attention: list[nn.Module] = field(default_factory=list)  # layers on the decode attention
-    fused_mlps: list[nn.Module] = field(default_factory=list)  # silu(gate) * up in down's prologue
+    fused: dict[str, list[nn.Module]] = field(default_factory=dict)  # fusion.py: what -> modules
     attention_restore: tuple[Any, str] | None = None  # (config, implementation before)
 
     def serves(self, x: torch.Tensor, dtype: torch.dtype | None, base: str) -> bool:
@@ -121,8 +129,8 @@ class KernelPlan:
             key = f"{_short(name)}: {why}"
             left[key] = left.get(key, 0) + 1
         layers |= {key: f"own forward, x{n}" for key, n in left.items()}
-        if self.fused_mlps:
-            layers["act_fn"] = f"silu(gate) * up in the down GEMV's prologue, x{len(self.fused_mlps)}"
+        for what, modules in self.fused.items():
+            layers[what] = f"{FUSIONS[what]}{'' if 'fuse' in kinds else ' (fusion not chosen)'}, x{len(modules)}"
         if self.attention:
             how = "quantbench decode attention" if "attention" in kinds else "SDPA (attention kernel not chosen)"
             layers["attention"] = f"{how}, x{len(self.attention)}"
@@ -141,7 +149,7 @@ class KernelPlan:
                 module.forward = previous
         self._restore.clear()
         self.launches.clear()
-        self.fused_mlps.clear()
+        self.fused.clear()
         for module in self.attention:
             module.__dict__.pop("quantbench_plan", None)
         self.attention.clear()
@@ -188,40 +196,13 @@ def install(model: nn.Module, allow_cpu: bool = False, skip: tuple[str, ...] = (
             done.add(id(module))
         else:
             plan.left[name] = f"{spec['label']}, {spec['kind']} kernel not chosen"
-    _fuse_mlps(model, plan)
+    from quantbench.kernels.fusion import fuse
+
+    fuse(model, plan)
     if "attention" in kinds and "attention" not in plan.installed:
         _install_attention(model, plan)
     plan.installed |= set(kinds)
     return plan
-
-
-def _fuse_mlps(model: nn.Module, plan: KernelPlan) -> None:
-    """An MLP whose merged gate/up launch and down launch are both the plan's, with SiLU, runs as
-    two launches: down reads silu(gate) * up from gate/up's output itself (prologue.py)."""
-    launch_of = {id(m): launch for launch in plan.launches for m in launch.modules}
-    fused = {id(m) for m in plan.fused_mlps}
-    for mlp in model.modules():
-        gate, up, down = (getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
-        act = getattr(mlp, "act_fn", None)
-        if id(mlp) in fused or gate is None or up is None or down is None or act is None:
-            continue
-        gate_up, down_launch = launch_of.get(id(gate)), launch_of.get(id(down))
-        if (gate_up is None or down_launch is None or gate_up.modules != [gate, up]
-                or type(act).__name__ not in ("SiLU", "SiLUActivation")):
-            continue
-        previous = mlp.__dict__.get("forward")
-        plan._restore.append((mlp, previous))
-        mlp.forward = _fused_forward(plan, gate_up, down_launch, previous or type(mlp).forward.__get__(mlp))
-        plan.fused_mlps.append(mlp)
-
-
-def _fused_forward(plan: KernelPlan, gate_up: _Launch, down: _Launch, original: Callable[..., Any]) -> Callable:
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not (plan.serves(x, gate_up.dtype, gate_up.base) and plan.serves(x, down.dtype, down.base)):
-            return original(x)
-        return down.call(gate_up.call(x, 0, gate_up.splits[-1]), 0, down.splits[-1], act=True)
-
-    return forward
 
 
 def _install_attention(model: nn.Module, plan: KernelPlan) -> None:

@@ -3,8 +3,9 @@
 `describe_linear` says whether a module is a linear the kernels serve (a dict), a linear they do
 not (a one-line reason) or no linear (None). `merge` moves the weights of one or more such
 layers into one buffer, points each layer at its view of it, and returns the launch
-(x, first row, end row, act=False) -> x @ W[first:end].T (act: x is [gate | up] and the kernel
-reads silu(gate) * up).
+(x, first row, end row, act=False, norm=None, res=None) -> x @ W[first:end].T with the fusions of
+prologue.py (act: x is [gate | up]; norm: (weight, eps) of an RMSNorm applied to x; res: a
+residual added to the result).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def _bias(members: list[nn.Module]) -> torch.Tensor | None:
     return torch.cat([m.bias.detach() for m in members]) if len(members) > 1 else members[0].bias
 
 
+def _norm(norm: tuple[torch.Tensor, float] | None) -> tuple[torch.Tensor | None, float]:
+    return norm if norm is not None else (None, 0.0)
+
+
 def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[..., torch.Tensor]:
     kind = specs[0]["kind"]
     k = specs[0]["in_features"]
@@ -89,7 +94,8 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
         for m, view in zip(members, views, strict=True):
             m.weight.data = view
         weight = flat.view(-1, k)
-        return lambda x, a, b, act=False: ops.gemv_dense(x, weight[a:b], bias_rows(a, b), act)
+        return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_dense(
+            x, weight[a:b], bias_rows(a, b), act, *_norm(norm), res)
 
     if kind == "4bit":
         import bitsandbytes.functional as bnbf
@@ -110,9 +116,10 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
         if any(s.quant_type != states[0].quant_type for s in states):
             raise ValueError("merged 4-bit layers must share one quant type")
 
-        def fourbit(x: torch.Tensor, a: int, b: int, act: bool = False) -> torch.Tensor:
+        def fourbit(x: torch.Tensor, a: int, b: int, act: bool = False, norm: Any = None,
+                    res: Any = None) -> torch.Tensor:
             return ops.gemv_4bit(x, flat[a * k // 2:b * k // 2], absmax[a * k // blocksize:b * k // blocksize],
-                                 code, b - a, blocksize, bias_rows(a, b), act)
+                                 code, b - a, blocksize, bias_rows(a, b), act, *_norm(norm), res)
 
         return fourbit
 
@@ -135,8 +142,9 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
             overflow = torch.zeros(MAX_ROWS, dtype=torch.int32, device=weight.device)
             for m in members:
                 m.quantbench_outlier_overflow = overflow
-            return lambda x, a, b, act=False: ops.gemv_int8_outliers(x, weight[a:b], scb[a:b], threshold,
-                                                                     bias_rows(a, b), overflow, act)
-        return lambda x, a, b, act=False: ops.gemv_int8(x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), act)
+            return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_int8_outliers(
+                x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), overflow, act, *_norm(norm), res)
+        return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_int8(
+            x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), act, *_norm(norm), res)
 
     raise ValueError(f"no kernel for {kind}")
