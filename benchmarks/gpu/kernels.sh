@@ -2,8 +2,8 @@
 # The kernel benchmarks on a GPU machine, one stage per call (run after `source setup.sh`):
 #   dev1    GEMV checks + times (fp16, nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
 #           sweep (two code-table lookups)
-#   dev2    tinyllama decode: nf4 and fp16 with kernel subsets (4-bit GEMV, decode attention),
-#           int8 (t=6) with quantbench's kernels
+#   dev2    tinyllama decode: nf4 and fp16 with kernel subsets (4-bit GEMV, decode attention,
+#           block fusion), int8 (t=6) with all of quantbench's kernels
 #   final   per-kernel times and profiler bandwidth, teacher-forced equivalence on the real
 #           SmolLM2-135M, decode tables (eager / fast+bnb / fast+ours) for both models
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
@@ -25,10 +25,11 @@ case "$stage" in
     gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t6
     gemv 300 sweep --formats nf4,fp16 --sweep ;;
   dev2)
-    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8,quantbench/dense/4bit,quantbench/dense/4bit/attention \
-      tinyllama-nf4 200
-    decode tinyllama-1.1b-arch fp16 quantbench/dense,quantbench/dense/attention tinyllama-fp16 130
-    decode tinyllama-1.1b-arch int8 quantbench tinyllama-int8 100 ;;
+    decode tinyllama-1.1b-arch nf4 \
+      bnb,quantbench/dense/int8,quantbench/dense/4bit,quantbench/dense/4bit/attention,quantbench/dense/4bit/attention/fuse \
+      tinyllama-nf4 230
+    decode tinyllama-1.1b-arch fp16 quantbench/dense,quantbench/dense/attention/fuse tinyllama-fp16 120
+    decode tinyllama-1.1b-arch int8 quantbench/dense/int8/attention/fuse tinyllama-int8 90 ;;
   final)  # needs the SmolLM2 GGUF joined by setup.sh
     gemv 120 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6
     timeout 200 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
