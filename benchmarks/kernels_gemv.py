@@ -29,10 +29,11 @@ SHAPES = {  # name -> (N, K) per linear launch; q/k/v and gate/up merged
 }
 SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "dense": [(*s, 1) for s in itertools.product((2, 4, 8), (512, 1024, 2048), (4, 8))],
-    "4bit": list(itertools.product((2, 4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
+    "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
-GATHERS = {"dense": (None,), "int8": (None,), "4bit": ("shared", "global")}
+# 4-bit variants: code table lookup (shared / global) x activation as int32 pairs (True / False)
+GATHERS = {"dense": (None,), "int8": (None,), "4bit": tuple(itertools.product(("shared", "global"), (True, False)))}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8", "_prepare", "_outlier_gemv")
 
 
@@ -142,7 +143,7 @@ def build(fmt: str, n: int, k: int) -> dict:
 def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     import torch
 
-    from quantbench.kernels.config import config_for, set_config, set_fourbit_gather
+    from quantbench.kernels.config import config_for, set_config, set_fourbit_gather, set_fourbit_pairs
 
     items: list[dict] = []
 
@@ -175,14 +176,16 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         with torch.no_grad():
             for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
                 set_config(kind, shape)
-                set_fourbit_gather(gather or "shared")
-                key = str(shape) + (f" {gather}" if gather else "")
+                set_fourbit_gather(gather[0] if gather else "shared")
+                set_fourbit_pairs(gather[1] if gather else True)
+                key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
                 try:
                     times[key] = graph_us(make("ours"), nbytes, calls=32)
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
         set_config(kind, None)
         set_fourbit_gather("shared")
+        set_fourbit_pairs(True)
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
         row["sweep_us"] = times
         row["best"] = min(ok, key=ok.get) if ok else None

@@ -16,7 +16,7 @@ bnb = pytest.importorskip("bitsandbytes")
 bnbf = bnb.functional
 
 from quantbench.kernels import gemv  # noqa: E402
-from quantbench.kernels.config import set_config, set_fourbit_gather  # noqa: E402
+from quantbench.kernels.config import set_config, set_fourbit_gather, set_fourbit_pairs  # noqa: E402
 
 N, K = 40, 192  # N is no multiple of a program's rows, K three 64-blocks: masks are exercised
 
@@ -53,9 +53,10 @@ def test_dense_gemv_is_a_rounded_fp32_matmul(dtype, act):
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
-@pytest.mark.parametrize(("shape", "gather"), [(None, "shared"), ((128, 128, 4, 2), "global")])
-def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, gather):
-    """Both code-table lookups; the table's shape (one partial step) and a split-K in 2."""
+@pytest.mark.parametrize(("shape", "gather", "pairs"), [(None, "shared", True), ((128, 128, 4, 2), "global", False)])
+def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, gather, pairs):
+    """Both code-table lookups, both activation layouts; the table's shape (one partial step)
+    and a split-K in 2."""
     torch.manual_seed(1)
     x, w = torch.randn(3, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
     bias = torch.randn(N, dtype=torch.float16)
@@ -68,11 +69,13 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
     ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T + bias.double()
     set_config("4bit", shape)
     set_fourbit_gather(gather)
+    set_fourbit_pairs(pairs)
     try:
         out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
     finally:
         set_config("4bit", None)
         set_fourbit_gather("shared")
+        set_fourbit_pairs(True)
     assert out.shape == (3, N) and out.dtype == torch.float16
     assert _ulps(out, ref) <= 1.0
     # and within fp16 rounding of bitsandbytes' own weights (rounded to fp16 by dequantize_4bit)
@@ -268,8 +271,8 @@ def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypat
 
 @pytest.mark.parametrize("kind", ["dense", "4bit", "int8", "int8-outliers"])
 def test_fused_norm_and_residual_equal_the_separate_steps(kind):
-    """norm=(weight, eps): the kernel reads LlamaRMSNorm(x) itself; residual: added to its result
-    (both rounded as eager fp16 torch rounds them)."""
+    """norm=(weight, eps): the kernel reads LlamaRMSNorm(x) itself; residual: added to its result;
+    act: it reads silu(gate) * up (all rounded as eager fp16 torch rounds them)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     torch.manual_seed(6)
@@ -289,5 +292,8 @@ def test_fused_norm_and_residual_equal_the_separate_steps(kind):
     with torch.no_grad():
         separate = (run(norm(x)).float() + residual.float()).half()
     fused = run(x, norm=(norm.weight, norm.variance_epsilon), residual=residual)
-    scale = float(separate.abs().max())
-    assert float((fused.double() - separate.double()).abs().max()) / scale <= 2 * torch.finfo(torch.float16).eps
+    gate, up = torch.randn(2, K, dtype=torch.float16), torch.randn(2, K, dtype=torch.float16)
+    pairs = [(fused, separate), (run(torch.cat([gate, up], -1), act=True), run(torch.nn.functional.silu(gate) * up))]
+    for got, expected in pairs:
+        scale = float(expected.abs().max())
+        assert float((got.double() - expected.double()).abs().max()) / scale <= 2 * torch.finfo(torch.float16).eps

@@ -23,7 +23,7 @@ LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down
 # gate/up shapes of the tinyllama and llama-2-7b architectures)
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
-_GATHER = {"4bit": "shared"}
+_GATHER = {"4bit": "shared", "pairs": True}
 
 
 def fourbit_gather() -> str:
@@ -33,6 +33,16 @@ def fourbit_gather() -> str:
 
 def set_fourbit_gather(mode: str) -> None:
     _GATHER["4bit"] = mode
+
+
+def fourbit_pairs() -> bool:
+    """4-bit kernel reads 16-bit activations as int32 words in the packed layout (True) or as a
+    row split into even and odd elements through shared memory (False)."""
+    return _GATHER["pairs"]
+
+
+def set_fourbit_pairs(on: bool) -> None:
+    _GATHER["pairs"] = on
 
 
 def interpreted() -> bool:

@@ -24,32 +24,37 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, fourbit_gather
-from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
+from quantbench.kernels.config import config_for, fourbit_gather, fourbit_pairs
+from quantbench.kernels.prologue import (
+    add_residual,
+    fused_args,
+    load_pairs,
+    load_x,
+    prologue,
+    row_rsqrt,
+    rows_of,
+)
 
 
 @triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
-          TABLE=None):
+          PAIRS: tl.constexpr, TABLE=None):
     # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
-    # compiler sees 16-byte alignment of every packed row chunk).
+    # compiler sees 16-byte alignment of every packed row chunk). PAIRS: the activation read as
+    # int32 words in the packed bytes' layout, the absmax broadcast along each block, the result
+    # per byte (summed after the loop); else the activation split through shared memory and each
+    # block summed before its absmax multiplies it.
     HALF: tl.constexpr = BLOCKSIZE // 2
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
     offsets = rows[:, None, None] * row_bytes + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]
-    elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
     block = b0 + blk
+    ok = block < limit
     if MASKED:
-        ok = block < limit
         packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
-        x = load_x(x_ptr + m * stride_x, elem, elem < limit * BLOCKSIZE, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
-        scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :], mask=ok[None, :], other=0.0)
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
-        x = load_x(x_ptr + m * stride_x, elem, None, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
-        scale = tl.load(absmax_ptr + rows[:, None] * row_blocks + block[None, :])
-    x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
     if TABLE is None:
         hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
         lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
@@ -57,16 +62,31 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
         shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
         hi = tl.reshape(tl.gather(TABLE, tl.reshape((packed >> 4).to(tl.int32), shape), 0), packed.shape)
         lo = tl.reshape(tl.gather(TABLE, tl.reshape((packed & 15).to(tl.int32), shape), 0), packed.shape)
-    part = tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2)  # [rows, blocks]
-    return part * scale
+    if PAIRS:
+        # every tile in the packed bytes' own shape: each thread reads the words and the absmax its
+        # bytes meet (the same ones as the threads of other rows, from L1), no layout exchange
+        zero = rows[:, None, None] * 0
+        words = zero + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]  # a word per byte
+        x_mask = ok[None, :, None] & (zero == 0) if MASKED else None
+        x_hi, x_lo = load_pairs(x_ptr + m * stride_x, words, x_mask, row_blocks * HALF, PRO, nw_ptr, r)
+        scale_at = absmax_ptr + rows[:, None, None] * row_blocks + block[None, :, None] + byte[None, None, :] * 0
+        scale = tl.load(scale_at, mask=x_mask, other=0.0) if MASKED else tl.load(scale_at)
+        return (hi * x_hi + lo * x_lo) * scale
+    else:
+        elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
+        x_mask = elem < limit * BLOCKSIZE if MASKED else None
+        x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
+        x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
+        scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
+        scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
+        return tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2) * scale  # [rows, blocks]
 
 
 @triton.jit
 def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, row_bytes,
                     row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, SHARED_TABLE: tl.constexpr, PRO: tl.constexpr,
-                    RES: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
+                    RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -76,17 +96,20 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     rows = tl.where(row_ok, rows, 0)  # clamped, not masked: the loads stay unconditional
     start = split * split_blocks  # in quantization blocks
     end = tl.minimum(start + split_blocks, row_blocks)
-    acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
+    if PAIRS:
+        acc = tl.zeros([BLOCK_N, NB, BLOCKSIZE // 2], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
     full_end = start + ((end - start) // NB) * NB
     table = tl.load(code_ptr + tl.arange(0, 16)) if SHARED_TABLE else None
     r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO)
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
-                     nw_ptr, r, BLOCKSIZE, NB, False, PRO, table)
+                     nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
-                     stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, table)
-    out = tl.sum(acc, axis=1)
+                     stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table)
+    out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if HAS_BIAS:
             out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -136,7 +159,8 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         SHARED_TABLE=fourbit_gather() == "shared", PRO=pro, RES=residual is not None and split == 1,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+        PAIRS=fourbit_pairs() and x.dtype in (torch.float16, torch.bfloat16), BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps)
     if split > 1:
         block = 1024
         _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, res, out, n, stride_r, out.stride(0),

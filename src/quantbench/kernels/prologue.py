@@ -34,29 +34,61 @@ def row_rsqrt(x_ptr, K, eps, PRO: tl.constexpr, BLOCK: tl.constexpr = 1024):
 
 
 @triton.jit
+def _silu_mul(gate, up):
+    g = gate.to(tl.float32)
+    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    return (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
+
+
+@triton.jit
+def _rms(x, weight, r):
+    normed = (x.to(tl.float32) * r).to(x.dtype)
+    return (weight.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
+def _load(ptr, mask):
+    if mask is None:  # noqa: SIM108  (a compile-time branch in Triton)
+        v = tl.load(ptr)
+    else:
+        v = tl.load(ptr, mask=mask, other=0)
+    return v
+
+
+@triton.jit
 def load_x(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
     """The activation at `offsets` (0 where `mask` is False; mask None: all in range). half: the
     up half's offset (PRO 1); nw_ptr, r: the norm's weight and the row's rsqrt (PRO 2)."""
-    if mask is None:  # noqa: SIM108  (a compile-time branch in Triton)
-        x = tl.load(x_ptr + offsets)
-    else:
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
+    x = _load(x_ptr + offsets, mask)
     if PRO == 1:
-        if mask is None:  # noqa: SIM108
-            up = tl.load(x_ptr + half + offsets)
-        else:
-            up = tl.load(x_ptr + half + offsets, mask=mask, other=0.0)
-        g = x.to(tl.float32)
-        silu = (g / (1.0 + tl.exp(-g))).to(x.dtype)
-        x = (silu.to(tl.float32) * up.to(tl.float32)).to(x.dtype)
+        x = _silu_mul(x, _load(x_ptr + half + offsets, mask))
     elif PRO == 2:
-        if mask is None:  # noqa: SIM108
-            w = tl.load(nw_ptr + offsets)
-        else:
-            w = tl.load(nw_ptr + offsets, mask=mask, other=0.0)
-        normed = (x.to(tl.float32) * r).to(x.dtype)
-        x = (w.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
+        x = _rms(x, _load(nw_ptr + offsets, mask), r)
     return x
+
+
+@triton.jit
+def _halves(words, DT: tl.constexpr):
+    even = (words & 0xFFFF).to(tl.uint16).to(DT, bitcast=True)
+    odd = ((words >> 16) & 0xFFFF).to(tl.uint16).to(DT, bitcast=True)
+    return even, odd
+
+
+@triton.jit
+def load_pairs(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
+    """load_x for 16-bit activations read as int32 words: (even, odd) elements of the words at
+    `offsets` (in words; `half` too), as fp32. The words keep every load 16 bytes wide and in
+    the layout of the packed weights that meet them (no shuffle through shared memory)."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    words = _load(x_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask)
+    even, odd = _halves(words, DT)
+    if PRO == 1:
+        up_even, up_odd = _halves(_load(x_ptr.to(tl.pointer_type(tl.int32)) + half + offsets, mask), DT)
+        even, odd = _silu_mul(even, up_even), _silu_mul(odd, up_odd)
+    elif PRO == 2:
+        w_even, w_odd = _halves(_load(nw_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask), DT)
+        even, odd = _rms(even, w_even, r), _rms(odd, w_odd, r)
+    return even.to(tl.float32), odd.to(tl.float32)
 
 
 @triton.jit
