@@ -1,11 +1,12 @@
 #!/bin/bash
 # The kernel benchmarks on a GPU machine, one stage per call (run after `source setup.sh`):
-#   dev1    GEMV checks + times (fp16, nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
-#           sweep (two code-table lookups)
-#   dev2    tinyllama decode: nf4 and fp16 with kernel subsets (4-bit GEMV, decode attention,
-#           block fusion), int8 (t=6) with all of quantbench's kernels
-#   final   per-kernel times and profiler bandwidth, teacher-forced equivalence on the real
-#           SmolLM2-135M, decode tables (eager / fast+bnb / fast+ours) for both models
+#   dev           GEMV checks + times (nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
+#                 sweep (lookups x activation layouts), tinyllama decode: nf4 with bitsandbytes'
+#                 gemv_4bit and with ours, fp16 and int8 (t=6) with all of quantbench's kernels
+#   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench, five precisions
+#   final-check   per-kernel times and profiler bandwidth, teacher-forced equivalence on the
+#                 real SmolLM2-135M (needs its GGUF, joined by setup.sh)
+#   final-7b-a/b  llama-2-7b-arch decode tables (fp16, nf4, nf4-dq / int8-t0, int8)
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
 # still run, and its output is kept in $OUT even when the limit stops it.
 set -u
@@ -21,21 +22,20 @@ gemv() {  # limit_s out_subdir [args]
   timeout "$1" python3 benchmarks/kernels_gemv.py --out "$OUT/$2" "${@:3}" 2>&1 | grep -v '^{' >> "$log"
 }
 case "$stage" in
-  dev1)
-    gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t6
-    gemv 300 sweep --formats nf4,fp16 --sweep ;;
-  dev2)
-    decode tinyllama-1.1b-arch nf4 \
-      bnb,quantbench/dense/int8,quantbench/dense/4bit,quantbench/dense/4bit/attention,quantbench/dense/4bit/attention/fuse \
-      tinyllama-nf4 230
-    decode tinyllama-1.1b-arch fp16 quantbench/dense,quantbench/dense/attention/fuse tinyllama-fp16 120
-    decode tinyllama-1.1b-arch int8 quantbench/dense/int8/attention/fuse tinyllama-int8 90 ;;
-  final)  # needs the SmolLM2 GGUF joined by setup.sh
-    gemv 120 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6
-    timeout 200 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
-      --precisions fp16,nf4,nf4-dq,int8,int8-t0 2>&1 | grep -v MatMul8bitLt >> "$log"
-    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 110 ;;
-  final7b)
-    decode llama-2-7b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench llama7b 150 --eager-tokens 8 ;;
+  dev)
+    gemv 100 gemv --formats nf4,nf4-dq,int8-t6
+    gemv 190 sweep --formats nf4 --sweep
+    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,quantbench tinyllama-nf4 120
+    decode tinyllama-1.1b-arch fp16,int8 quantbench tinyllama-fp16-int8 110 ;;
+  final-decode)
+    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 105 ;;
+  final-check)  # needs the SmolLM2 GGUF joined by setup.sh
+    gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6
+    timeout 300 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
+      --precisions fp16,nf4,nf4-dq,int8,int8-t0 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
+  final-7b-a)
+    decode llama-2-7b-arch fp16,nf4,nf4-dq bnb,quantbench llama7b-a 170 --eager-tokens 8 ;;
+  final-7b-b)
+    decode llama-2-7b-arch int8-t0,int8 bnb,quantbench llama7b-b 250 --eager-tokens 8 ;;
 esac
 tail -n 60 "$log"
