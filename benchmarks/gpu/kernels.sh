@@ -12,8 +12,10 @@
 set -u
 stage=$1
 log=$OUT/kernels_$stage.log
-decode() {  # model precisions kernels name limit_s [extra args]
-  timeout "$(( $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
+decode() {  # model precisions kernels name limit_s_per_precision [extra args]
+  local n
+  n=$(echo "$2" | tr ',' '\n' | wc -l)
+  timeout "$(( n * $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
     --name "$4" --out "$OUT" --batches 1 --eager-tokens 32 --new-tokens 64 --repeats 2 --timeout-s "$5" \
     "${@:6}" 2>&1 | grep -v MatMul8bitLt >> "$log"
 }
@@ -23,10 +25,10 @@ gemv() {  # limit_s out_subdir [args]
 }
 case "$stage" in
   dev)
-    gemv 100 gemv --formats nf4,nf4-dq,int8-t6
-    gemv 190 sweep --formats nf4 --sweep
-    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,quantbench tinyllama-nf4 120
-    decode tinyllama-1.1b-arch fp16,int8 quantbench tinyllama-fp16-int8 110 ;;
+    gemv 80 gemv --formats nf4,nf4-dq,int8-t6
+    gemv 150 sweep --formats nf4 --sweep
+    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,quantbench tinyllama-nf4 150
+    decode tinyllama-1.1b-arch fp16,int8 quantbench tinyllama-fp16-int8 85 ;;
   final-decode)
     decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 105 ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh

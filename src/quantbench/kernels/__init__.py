@@ -15,11 +15,11 @@ from __future__ import annotations
 from quantbench.errors import QuantbenchError
 
 KERNELS = ("quantbench", "bnb")
-# Which of quantbench's kernels the "quantbench" choice uses by default. The 4-bit GEMV measured
-# slower than bitsandbytes' own gemv_4bit on an H100 (benchmarks/NOTES-decode.md), so 4-bit layers
-# stay on bitsandbytes' kernel unless asked for: FastEngine(..., kernel_kinds=ALL_KINDS).
-DEFAULT_KINDS = ("dense", "int8")
+# Which of quantbench's kernels the "quantbench" choice uses (FastEngine(..., kernel_kinds=) picks
+# others): GEMVs for dense, 4-bit and LLM.int8 layers, the decode attention over the static cache,
+# and the block fusion (norms, residual adds and silu * up inside the GEMVs; fusion.py).
 ALL_KINDS = ("dense", "4bit", "int8", "attention", "fuse")
+DEFAULT_KINDS = ALL_KINDS
 
 
 def check_choice(name: str) -> str:
