@@ -177,7 +177,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
             for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
                 set_config(kind, shape)
                 set_fourbit_gather(gather[0] if gather else "shared")
-                set_fourbit_pairs(gather[1] if gather else True)
+                set_fourbit_pairs(gather[1] if gather else False)
                 key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
                 try:
                     times[key] = graph_us(make("ours"), nbytes, calls=32)
@@ -185,7 +185,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
                     times[key] = f"{type(err).__name__}"
         set_config(kind, None)
         set_fourbit_gather("shared")
-        set_fourbit_pairs(True)
+        set_fourbit_pairs(False)
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
         row["sweep_us"] = times
         row["best"] = min(ok, key=ok.get) if ok else None

@@ -75,7 +75,7 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
     finally:
         set_config("4bit", None)
         set_fourbit_gather("shared")
-        set_fourbit_pairs(True)
+        set_fourbit_pairs(False)
     assert out.shape == (3, N) and out.dtype == torch.float16
     assert _ulps(out, ref) <= 1.0
     # and within fp16 rounding of bitsandbytes' own weights (rounded to fp16 by dequantize_4bit)
@@ -269,8 +269,8 @@ def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypat
     assert model.config._attn_implementation == "sdpa"
 
 
-@pytest.mark.parametrize("kind", ["dense", "4bit", "int8", "int8-outliers"])
-def test_fused_norm_and_residual_equal_the_separate_steps(kind):
+@pytest.mark.parametrize("kind", ["dense", "4bit", "4bit-pairs", "int8", "int8-outliers"])
+def test_fused_norm_and_residual_equal_the_separate_steps(kind, monkeypatch):
     """norm=(weight, eps): the kernel reads LlamaRMSNorm(x) itself; residual: added to its result;
     act: it reads silu(gate) * up (all rounded as eager fp16 torch rounds them)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -282,7 +282,10 @@ def test_fused_norm_and_residual_equal_the_separate_steps(kind):
     w = torch.randn(N, K, dtype=torch.float16)
     if kind == "dense":
         run = lambda x, **kw: gemv.gemv_dense(x, w, **kw)  # noqa: E731
-    elif kind == "4bit":
+    elif kind.startswith("4bit"):
+        from quantbench.kernels import config
+
+        monkeypatch.setitem(config._GATHER, "pairs", kind.endswith("pairs"))  # activation as int32 words
         packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
         run = lambda x, **kw: gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **kw)  # noqa: E731
     else:

@@ -23,7 +23,10 @@ LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down
 # gate/up shapes of the tinyllama and llama-2-7b architectures)
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
-_GATHER = {"4bit": "shared", "pairs": True}
+# Defaults from the machine code (benchmarks/kernels_compile.py, Triton 3.6, sm_90): the shared
+# table and the split layout take the fewest instructions per packed byte (about 17; the int32
+# pairs redo silu * up in every thread that meets a word: 47 with the MLP prologue).
+_GATHER = {"4bit": "shared", "pairs": False}
 
 
 def fourbit_gather() -> str:
