@@ -2,8 +2,10 @@
 # The kernel benchmarks on a GPU machine, one stage per call (run after `source setup.sh`):
 #   dev           GEMV checks + times (nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
 #                 sweep (lookups x activation layouts), tinyllama decode: nf4 with bitsandbytes'
-#                 gemv_4bit and with ours, fp16 and int8 (t=6) with all of quantbench's kernels
-#   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench, five precisions
+#                 gemv_4bit and with ours, fp16 with the default kinds and with all of them,
+#                 int8 (t=6) with all of them
+#   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
+#                 five precisions
 #   final-check   per-kernel times and profiler bandwidth, teacher-forced equivalence on the
 #                 real SmolLM2-135M (needs its GGUF, joined by setup.sh)
 #   final-7b-a/b  llama-2-7b-arch decode tables (fp16, nf4, nf4-dq / int8-t0, int8)
@@ -25,10 +27,12 @@ gemv() {  # limit_s out_subdir [args]
 }
 case "$stage" in
   dev)
-    gemv 80 gemv --formats nf4,nf4-dq,int8-t6
-    gemv 150 sweep --formats nf4 --sweep
-    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,quantbench tinyllama-nf4 150
-    decode tinyllama-1.1b-arch fp16,int8 quantbench tinyllama-fp16-int8 85 ;;
+    all=quantbench/dense/4bit/int8/attention/fuse
+    gemv 70 gemv --formats nf4,nf4-dq,int8-t6
+    gemv 140 sweep --formats nf4 --sweep
+    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,$all tinyllama-nf4 150
+    decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 110
+    decode tinyllama-1.1b-arch int8 $all tinyllama-int8 90 ;;
   final-decode)
     decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 105 ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh
