@@ -26,6 +26,8 @@ POINTERS = {
               "out_ptr": "*fp16"},
     "4bit": {"x_ptr": "*fp16", "w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32",
              "nw_ptr": "*fp16", "res_ptr": "*fp16", "out_ptr": "*fp16"},
+    "4bit-bytes": {"x_ptr": "*fp16", "w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*i64",
+                   "bias_ptr": "*fp32", "nw_ptr": "*fp16", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "sum": {"part_ptr": "*fp32", "bias_ptr": "*fp32", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "int8": {"x_ptr": "*fp16", "w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "nw_ptr": "*fp16",
              "res_ptr": "*fp16", "out_ptr": "*fp16", "q_ptr": "*i8", "stat_ptr": "*fp32", "idx_ptr": "*i32",
@@ -43,15 +45,15 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
         out.append((f"dense pro={pro} res={pro == 2}", "dense", gemv._dense_kernel,
                     {"HAS_BIAS": False, "PRO": pro, "RES": pro == 2, "BLOCK_N": 4, "BLOCK_K": 1024}, 4))
     for pairs in (True, False):
-        for table in (True, False):
+        for lookup, table in enumerate(("global", "shared", "bytes")):
             for pro in (0, 1, 2):
-                name = f"4bit {'pairs' if pairs else 'split'} {'shared' if table else 'global'} pro={pro}"
-                out.append((name, "4bit", fourbit._fourbit_kernel,
-                            {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "SHARED_TABLE": table, "PRO": pro,
+                name = f"4bit {'pairs' if pairs else 'split'} {table} pro={pro}"
+                out.append((name, "4bit-bytes" if lookup == 2 else "4bit", fourbit._fourbit_kernel,
+                            {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": lookup, "PRO": pro,
                              "RES": pro == 2, "PAIRS": pairs, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
-    out.append(("4bit split-K partials", "4bit", fourbit._fourbit_kernel,
-                {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 2, "SHARED_TABLE": True, "PRO": 0, "RES": False,
-                 "PAIRS": True, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
+    out.append(("4bit split-K partials", "4bit-bytes", fourbit._fourbit_kernel,
+                {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 2, "LOOKUP": 2, "PRO": 0, "RES": False,
+                 "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
     out.append(("4bit split-K sum", "sum", fourbit._sum_splits,
                 {"HAS_BIAS": False, "RES": True, "SPLIT": 2, "BLOCK": 1024}, 4))
     for pro in (0, 1, 2):

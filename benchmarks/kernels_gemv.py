@@ -32,8 +32,10 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
-# 4-bit variants: code table lookup (shared / global) x activation as int32 pairs (True / False)
-GATHERS = {"dense": (None,), "int8": (None,), "4bit": tuple(itertools.product(("shared", "global"), (True, False)))}
+# 4-bit variants: code lookup (per byte / per nibble from shared memory / from L1) x activation as
+# int32 pairs (True) or split (False)
+GATHERS = {"dense": (None,), "int8": (None,),
+           "4bit": (("bytes", False), ("shared", False), ("global", False), ("bytes", True))}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8", "_prepare", "_outlier_gemv")
 
 
@@ -93,6 +95,8 @@ def build(fmt: str, n: int, k: int) -> dict:
     import torch
 
     from quantbench.kernels import gemv
+    from quantbench.kernels.config import fourbit_gather
+    from quantbench.kernels.fourbit import byte_table
 
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
@@ -109,9 +113,10 @@ def build(fmt: str, n: int, k: int) -> dict:
         absmax = state.absmax
         if state.nested:  # expanded once, as the engine does at install
             absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
-        code = state.code.float()
+        code, table = state.code.float(), byte_table(state.code)
         item |= {"kind": "4bit", "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
-                 "ours": lambda: gemv.gemv_4bit(x, packed, absmax, code, n, 64),
+                 "ours": lambda: gemv.gemv_4bit(x, packed, absmax, table if fourbit_gather() == "bytes" else code,
+                                                n, 64),
                  "theirs": lambda: bnb.matmul_4bit(x, packed, state)}  # gemv_4bit at one row
         ref = x.double() @ bnbf.dequantize_4bit(packed, state).to(dtype).double().T
         for key, fn in (("rel_err", item["ours"]), ("bnb_rel_err", item["theirs"])):
@@ -176,7 +181,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         with torch.no_grad():
             for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
                 set_config(kind, shape)
-                set_fourbit_gather(gather[0] if gather else "shared")
+                set_fourbit_gather(gather[0] if gather else "bytes")
                 set_fourbit_pairs(gather[1] if gather else False)
                 key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
                 try:
@@ -184,7 +189,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
         set_config(kind, None)
-        set_fourbit_gather("shared")
+        set_fourbit_gather("bytes")
         set_fourbit_pairs(False)
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
         row["sweep_us"] = times

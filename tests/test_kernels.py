@@ -53,10 +53,11 @@ def test_dense_gemv_is_a_rounded_fp32_matmul(dtype, act):
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
-@pytest.mark.parametrize(("shape", "gather", "pairs"), [(None, "shared", True), ((128, 128, 4, 2), "global", False)])
+@pytest.mark.parametrize(("shape", "gather", "pairs"),
+                         [(None, "bytes", False), ((128, 128, 4, 2), "global", True), (None, "shared", False)])
 def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, gather, pairs):
-    """Both code-table lookups, both activation layouts; the table's shape (one partial step)
-    and a split-K in 2."""
+    """Every code lookup and activation layout; the table's shape (one partial step) and a
+    split-K in 2."""
     torch.manual_seed(1)
     x, w = torch.randn(3, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
     bias = torch.randn(N, dtype=torch.float16)
@@ -74,7 +75,7 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
         out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
     finally:
         set_config("4bit", None)
-        set_fourbit_gather("shared")
+        set_fourbit_gather("bytes")
         set_fourbit_pairs(False)
     assert out.shape == (3, N) and out.dtype == torch.float16
     assert _ulps(out, ref) <= 1.0

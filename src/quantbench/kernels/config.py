@@ -23,14 +23,16 @@ LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down
 # gate/up shapes of the tinyllama and llama-2-7b architectures)
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
-# Defaults from the machine code (benchmarks/kernels_compile.py, Triton 3.6, sm_90): the shared
-# table and the split layout take the fewest instructions per packed byte (about 17; the int32
-# pairs redo silu * up in every thread that meets a word: 47 with the MLP prologue).
-_GATHER = {"4bit": "shared", "pairs": False}
+# Defaults from the machine code (benchmarks/kernels_compile.py, Triton 3.6, sm_90): a lookup per
+# byte and the split layout take the fewest instructions per packed byte (10.8; a lookup per
+# nibble 17.2; the int32 pairs redo silu * up in every thread that meets a word: 47 with the MLP
+# prologue). Not yet timed: the GPU sweep (benchmarks/kernels_gemv.py --sweep) decides.
+_GATHER = {"4bit": "bytes", "pairs": False}
 
 
 def fourbit_gather() -> str:
-    """Where the 4-bit kernel looks its codes up: "shared" (tl.gather) or "global" (L1)."""
+    """How the 4-bit kernel looks its codes up: "bytes" (a 256-entry pair table, tl.gather),
+    "shared" (the 16 codes, tl.gather per nibble) or "global" (the 16 codes from L1)."""
     return _GATHER["4bit"]
 
 

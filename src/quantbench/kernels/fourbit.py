@@ -8,8 +8,10 @@ How it is fast:
   - a program's tile is [rows, quant blocks, bytes of a block]: each thread loads 16 contiguous
     packed bytes, and the activation arrives as contiguous pairs split into the values the high
     and the low nibbles meet (no strided loads);
-  - the 16-entry code table is gathered from shared memory (tl.gather on a register copy; or,
-    config.set_fourbit_gather("global"), from its 64 bytes in L1);
+  - one lookup per packed byte: a 256-entry table of (high, low) code pairs, gathered from shared
+    memory (tl.gather on a register copy), 10.8 instructions per packed byte in the compiled
+    loop against 17.2 with a lookup per nibble (config.set_fourbit_gather("shared"); "global":
+    the 16 codes from L1);
   - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
     by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
   - split-K for matrices with few rows: SPLIT programs share a row range, each writes an fp32
@@ -39,7 +41,7 @@ from quantbench.kernels.prologue import (
 @triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
-          PAIRS: tl.constexpr, TABLE=None):
+          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False):
     # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
     # compiler sees 16-byte alignment of every packed row chunk). PAIRS: the activation read as
     # int32 words in the packed bytes' layout, the absmax broadcast along each block, the result
@@ -58,6 +60,11 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
     if TABLE is None:
         hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
         lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
+    elif BYTES:  # one lookup per byte: both codes' fp32 bits in one int64 entry
+        shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
+        both = tl.reshape(tl.gather(TABLE, tl.reshape(packed.to(tl.int32), shape), 0), packed.shape)
+        hi = (both >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        lo = both.to(tl.int32).to(tl.float32, bitcast=True)
     else:
         shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
         hi = tl.reshape(tl.gather(TABLE, tl.reshape((packed >> 4).to(tl.int32), shape), 0), packed.shape)
@@ -85,7 +92,7 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
 @triton.jit
 def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, row_bytes,
                     row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
-                    BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, SHARED_TABLE: tl.constexpr, PRO: tl.constexpr,
+                    BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
@@ -101,14 +108,23 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     else:
         acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
     full_end = start + ((end - start) // NB) * NB
-    table = tl.load(code_ptr + tl.arange(0, 16)) if SHARED_TABLE else None
+    # LOOKUP 0: the 16 fp32 codes from L1; 1: gathered from shared memory; 2: a 256-entry table
+    # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64)
+    if LOOKUP == 2:
+        table = tl.load(code_ptr + tl.arange(0, 256))
+    elif LOOKUP == 1:
+        table = tl.load(code_ptr + tl.arange(0, 16))
+    else:
+        table = None
     r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO)
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
-                     nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table)
+                     nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
+                     LOOKUP == 2)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
-                     stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table)
+                     stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
+                     LOOKUP == 2)
     out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if HAS_BIAS:
@@ -134,12 +150,22 @@ def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS
     tl.store(out_ptr + m * stride_o + rows, out, mask=ok)
 
 
+LOOKUPS = {"global": 0, "shared": 1, "bytes": 2}  # config.set_fourbit_gather's modes
+
+
+def byte_table(code: torch.Tensor) -> torch.Tensor:
+    """The 256-entry lookup of the "bytes" mode: entry b holds the fp32 bits of code[b >> 4]
+    (high word) and code[b & 15] (low word), so one gather decodes both codes of a packed byte."""
+    bits = code.float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return (bits.repeat_interleave(16) << 32) | bits.repeat(16)
+
+
 def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int,
               blocksize: int, bias: torch.Tensor | None = None, act: bool = False,
               norm: tuple[torch.Tensor, float] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] against bitsandbytes' packed 4-bit [N, K] (`absmax` fp32, one per block of a
-    row; `code` its 16-entry table), fp32 accumulation, in x's dtype. act / norm / residual: the
-    fusions of prologue.py."""
+    row; `code` its 16-entry table, or byte_table(code)), fp32 accumulation, in x's dtype. act /
+    norm / residual: the fusions of prologue.py."""
     k = packed.numel() * 2 // n
     if k % blocksize or absmax.dtype != torch.float32:
         raise ValueError("gemv_4bit needs K % blocksize == 0 and fp32 absmax")
@@ -152,13 +178,17 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     split_blocks = triton.cdiv(blocks, split)  # each split whole quantization blocks
     split = triton.cdiv(blocks, split_blocks)
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    code = code if code.dtype == torch.float32 else code.float()
+    lookup = LOOKUPS[fourbit_gather()]
+    if lookup == 2 and code.dtype != torch.int64:
+        code = byte_table(code)  # the engine passes the table built once (storage.py)
+    elif lookup < 2 and code.dtype != torch.float32:
+        code = code.float()
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
-        SHARED_TABLE=fourbit_gather() == "shared", PRO=pro, RES=residual is not None and split == 1,
+        LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
         PAIRS=fourbit_pairs() and x.dtype in (torch.float16, torch.bfloat16), BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=warps)
     if split > 1:

@@ -111,7 +111,12 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
             absmax, absmax_views = _cat_into([s.absmax for s in states])
             for s, view in zip(states, absmax_views, strict=True):
                 s.absmax = view
+        from quantbench.kernels.config import fourbit_gather
+        from quantbench.kernels.fourbit import byte_table
+
         code = states[0].code.float().contiguous()
+        if fourbit_gather() == "bytes":  # built once here, not in every launch
+            code = byte_table(code)
         blocksize = states[0].blocksize
         if any(s.quant_type != states[0].quant_type for s in states):
             raise ValueError("merged 4-bit layers must share one quant type")
