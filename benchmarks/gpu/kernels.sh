@@ -1,5 +1,5 @@
 #!/bin/bash
-# The kernel benchmarks on a GPU machine, one stage per call (run after `source setup.sh`):
+# The kernel benchmarks on a GPU machine, one stage at a time (run after `source setup.sh`):
 #   dev           GEMV checks + times (nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
 #                 sweep (lookups x activation layouts), tinyllama decode: nf4 with bitsandbytes'
 #                 gemv_4bit and with ours, fp16 with the default kinds and with all of them,
