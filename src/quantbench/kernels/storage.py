@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from quantbench.kernels import ops
+from quantbench.kernels.int8 import CAPACITY
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -47,7 +48,7 @@ def describe_linear(module: nn.Module) -> dict[str, Any] | str | None:
         if module.state.CB is None and module.weight.dtype != torch.int8:
             return "LLM.int8 weight not quantized yet"
         threshold = float(module.state.threshold)
-        label = "int8" + (f" outliers>={threshold:g} (dense mask)" if threshold > 0 else "")
+        label = "int8" + (f" outliers>={threshold:g} (set of {CAPACITY}, dense beyond)" if threshold > 0 else "")
         # The activation dtype is only known at call time: bitsandbytes returns it unchanged.
         return {"kind": "int8", "label": label, "in_features": module.in_features, "dtype": None,
                 "blocksize": None, "threshold": threshold, "has_bias": bias}
