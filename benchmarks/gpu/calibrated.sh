@@ -2,7 +2,7 @@
 # Calibrated 4-bit rows (gptq-4bit, awq-4bit) next to bitsandbytes NF4 on one GPU, plus the
 # backend rows not measured there before: quanto-int8 / quanto-int4, the fast engine on the
 # torchao and HQQ rows, and what torchao-int4 leaves unquantized. Run from the repository root:
-#   bash benchmarks/gpu/calibrated.sh [smollm2|tinyllama|all]   (writes under $OUT, default benchmarks/results/h100/calibrated)
+#   bash benchmarks/gpu/calibrated.sh [smollm2|smollm2-fast|tinyllama|all]   (writes under $OUT, default benchmarks/results/h100/calibrated)
 #
 # Wheels beyond torch / transformers / accelerate / peft travel in .whl/ (setup.sh installs them
 # with --no-deps into /tmp/site). Fetch them once, on a machine with a network, for CPython 3.12:
@@ -31,6 +31,9 @@ if [ "$part" = smollm2 ] || [ "$part" = all ]; then
   timeout 300 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2.jsonl" \
     -p bf16,nf4,gptq-4bit,awq-4bit,quanto-int8,quanto-int4 "${light[@]}" 2>&1 | tail -20
   du -b -s "$OUT"/smollm2.jsonl.ref "$OUT"/smollm2.jsonl.logs 2>/dev/null | tee "$OUT/side_files.txt"
+fi
+
+if [ "$part" = smollm2-fast ] || [ "$part" = all ]; then
   # 2. the fast engine (static cache, compiled decode step) on the 4-bit and int8 rows
   timeout 300 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2_fast.jsonl" --engine fast \
     -p bf16,nf4,gptq-4bit,awq-4bit,torchao-int8,torchao-int4,hqq-4bit --no-quality \
