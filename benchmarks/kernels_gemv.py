@@ -235,6 +235,32 @@ def main() -> None:
         bnb = f"{r['bnb_us']:6.1f} ({r['bnb_tb_s']:.2f})" if "bnb_us" in r else f"{r['bnb_us_eager']:.0f} eager"
         print(f"{r['model']:9} {r['format']:12} {r['shape']:7} {r['ours_us']:6.1f} ({r['ours_tb_s']:.2f}) "
               f"{prof:>13} {bnb:>13} {r['cublas_us']:6.1f} {best:>24} {check}")
+    suggest(report["rows"])
+
+
+def suggest(rows: list[dict]) -> None:
+    """The sweep's winners as config.py would take them: per (N, K) the best launch shape in the
+    lookup/layout that is fastest over all 4-bit shapes together (config's modes are global)."""
+    import ast
+
+    swept = [r for r in rows if r.get("sweep_us") and r["format"].startswith("nf4")]
+    if not swept:
+        return
+    modes = {key.split(")")[1].strip() for r in swept for key in r["sweep_us"]}
+
+    def best(r: dict, mode: str) -> float:
+        return min((t for k, t in r["sweep_us"].items() if k.endswith(mode) and isinstance(t, float)),
+                   default=float("inf"))
+
+    totals = {mode: sum(best(r, mode) for r in swept) for mode in modes}
+    mode = min(totals, key=totals.get)
+    table = {}
+    for r in swept:
+        ok = {k: v for k, v in r["sweep_us"].items() if k.endswith(mode) and isinstance(v, float)}
+        table[(r["N"], r["K"])] = ast.literal_eval(min(ok, key=ok.get).split(")")[0] + ")")
+    print(f"\n4-bit: fastest lookup/layout over all shapes: {mode} (sum of best us: "
+          + ", ".join(f"{m} {t:.0f}" for m, t in sorted(totals.items(), key=lambda kv: kv[1])) + ")")
+    print(f"FOURBIT = {table}  # (BLOCK_N, BLOCK_K, warps, SPLIT; 0 = config's rule)")
 
 
 if __name__ == "__main__":
