@@ -1,6 +1,6 @@
 #!/bin/bash
 # The kernel benchmarks on a GPU machine, one stage at a time (run after `source setup.sh`):
-#   dev           GEMV checks + times (nf4, nf4-dq, int8 t=6; both models), the 4-bit launch-shape
+#   dev           GEMV checks + times (nf4, nf4-dq, int8 t=0 and t=6; both models), the 4-bit launch-shape
 #                 sweep (lookups x activation layouts), tinyllama decode: nf4 with bitsandbytes'
 #                 gemv_4bit and with ours, fp16 with the default kinds and with all of them,
 #                 int8 (t=6) with all of them
@@ -28,7 +28,7 @@ gemv() {  # limit_s out_subdir [args]
 case "$stage" in
   dev)
     all=quantbench/dense/4bit/int8/attention/fuse
-    gemv 70 gemv --formats nf4,nf4-dq,int8-t6
+    gemv 80 gemv --formats nf4,nf4-dq,int8-t0,int8-t6
     gemv 140 sweep --formats nf4 --sweep
     decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,$all tinyllama-nf4 150
     decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 110
