@@ -29,7 +29,7 @@ case "$stage" in
   dev)
     all=quantbench/dense/4bit/int8/attention/fuse
     gemv 80 gemv --formats nf4,nf4-dq,int8-t0,int8-t6
-    gemv 140 sweep --formats nf4 --sweep
+    gemv 130 sweep --formats nf4 --sweep
     decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,$all tinyllama-nf4 150
     decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 110
     decode tinyllama-1.1b-arch int8 $all tinyllama-int8 90 ;;
