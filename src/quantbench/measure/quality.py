@@ -147,10 +147,11 @@ def quality_metrics(scores: Scores, reference_ppl: float | None = None) -> dict[
     }
     if scores.kl is not None:
         kl_mean, kl_se, kl_mc = uncertainty.kl_mean(scores.kl, scores.kl_mc_var)
+        kl_p99, kl_p99_se = uncertainty.quantile(scores.kl, 0.99)
         top1, top1_se = uncertainty.proportion(scores.top1_match)
         metrics |= {
             "kl_mean": kl_mean, "kl_mean_se": kl_se, "kl_mean_mc_se": kl_mc,
-            "kl_p99": float(np.percentile(scores.kl, 99)),
+            "kl_p99": kl_p99, "kl_p99_se": kl_p99_se,
             "kl_median": float(np.median(scores.kl)),
             "top1_agreement": top1, "top1_agreement_se": top1_se,
         }

@@ -37,6 +37,16 @@ def proportion(hits: np.ndarray) -> tuple[float, float]:
     return share, math.sqrt(share * (1 - share) / len(hits))
 
 
+def quantile(values: np.ndarray, q: float) -> tuple[float, float]:
+    """The q-quantile and its standard error, free of any assumed distribution: the rank of a
+    sample quantile varies by sqrt(n q (1 - q)), so the error is half the distance between the
+    quantiles that many ranks below and above it."""
+    values = np.asarray(values, dtype=np.float64)
+    spread = math.sqrt(q * (1 - q) / len(values))  # in probability: the rank's sd over n
+    low, value, high = np.quantile(values, [max(q - spread, 0.0), q, min(q + spread, 1.0)])
+    return float(value), float(high - low) / 2
+
+
 def kl_mean(kl: np.ndarray, mc_var: np.ndarray) -> tuple[float, float, float]:
     """Mean KL, its standard error over tokens, and the Monte-Carlo part alone.
 
