@@ -164,3 +164,28 @@ def fault_sweep(tmp_path_factory) -> FaultSweep:
         inject(folder / "inject", monkeypatch, FAULTS)
         faulty = invoke()
     return FaultSweep(path, faulty, invoke())
+
+
+# --- running the suite on two cores (pytest-xdist, `-n 2 --dist loadgroup`) -------------------
+# Each group runs in one worker process, so a module's and a shared sweep's fixtures are built once.
+# The groups that wait longest on worker processes go first: the other core works through the rest.
+LONG_FIRST = ("fault_sweep", "test_run")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one worker process")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    def group(item) -> str:
+        marked = item.get_closest_marker("xdist_group")
+        if marked:
+            return marked.args[0]
+        name = "fault_sweep" if "fault_sweep" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(name))
+        return name
+
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    groups = {id(item): group(item) for item in items}
+    items.sort(key=lambda item: rank.get(groups[id(item)], len(rank)))
