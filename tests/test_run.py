@@ -13,8 +13,8 @@ from quantbench.runner import run
 # 512 tokens in 128-token windows: SmolLM2's int8 and nf4 sit far inside the bounds below
 # (ppl ratio 1.002 and 1.239, top-1 0.926 and 0.716), and each worker scores them in seconds.
 QUALITY_ONLY = Workload(latency=False, ppl_context=128, ppl_stride=64, ppl_max_tokens=512)
-TINY_LATENCY = Workload(quality=False, prompt_lengths=(16, 48), batch_sizes=(1, 2), new_tokens=6,
-                        repeats=2, warmup=1)
+TINY_LATENCY = ["--no-quality", "--prompt-lengths", "16,48", "--batch-sizes", "1,2", "--new-tokens", "6",
+                "--repeats", "2", "--warmup", "1"]
 EPS = 0.01  # quantization may, by luck, score a hair better than the reference
 
 
@@ -106,18 +106,6 @@ def test_out_of_memory_is_a_result_and_the_sweep_goes_on(fault_sweep):
     assert results["fp32"].ok  # measured after it
 
 
-def test_latency_metrics_on_cpu(tmp_path):
-    (result,) = run("smollm2-135m", ["fp32"], TINY_LATENCY, tmp_path / "r.jsonl")
-    assert result.ok, result.error
-    m = result.metrics
-    for key in ("prefill_ms_p16", "prefill_ms_p48", "ttft_ms", "decode_ms_per_token",
-                "tokens_per_s_b1", "tokens_per_s_b2"):
-        assert m[key] > 0, key
-    assert m["decode_ms_per_token_p10"] <= m["decode_ms_per_token_p90"]
-    assert m["peak_generate_bytes_b1"] is None  # the CPU has no resettable peak: not faked
-    assert "perplexity" not in m
-
-
 def test_random_weight_models_never_get_quality(monkeypatch, tmp_path):
     from quantbench.precisions import LoadOptions
     from quantbench.runner import build_specs
@@ -128,34 +116,36 @@ def test_random_weight_models_never_get_quality(monkeypatch, tmp_path):
     assert [s.precision for s in no_quality] == ["nf4"]
 
 
-def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch):
-    """SIGINT mid-sweep: exit 130, one line, the finished precision stays in the file.
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """`quantbench run -p fp32,nf4` with short latency settings, SIGINT while nf4 loads.
 
-    The second precision's worker announces itself and then waits for as long as the runner lives, so the signal always
-    lands mid-sweep, however slow the machine."""
+    nf4's worker announces itself and then waits for as long as the runner lives, so the signal
+    always lands mid-sweep, however slow the machine: the test waits on that file, not on a clock.
+    fp32, finished before, is the one latency measurement of the suite."""
     import signal
     import subprocess
     import sys
     import time
 
-    started = tmp_path / "nf4-started"
-    inject(tmp_path / "inject", monkeypatch, f"""
-        import os, pathlib, time, quantbench.loading as loading
-        real = loading.load
-        def load(model, precision="nf4", *args, **kwargs):
-            if precision == "nf4":
-                pathlib.Path({str(started)!r}).touch()
-                parent = os.getppid()
-                while os.getppid() == parent:  # until the runner is gone
-                    time.sleep(0.2)
-                os._exit(1)
-            return real(model, precision, *args, **kwargs)
-        loading.load = load
-    """)
-    path = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "quantbench", "run", MODEL, "-p", "fp32,nf4", "--no-latency",
-           "--no-quality", "-o", str(path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path_factory.mktemp("interrupted")
+    started, path = folder / "nf4-started", folder / "r.jsonl"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        inject(folder / "inject", monkeypatch, f"""
+            import os, pathlib, time, quantbench.loading as loading
+            real = loading.load
+            def load(model, precision="nf4", *args, **kwargs):
+                if precision == "nf4":
+                    pathlib.Path({str(started)!r}).touch()
+                    parent = os.getppid()
+                    while os.getppid() == parent:  # until the runner is gone
+                        time.sleep(0.2)
+                    os._exit(1)
+                return real(model, precision, *args, **kwargs)
+            loading.load = load
+        """)
+        cmd = [sys.executable, "-m", "quantbench", "run", MODEL, "-p", "fp32,nf4", *TINY_LATENCY, "-o", str(path)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 600  # a failure bound only; the wait ends on the file
         while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -165,7 +155,24 @@ def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch):
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    return proc.returncode, err, read_results(path)[0]
+
+
+def test_ctrl_c_keeps_what_was_measured(interrupted):
+    """SIGINT mid-sweep: exit 130, one line, the finished precision stays in the file."""
+    code, err, kept = interrupted
+    assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    (kept,) = read_results(path)[0]
-    assert kept.spec.precision == "fp32" and kept.ok
+    assert [r.spec.precision for r in kept] == ["fp32"] and kept[0].ok
+
+
+def test_latency_metrics_on_cpu(interrupted):
+    (result,) = interrupted[2]
+    assert result.ok, result.error
+    m = result.metrics
+    for key in ("prefill_ms_p16", "prefill_ms_p48", "ttft_ms", "decode_ms_per_token",
+                "tokens_per_s_b1", "tokens_per_s_b2"):
+        assert m[key] > 0, key
+    assert m["decode_ms_per_token_p10"] <= m["decode_ms_per_token_p90"]
+    assert m["peak_generate_bytes_b1"] is None  # the CPU has no resettable peak: not faked
+    assert "perplexity" not in m
