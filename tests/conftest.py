@@ -176,6 +176,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "xdist_group(name): run these tests in one worker process")
 
 
+def pytest_sessionstart(session):
+    """The offline model is converted once, here, before test processes could race to convert it."""
+    if hasattr(session.config, "workerinput"):  # a test process: the controller did it
+        return
+    from quantbench.errors import QuantbenchError
+    from quantbench.models import resolve
+
+    with contextlib.suppress(QuantbenchError):  # the tests that need the model say why, one by one
+        resolve(MODEL)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     def group(item) -> str:
