@@ -168,8 +168,10 @@ def fault_sweep(tmp_path_factory) -> FaultSweep:
 
 # --- running the suite on two cores (pytest-xdist, `-n 2 --dist loadgroup`) -------------------
 # Each group runs in one worker process, so a module's and a shared sweep's fixtures are built once.
-# The groups that wait longest on worker processes go first: the other core works through the rest.
-LONG_FIRST = ("fault_sweep", "test_run")
+# The longest groups go first (the sweeps wait on their workers' processes), the short ones fill
+# in at the end, so both cores finish at about the same time; unnamed groups follow in file order.
+LONG_FIRST = ("fault_sweep", "test_run", "test_finetune", "test_quality", "test_quiet", "test_backends",
+              "test_estimate", "test_calibration", "test_core", "test_engine")
 
 
 def pytest_configure(config):
