@@ -146,3 +146,32 @@ def test_every_entry_states_its_extra_bits_and_compile_flag():
         digits = re.search(r"(\d)bit|int(\d)|fp(\d)", precision.name)
         assert digits and int(next(g for g in digits.groups() if g)) <= precision.weight_bits
 
+
+
+def test_decode_kernels_leave_layers_that_another_library_runs():
+    """The fast engine's dense GEMV serves only a Linear that computes x @ W.T from a plain
+    tensor: a forward another library swapped in (compressed-tensors rebuilds the weight and may
+    quantize the activation) and tensor-subclass weights (torchao) keep their own forward."""
+    from torch import nn
+
+    from quantbench.kernels import install
+
+    class Wrapped(torch.Tensor):
+        pass
+
+    model = nn.ModuleDict({name: nn.Linear(16, 16, bias=False) for name in ("plain", "swapped", "subclass", "hooked")})
+    swapped = model["swapped"]
+    swapped.forward = math.prod.__call__  # a callable defined outside torch and the class: foreign
+    model["subclass"].weight = nn.Parameter(torch.randn(16, 16).as_subclass(Wrapped), requires_grad=False)
+    hooked = model["hooked"]
+    hooked._hf_hook = object()  # accelerate's device hook wraps the class's own forward
+    hooked.forward = nn.Linear.forward.__get__(hooked)
+
+    plan = install(model, allow_cpu=True, kinds=("dense",))
+    try:
+        served = {name for launch in plan.launches for name in launch.names}
+        assert served == {"plain", "hooked"}
+        assert plan.left["swapped"].startswith("forward replaced by")
+        assert "weights held as Wrapped" in plan.left["subclass"]
+    finally:
+        plan.uninstall()

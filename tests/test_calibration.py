@@ -152,3 +152,25 @@ def test_group_rule_and_bytes_per_weight():
     assert gptq.weight_bits == pytest.approx(4 + 16 / 128)
     assert awq.weight_bits == pytest.approx(4 + 20 / 128)
     assert gptq.scheme.linear_bytes(576, 576) == 576 * 576 / 2 + 576 * 9 * 2
+
+
+def test_fast_engine_kernels_leave_compressed_tensors_layers(calibrated):
+    """compressed-tensors unpacks a layer's weight on its first forward (in inference mode when
+    the prefill timing runs first) and keeps its own forward: the decode kernels must leave such
+    layers alone, and the model must still run after they are installed."""
+    from quantbench.kernels import install
+
+    loaded = calibrated("gptq-4bit")
+    ids = _held_out_ids(loaded.tokenizer, 16)
+    with torch.inference_mode():
+        before = loaded.model(ids).logits
+    plan = install(loaded.model, allow_cpu=True, kinds=("dense",))
+    try:
+        q_proj = "model.layers.0.self_attn.q_proj"
+        assert plan.left[q_proj] == "forward replaced by compressed_tensors"
+        assert not any(q_proj in launch.names for launch in plan.launches)
+        with torch.no_grad():
+            after = loaded.model(ids).logits
+        torch.testing.assert_close(after, before)
+    finally:
+        plan.uninstall()

@@ -90,3 +90,26 @@ def test_shared_device_survives_the_results_file(shared_result, tmp_path):
     append_result(path, shared_result)
     (back,), _ = read_results(path)
     assert back.shared_device == shared_result.shared_device
+
+
+def test_bandwidth_probe_never_turns_a_fitted_model_into_out_of_memory(monkeypatch):
+    """The copy-bandwidth probe runs after a precision's measurement; on a nearly full card it
+    must step aside (None), not raise the out-of-memory that would overwrite a good result."""
+    import torch
+
+    from quantbench.measure import memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (200 << 20, 80 << 30))
+    asked = []
+
+    def full_card(*args, **kwargs):
+        asked.append(args[2][0])
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "randint", full_card)
+    assert memory.copy_bandwidth_bytes_per_s("cuda:0") is None
+    assert asked == []  # a quarter of 200 MiB is below the probe's floor: not even tried
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 << 30, 80 << 30))
+    assert memory.copy_bandwidth_bytes_per_s("cuda:0") is None
+    assert asked[-1] == (3 << 30) // 4  # two buffers: half of what is free, never the fixed 2 GiB

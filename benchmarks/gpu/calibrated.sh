@@ -2,7 +2,9 @@
 # Calibrated 4-bit rows (gptq-4bit, awq-4bit) next to bitsandbytes NF4 on one GPU, plus the
 # backend rows not measured there before: quanto-int8 / quanto-int4, the fast engine on the
 # torchao and HQQ rows, and what torchao-int4 leaves unquantized. Run from the repository root:
-#   bash benchmarks/gpu/calibrated.sh [smollm2|tinyllama|all]   (writes under $OUT, default benchmarks/results/h100/calibrated)
+#   bash benchmarks/gpu/calibrated.sh [smollm2|quanto|smollm2-fast|tinyllama|all]
+# Each part is one bounded command (at most 7 minutes on an H100: a worker takes 20-100 s, a
+# calibration 10-30 s on top); `all` runs them one after another.   (writes under $OUT, default benchmarks/results/h100/calibrated)
 #
 # Wheels beyond torch / transformers / accelerate / peft travel in .whl/ (setup.sh installs them
 # with --no-deps into /tmp/site). Fetch them once, on a machine with a network, for CPython 3.12:
@@ -28,11 +30,20 @@ light=(--batch-sizes 1,4 --prompt-lengths 128 --new-tokens 32)
 
 if [ "$part" = smollm2 ] || [ "$part" = all ]; then
   # 1. SmolLM2 (real weights): quality (whole held-out passage), memory, eager decode; reference bf16
-  timeout 300 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2.jsonl" \
-    -p bf16,nf4,gptq-4bit,awq-4bit,quanto-int8,quanto-int4 "${light[@]}" 2>&1 | tail -20
+  timeout 420 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2.jsonl" \
+    -p bf16,nf4,gptq-4bit,awq-4bit "${light[@]}" 2>&1 | tail -20
   du -b -s "$OUT"/smollm2.jsonl.ref "$OUT"/smollm2.jsonl.logs 2>/dev/null | tee "$OUT/side_files.txt"
+fi
+
+if [ "$part" = quanto ] || [ "$part" = all ]; then
+  # 1b. quanto's rows in the same results file (the bf16 reference is already there)
+  timeout 420 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2.jsonl" \
+    -p bf16,quanto-int8,quanto-int4 "${light[@]}" 2>&1 | tail -20
+fi
+
+if [ "$part" = smollm2-fast ] || [ "$part" = all ]; then
   # 2. the fast engine (static cache, compiled decode step) on the 4-bit and int8 rows
-  timeout 300 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2_fast.jsonl" --engine fast \
+  timeout 420 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2_fast.jsonl" --engine fast \
     -p bf16,nf4,gptq-4bit,awq-4bit,torchao-int8,torchao-int4,hqq-4bit --no-quality \
     --batch-sizes 1 --prompt-lengths 128 --new-tokens 32 2>&1 | tail -20
   python3 -m quantbench inspect smollm2-135m -p torchao-int4 --json > "$OUT/inspect_torchao-int4.json" 2>&1
@@ -40,7 +51,7 @@ fi
 
 if [ "$part" = tinyllama ] || [ "$part" = all ]; then
   # 3. the 1.1B architecture (random weights, calibrated on seeded random ids): memory and speed
-  timeout 240 python3 -m quantbench run tinyllama-1.1b-arch --results "$OUT/tinyllama.jsonl" \
+  timeout 420 python3 -m quantbench run tinyllama-1.1b-arch --results "$OUT/tinyllama.jsonl" \
     -p fp16,nf4,gptq-4bit,awq-4bit --no-quality "${light[@]}" 2>&1 | tail -15
 fi
 

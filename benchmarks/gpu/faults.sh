@@ -56,7 +56,7 @@ EOF
   python3 -m quantbench run "$OOM_MODEL" -p fp32,nf4 -o "$results" "${LIGHT[@]}" > "$OUT/faults-oom.out" 2>&1
   code=$?
   kill $ballast; wait $ballast 2>/dev/null
-  tail -25 "$OUT/faults-oom.out"
+  tail -n 25 "$OUT/faults-oom.out"
   {
     printf '## CUDA out of memory is an answer\n\n'
     printf '%s; `quantbench run %s -p fp32,nf4 %s`: exit %s\n\n' "$(cat /tmp/ballast.log)" "$OOM_MODEL" "${LIGHT[*]}" "$code"
@@ -84,7 +84,7 @@ if [ "$part" = kill ] || [ "$part" = all ]; then
   before=$(wc -l < "$results")
   "${cmd[@]}" > "$OUT/faults-kill-2.out" 2>&1; second=$?
   after=$(wc -l < "$results")
-  tail -25 "$OUT/faults-kill-1.out" "$OUT/faults-kill-2.out"
+  tail -n 25 "$OUT/faults-kill-1.out" "$OUT/faults-kill-2.out"
   {
     printf '## A worker killed mid-measurement, then a rerun\n\n'
     printf '`%s`; the nf4 worker (pid %s) was killed with SIGKILL after %s (elapsed).\n\n' \

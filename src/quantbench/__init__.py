@@ -38,6 +38,7 @@ _LAZY = {
     "finetune": "quantbench.training",
     "FinetuneConfig": "quantbench.training",
     "merge_adapter": "quantbench.training",
+    "quiet_libraries": "quantbench.logfilter",
 }
 
 __all__ = ["QuantbenchError", *_LAZY]

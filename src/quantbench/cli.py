@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-import warnings
 
 import typer
 
 from quantbench.commands._options import EXIT_CODES
 from quantbench.errors import QuantbenchError
+from quantbench.logfilter import CHATTY_LOGGERS, quiet_libraries  # noqa: F401 (tests restore these loggers)
 
 try:  # newer typer vendors its own click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -46,26 +44,8 @@ def _register_commands() -> None:
     _registered = True
 
 
-# Libraries that log at import: torchao (its optional kernels), torch (pytree deprecations),
-# bitsandbytes (optional CPU kernels). transformers imports torchao whenever it is installed.
-CHATTY_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes")
-
-
-def _quiet_libraries() -> None:
-    """Our own progress display replaces the libraries' bars and advisory warnings.
-
-    Only the commands' own lines reach the terminal; workers keep library chatter in their log.
-    """
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main() -> None:
-    _quiet_libraries()
+    quiet_libraries()
     _register_commands()
     try:
         code = app(standalone_mode=False)  # usage errors come back here, to be shown as one line

@@ -9,6 +9,7 @@ layers into one buffer, points each layer at its view of it, and returns the lau
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,11 +51,37 @@ def describe_linear(module: nn.Module) -> dict[str, Any] | str | None:
         return {"kind": "int8", "label": label, "in_features": module.in_features, "dtype": None,
                 "blocksize": None, "threshold": threshold, "has_bias": bias}
     if type(module) is nn.Linear:
+        foreign = _foreign_forward(module)
+        if foreign:
+            return foreign
+        weight = getattr(module, "weight", None)
+        if weight is None:
+            return "no weight tensor (kept packed by its library)"
+        if type(weight.data) is not torch.Tensor:  # e.g. torchao's Int8Tensor: its own matmul
+            return f"weights held as {type(weight.data).__name__} ({type(weight.data).__module__.split('.')[0]})"
         if module.weight.dtype not in _FLOATS:
             return f"weights in {module.weight.dtype}"
         return {"kind": "dense", "label": "dense", "in_features": module.in_features,
                 "dtype": module.weight.dtype, "blocksize": None, "threshold": None, "has_bias": bias}
     return None
+
+
+def _foreign_forward(module: nn.Module) -> str | None:
+    """Why a plain Linear whose forward another library replaced is left to it, or None.
+
+    compressed-tensors (GPTQ/AWQ checkpoints) swaps in a forward that rebuilds the weight from its
+    packed form and may quantize the activation too; a GEMV over `weight` would skip that.
+    accelerate's device hooks only move tensors around the original forward, so they stay served.
+    """
+    forward = module.__dict__.get("forward")
+    function = getattr(forward, "__func__", forward)
+    if forward is None or hasattr(module, "_hf_hook") or function is type(module).forward:
+        return None
+    # wrappers copy the original's name and module (functools.wraps); the code's file does not
+    path = Path(getattr(getattr(function, "__code__", None), "co_filename", "") or "")
+    parts = path.parts
+    library = parts[parts.index("site-packages") + 1] if "site-packages" in parts[:-1] else "another library"
+    return f"forward replaced by {library}"
 
 
 def _cat_into(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -98,15 +98,29 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.machine()}, {psutil.cpu_count(logical=True)} threads)"
 
 
+MIN_BANDWIDTH_PROBE_BYTES = 64 << 20  # smaller copies time launch latency, not bandwidth
+
+
 def copy_bandwidth_bytes_per_s(device: str, size_bytes: int = 1 << 30, repeats: int = 20) -> float | None:
-    """Measured device-to-device copy rate, counting bytes read plus bytes written.
+    """Measured device-to-device copy rate, counting bytes read plus bytes written; None when
+    the device has too little memory free to measure it.
 
     The median of event-timed copies, so one slow copy (a clock ramp, a neighbour) does not count.
+    The two buffers take at most half of the free memory: the probe is an aside to a precision's
+    measurement and must never turn a model that fits into an out-of-memory result.
     """
     if not device.startswith("cuda"):
         return None
-    src = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    size_bytes = min(size_bytes, free // 4)
+    if size_bytes < MIN_BANDWIDTH_PROBE_BYTES:
+        return None
+    try:
+        src = torch.randint(0, 255, (size_bytes,), dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return None
     for _ in range(3):
         dst.copy_(src)
     seconds = []
