@@ -201,14 +201,10 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
 
 
 def kernel_options(spec: str) -> dict:
-    """'bnb', 'quantbench' (its default kernels), 'quantbench+4bit' (its 4-bit GEMV too, each
-    weight rounded as dequantize_4bit does) or 'quantbench+4bit-factored' (absmax per block)."""
-    from quantbench.kernels import ALL_KINDS
-    from quantbench.kernels.config import set_fourbit_factored
-
-    kernels, _, extra = spec.partition("+")
-    set_fourbit_factored(extra == "4bit-factored")  # read at capture: each engine keeps its own
-    return {"kernels": kernels, "kernel_kinds": ALL_KINDS if extra else None}
+    """'bnb', 'quantbench' (its default kernels) or 'quantbench/KIND/KIND...' (those of its
+    kernels: dense, 4bit, int8, attention; layers of other kinds keep their own forwards)."""
+    kernels, *kinds = spec.split("/")
+    return {"kernels": kernels, "kernel_kinds": tuple(kinds) or None}
 
 
 def run_child(args: argparse.Namespace, name: str) -> dict:

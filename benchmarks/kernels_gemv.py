@@ -27,11 +27,16 @@ SHAPES = {  # name -> (N, K) per linear launch; q/k/v and gate/up merged
     "llama7b": {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "down": (4096, 11008),
                 "lm_head": (32000, 4096)},
 }
-SWEEP = {
-    "dense": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8))),
-    "4bit": list(itertools.product((4, 8, 16), (512, 1024, 2048), (4, 8))),
-    "int8": list(itertools.product((4, 8, 16), (512, 1024, 2048), (4, 8))),
+SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
+    "dense": [(*s, 1) for s in itertools.product((2, 4, 8), (512, 1024, 2048), (4, 8))],
+    "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
+    "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
+# 4-bit variants: code lookup (per byte / per nibble from shared memory / from L1) x activation as
+# int32 pairs (True) or split (False)
+GATHERS = {"dense": (None,), "int8": (None,),
+           "4bit": (("bytes", False), ("shared", False), ("global", False), ("bytes", True))}
+OURS = ("_dense", "_fourbit", "_sum_splits", "_int8", "_prepare", "_outlier_gemv")
 
 
 def bench(fn) -> float:  # noqa: ANN001
@@ -40,8 +45,35 @@ def bench(fn) -> float:  # noqa: ANN001
     return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3  # us
 
 
+def graph_us(make, nbytes: int, calls: int = 64) -> float:  # noqa: ANN001
+    """us per call of make(copy)() replayed from one CUDA graph, the calls rotating over enough
+    copies of the weights (>= 160 MB) that none is in L2 when read, as in a decode step."""
+    import torch
+
+    copies = max(1, min(32, -(-(160 << 20) // max(1, nbytes))))
+    fns = [make(i) for i in range(copies)]
+    for fn in fns:
+        fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fns[i % copies]()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(5):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
 def profiled_us(fn) -> float | None:  # noqa: ANN001
-    """Device time of our kernel per launch as torch.profiler records it (L2 flushed between)."""
+    """Device time of our kernels per call as torch.profiler records it (L2 flushed between);
+    a call may be two launches (split-K's sum, LLM.int8's outlier set)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -51,46 +83,45 @@ def profiled_us(fn) -> float | None:  # noqa: ANN001
             flush.zero_()
             fn()
         torch.cuda.synchronize()
-    ours = [e for e in prof.key_averages() if e.key.startswith(("_dense", "_fourbit", "_int8"))]
-    return sum(e.self_device_time_total for e in ours) / max(1, sum(e.count for e in ours)) if ours else None
+    ours = [e for e in prof.key_averages() if e.key.startswith(OURS)]
+    return sum(e.self_device_time_total for e in ours) / 20 if ours else None
 
 
-def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
+def build(fmt: str, n: int, k: int) -> dict:
+    """One fresh weight matrix in `fmt`: our call, bitsandbytes' (or cuBLAS) call, bytes, and the
+    check of ours against the reference."""
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
     import torch
 
     from quantbench.kernels import gemv
-    from quantbench.kernels.config import set_config, set_fourbit_factored
+    from quantbench.kernels.config import fourbit_gather
+    from quantbench.kernels.fourbit import byte_table
 
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
-    row: dict = {"format": fmt, "N": n, "K": k}
-    cublas = w.to(dtype)
+    item: dict = {"cublas": lambda: torch.nn.functional.linear(x, w), "check": {}}
     if fmt in ("fp16", "bf16"):
-        kind, nbytes = "dense", w.numel() * 2
-        ours = lambda: gemv.gemv_dense(x, w)  # noqa: E731
-        theirs = lambda: torch.nn.functional.linear(x, w)  # noqa: E731
+        item |= {"kind": "dense", "bytes": w.numel() * 2, "ours": lambda: gemv.gemv_dense(x, w),
+                 "theirs": item["cublas"]}
         ref = x.double() @ w.double().T
-        row["rel_err"] = float((ours().double() - ref).norm() / ref.norm())
+        item["check"]["rel_err"] = float((item["ours"]().double() - ref).norm() / ref.norm())
     elif fmt.startswith("nf4"):
-        kind = "4bit"
-        set_fourbit_factored(fmt.endswith("factored"))
         packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4",
                                            compress_statistics=fmt.startswith("nf4-dq"))
         absmax = state.absmax
-        if state.nested:
+        if state.nested:  # expanded once, as the engine does at install
             absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
-        nbytes = packed.numel() + state.absmax.numel() * state.absmax.element_size()
-        code = state.code.float()
-        ours = lambda: gemv.gemv_4bit(x, packed, absmax, code, n, 64)  # noqa: E731
-        theirs = lambda: bnb.matmul_4bit(x, packed, state)  # noqa: E731  (gemv_4bit at one row)
+        code, table = state.code.float(), byte_table(state.code)
+        item |= {"kind": "4bit", "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
+                 "ours": lambda: gemv.gemv_4bit(x, packed, absmax, table if fourbit_gather() == "bytes" else code,
+                                                n, 64),
+                 "theirs": lambda: bnb.matmul_4bit(x, packed, state)}  # gemv_4bit at one row
         ref = x.double() @ bnbf.dequantize_4bit(packed, state).to(dtype).double().T
-        row["rel_err"] = float((ours().double() - ref).norm() / ref.norm())
-        row["bnb_rel_err"] = float((theirs().double() - ref).norm() / ref.norm())
+        for key, fn in (("rel_err", item["ours"]), ("bnb_rel_err", item["theirs"])):
+            item["check"][key] = float((fn().double() - ref).norm() / ref.norm())
     else:
-        kind = "int8"
         threshold = 6.0 if "t6" in fmt else 0.0
         layer = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=threshold)
         layer.weight = bnb.nn.Int8Params(w.cpu(), requires_grad=False, has_fp16_weights=False)
@@ -98,39 +129,74 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         with torch.no_grad():
             layer(x)  # moves CB/SCB into the state
         cb, scb = layer.state.CB, layer.state.SCB
-        nbytes = cb.numel() + scb.numel() * 4
         if threshold:
             x[0, torch.randperm(k, device="cuda")[:8]] = 8.0  # a few outlier features
-        ours = lambda: gemv.gemv_int8(x, cb, scb, threshold)  # noqa: E731
-        theirs = lambda: layer(x)  # noqa: E731
+        overflow = torch.zeros(1, dtype=torch.int32, device="cuda")
+        item |= {"kind": "int8", "bytes": cb.numel() + scb.numel() * 4, "capturable": not threshold,
+                 "ours": lambda: gemv.gemv_int8(x, cb, scb, threshold, overflow=overflow),
+                 "theirs": lambda: layer(x)}
         with torch.no_grad():
-            expected = theirs()
-        got = ours()
-        row["bit_exact"] = bool(torch.equal(got, expected))
-        row["max_abs_diff"] = float((got.float() - expected.float()).abs().max())
-        row["rel_err"] = float((got.float() - expected.float()).norm() / expected.float().norm())
+            expected = item["theirs"]()
+        got = item["ours"]()
+        item["check"] |= {"bit_exact": bool(torch.equal(got, expected)),
+                          "max_abs_diff": float((got.float() - expected.float()).abs().max()),
+                          "rel_err": float((got.float() - expected.float()).norm() / expected.float().norm()),
+                          "outlier_overflow": int(overflow[0])}
+    return item
+
+
+def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
+    import torch
+
+    from quantbench.kernels.config import config_for, set_config, set_fourbit_gather, set_fourbit_pairs
+
+    items: list[dict] = []
+
+    def make(role: str):  # noqa: ANN202
+        def copy(i: int):  # noqa: ANN202
+            while len(items) <= i:
+                items.append(build(fmt, n, k))
+            return items[i][role]
+        return copy
+
+    first = build(fmt, n, k)
+    items.append(first)
+    kind, nbytes = first["kind"], first["bytes"]
+    row: dict = {"format": fmt, "N": n, "K": k, **first["check"], "weight_bytes": nbytes,
+                 "config": config_for(kind if kind != "4bit" else "4bit64", n, k)}
     with torch.no_grad():
-        row["ours_us"] = bench(ours)
-        row["bnb_us"] = bench(theirs)
-        row["cublas_us"] = bench(lambda: torch.nn.functional.linear(x, cublas))
-    row["profiler_us"] = profiled_us(ours)
-    row["weight_bytes"] = nbytes
+        row["ours_us"] = graph_us(make("ours"), nbytes)
+        if first.get("capturable", True):
+            row["bnb_us"] = graph_us(make("theirs"), nbytes)
+        else:  # bitsandbytes' outlier path syncs with the host: no graph; do_bench, L2 flushed
+            row["bnb_us_eager"] = bench(first["theirs"])
+        row["cublas_us"] = graph_us(make("cublas"), nbytes * (2 if kind == "4bit" else 1))
+        row["profiler_us"] = profiled_us(first["ours"])
     row["ours_tb_s"] = nbytes / row["ours_us"] / 1e6
     row["profiler_tb_s"] = nbytes / row["profiler_us"] / 1e6 if row["profiler_us"] else None
-    row["bnb_tb_s"] = nbytes / row["bnb_us"] / 1e6
+    if "bnb_us" in row:
+        row["bnb_tb_s"] = nbytes / row["bnb_us"] / 1e6
     if sweep:
         times = {}
-        for shape in SWEEP[kind]:
-            set_config(kind, shape)
-            try:
-                times[str(shape)] = bench(ours)
-            except Exception as err:  # a shape Triton cannot build is a result too
-                times[str(shape)] = f"{type(err).__name__}"
+        with torch.no_grad():
+            for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
+                set_config(kind, shape)
+                set_fourbit_gather(gather[0] if gather else "bytes")
+                set_fourbit_pairs(gather[1] if gather else False)
+                key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
+                try:
+                    times[key] = graph_us(make("ours"), nbytes, calls=32)
+                except Exception as err:  # a shape Triton cannot build is a result too
+                    times[key] = f"{type(err).__name__}"
         set_config(kind, None)
+        set_fourbit_gather("bytes")
+        set_fourbit_pairs(False)
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
         row["sweep_us"] = times
         row["best"] = min(ok, key=ok.get) if ok else None
         row["best_us"] = ok[row["best"]] if ok else None
+    items.clear()
+    torch.cuda.empty_cache()
     return row
 
 
@@ -138,7 +204,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="kernels-out")
     p.add_argument("--models", default="tinyllama,llama7b")
-    p.add_argument("--formats", default="fp16,bf16,nf4,nf4-factored,nf4-dq,int8-t0,int8-t0-bf16,int8-t6")
+    p.add_argument("--formats", default="fp16,bf16,nf4,nf4-dq,int8-t0,int8-t0-bf16,int8-t6")
     p.add_argument("--sweep", action="store_true", help="also time every candidate launch shape")
     args = p.parse_args()
     import torch
@@ -159,15 +225,42 @@ def main() -> None:
                 (out / "kernels_gemv.json").write_text(json.dumps(report, indent=1))
                 print(json.dumps({k: v for k, v in row.items() if k != "sweep_us"}), flush=True)
     bw = report["copy_bandwidth_bytes_per_s"] / 1e12
-    print(f"\ncopy bandwidth {bw:.2f} TB/s; us (TB/s)")
-    print(f"{'model':10} {'fmt':8} {'shape':8} {'ours':>14} {'profiler':>14} {'bnb':>14} {'cublas':>7} "
-          f"{'best sweep':>22} check")
+    print(f"\ncopy bandwidth {bw:.2f} TB/s; us per call in a CUDA graph, cold L2 (TB/s)")
+    print(f"{'model':9} {'fmt':12} {'shape':7} {'ours':>13} {'profiler':>13} {'bnb':>13} {'cublas':>6} "
+          f"{'best sweep':>24} check")
     for r in report["rows"]:
         check = r.get("bit_exact", f"{r['rel_err']:.1e}")
         best = f"{r.get('best')} {r.get('best_us') or 0:.1f}" if "best" in r else ""
-        prof = f"{r['profiler_us']:7.1f} ({r['profiler_tb_s']:.2f})" if r["profiler_us"] else "-"
-        print(f"{r['model']:10} {r['format']:8} {r['shape']:8} {r['ours_us']:7.1f} ({r['ours_tb_s']:.2f}) "
-              f"{prof:>14} {r['bnb_us']:7.1f} ({r['bnb_tb_s']:.2f}) {r['cublas_us']:7.1f} {best:>22} {check}")
+        prof = f"{r['profiler_us']:6.1f} ({r['profiler_tb_s']:.2f})" if r["profiler_us"] else "-"
+        bnb = f"{r['bnb_us']:6.1f} ({r['bnb_tb_s']:.2f})" if "bnb_us" in r else f"{r['bnb_us_eager']:.0f} eager"
+        print(f"{r['model']:9} {r['format']:12} {r['shape']:7} {r['ours_us']:6.1f} ({r['ours_tb_s']:.2f}) "
+              f"{prof:>13} {bnb:>13} {r['cublas_us']:6.1f} {best:>24} {check}")
+    suggest(report["rows"])
+
+
+def suggest(rows: list[dict]) -> None:
+    """The sweep's winners as config.py would take them: per (N, K) the best launch shape in the
+    lookup/layout that is fastest over all 4-bit shapes together (config's modes are global)."""
+    import ast
+
+    swept = [r for r in rows if r.get("sweep_us") and r["format"].startswith("nf4")]
+    if not swept:
+        return
+    modes = {key.split(")")[1].strip() for r in swept for key in r["sweep_us"]}
+
+    def best(r: dict, mode: str) -> float:
+        return min((t for k, t in r["sweep_us"].items() if k.endswith(mode) and isinstance(t, float)),
+                   default=float("inf"))
+
+    totals = {mode: sum(best(r, mode) for r in swept) for mode in modes}
+    mode = min(totals, key=totals.get)
+    table = {}
+    for r in swept:
+        ok = {k: v for k, v in r["sweep_us"].items() if k.endswith(mode) and isinstance(v, float)}
+        table[(r["N"], r["K"])] = ast.literal_eval(min(ok, key=ok.get).split(")")[0] + ")")
+    print(f"\n4-bit: fastest lookup/layout over all shapes: {mode} (sum of best us: "
+          + ", ".join(f"{m} {t:.0f}" for m, t in sorted(totals.items(), key=lambda kv: kv[1])) + ")")
+    print(f"FOURBIT = {table}  # (BLOCK_N, BLOCK_K, warps, SPLIT; 0 = config's rule)")
 
 
 if __name__ == "__main__":

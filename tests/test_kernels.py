@@ -16,7 +16,7 @@ bnb = pytest.importorskip("bitsandbytes")
 bnbf = bnb.functional
 
 from quantbench.kernels import gemv  # noqa: E402
-from quantbench.kernels.config import set_fourbit_factored  # noqa: E402
+from quantbench.kernels.config import set_config, set_fourbit_gather, set_fourbit_pairs  # noqa: E402
 
 N, K = 40, 192  # N is no multiple of a program's rows, K three 64-blocks: masks are exercised
 
@@ -35,36 +35,53 @@ def _ulps(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((out.double() - ref).abs() / spacing.double()).max())
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_dense_gemv_is_a_rounded_fp32_matmul(dtype):
+@pytest.mark.parametrize(("dtype", "act"), [(torch.float16, False), (torch.bfloat16, False), (torch.float16, True)])
+def test_dense_gemv_is_a_rounded_fp32_matmul(dtype, act):
+    """act: the kernel reads silu(gate) * up of a [gate | up] row, rounded as torch rounds it
+    (fp16 only: the interpreter's bf16 casts truncate, and act rounds twice before the matmul)."""
     x, w = torch.randn(2, K, dtype=dtype), torch.randn(N, K, dtype=dtype)
     bias = torch.randn(N, dtype=dtype)
     ref = x.double() @ w.double().T + bias.double()
-    out = gemv.gemv_dense(x, w, bias)
+    if act:
+        gate, up = torch.randn(2, K, dtype=dtype), torch.randn(2, K, dtype=dtype)
+        ref = (torch.nn.functional.silu(gate) * up).double() @ w.double().T + bias.double()
+        x = torch.cat([gate, up], dim=-1)
+    out = gemv.gemv_dense(x, w, bias, act=act)
     assert out.dtype == dtype and out.shape == (2, N)
     assert _ulps(out, ref) <= 1.0  # fp32 sums, one rounding (the interpreter's bf16 cast truncates)
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
-@pytest.mark.parametrize("factored", [False, True])
-def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, factored):
+@pytest.mark.parametrize(("shape", "gather", "pairs"),
+                         [(None, "bytes", False), ((128, 128, 4, 2), "global", True), (None, "shared", False)])
+def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, gather, pairs):
+    """Every code lookup and activation layout; the table's shape (one partial step) and a
+    split-K in 2."""
     torch.manual_seed(1)
     x, w = torch.randn(3, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    bias = torch.randn(N, dtype=torch.float16)
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant_type, compress_statistics=double_quant)
     absmax = state.absmax
     if state.nested:  # what dequantize_4bit computes on every call
         absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
     exact = copy.copy(state)
-    exact.dtype = torch.float32  # factored: code * absmax is never rounded to the activation dtype
-    weight = bnbf.dequantize_4bit(packed, exact if factored else state).double()
-    ref = x.double() @ weight.T
-    set_fourbit_factored(factored)
+    exact.dtype = torch.float32  # absmax applied per block: code * absmax is never rounded to fp16
+    ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T + bias.double()
+    set_config("4bit", shape)
+    set_fourbit_gather(gather)
+    set_fourbit_pairs(pairs)
     try:
-        out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64)
+        out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
     finally:
-        set_fourbit_factored(False)
+        set_config("4bit", None)
+        set_fourbit_gather("bytes")
+        set_fourbit_pairs(False)
+    assert out.shape == (3, N) and out.dtype == torch.float16
     assert _ulps(out, ref) <= 1.0
+    # and within fp16 rounding of bitsandbytes' own weights (rounded to fp16 by dequantize_4bit)
+    theirs = x.double() @ bnbf.dequantize_4bit(packed, state).double().T + bias.double()
+    assert float((out.double() - theirs).norm() / theirs.norm()) < 1e-3
 
 
 def _int8_layer(w: torch.Tensor, threshold: float):
@@ -94,7 +111,11 @@ def test_int8_gemv_threshold_0_is_bitsandbytes_arithmetic_exactly():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_int8_gemv_outliers_as_a_dense_mask_match_linear8bitlt(dtype):
+@pytest.mark.parametrize("capacity", [32, 4])  # 7 outliers: within the set; over it (dense path)
+def test_int8_gemv_outliers_match_linear8bitlt(dtype, capacity, monkeypatch):
+    from quantbench.kernels import int8
+
+    monkeypatch.setattr(int8, "CAPACITY", capacity)
     torch.manual_seed(3)
     w = torch.randn(N, K, dtype=torch.float16)
     x = torch.randn(1, K, dtype=dtype)
@@ -102,8 +123,10 @@ def test_int8_gemv_outliers_as_a_dense_mask_match_linear8bitlt(dtype):
     layer = _int8_layer(w, 3.0)
     with torch.no_grad():
         expected = layer(x.clone()).double()
-    got = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
+    overflow = torch.zeros(1, dtype=torch.int32)
+    got = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0, overflow=overflow)
     plain = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 0.0)
+    assert int(overflow[0]) == (capacity < 7)  # the dense fallback is counted
     # bitsandbytes on the CPU skips the GPU's fp16 rounding of the int8 part; the interpreter's
     # bf16 casts truncate: judged against the output's scale, a few steps of the dtype
     scale = float(expected.abs().max())
@@ -116,7 +139,8 @@ def test_int8_gemv_outliers_as_a_dense_mask_match_linear8bitlt(dtype):
 
 def test_plan_merges_projections_and_gives_the_layers_results():
     """Real SmolLM2 (NF4, two blocks): a decode step through the kernels, compiled, equals the
-    layers' own step; q/k/v and gate/up are one launch each and the weights are not copied."""
+    layers' own step; q/k/v and gate/up are one launch each, the blocks' norms, residual adds and
+    silu(gate) * up run inside the GEMVs (no kernels of their own), the weights are not copied."""
     import quantbench
     from quantbench.kernels import install
 
@@ -137,10 +161,15 @@ def test_plan_merges_projections_and_gives_the_layers_results():
         layers = plan.describe()["layers"]
         assert layers["q_proj+k_proj+v_proj"] == "quantbench gemv nf4, merged, x2"
         assert layers["gate_proj+up_proj"] == "quantbench gemv nf4, merged, x2"
+        assert layers["block"].endswith(", x2")  # norms and residual adds inside the GEMVs
         assert sum(p.numel() * p.element_size() for p in model.parameters()) == bytes_before
         q, k = attention.q_proj.weight, attention.k_proj.weight
         assert k.data_ptr() == q.data_ptr() + q.numel()  # views of one buffer, rows end to end
 
+        norms = []
+        for block in model.model.layers:
+            block.input_layernorm.register_forward_hook(lambda *_: norms.append(1))
+            block.post_attention_layernorm.register_forward_hook(lambda *_: norms.append(1))
         launches = []
         original = gemv.gemv_4bit
         gemv.gemv_4bit = lambda *a, **kw: launches.append(1) or original(*a, **kw)
@@ -153,5 +182,122 @@ def test_plan_merges_projections_and_gives_the_layers_results():
             plan.enabled = False
             gemv.gemv_4bit = original
     assert len(launches) == 2 * 4  # per block: q/k/v, o, gate/up, down
+    assert not norms  # the norms ran inside the GEMVs
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_int8_outliers_op_counts_overflow_when_compiled(monkeypatch):
+    """The installed LLM.int8 launch (a custom op that updates its overflow counter) compiled as
+    the fast engine compiles its step: same output as uncompiled, and the counter moves."""
+    from quantbench.kernels import install, int8
+
+    monkeypatch.setattr(int8, "CAPACITY", 4)
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(_int8_layer(torch.randn(N, K, dtype=torch.float16), 3.0))
+    x = torch.randn(1, K, dtype=torch.float16)
+    x[0, :6] = 5.0  # six outliers: over the capacity of 4
+    plan = install(model, allow_cpu=True)
+    assert "outlier_overflow_rows" in plan.describe()
+    plan.enabled = True
+    try:
+        eager = model(x)
+        compiled = torch.compile(model, backend="aot_eager")(x)
+    finally:
+        plan.enabled = False
+    assert torch.equal(eager, compiled)
+    assert plan.describe()["outlier_overflow_rows"] == 2
+
+
+def test_decode_attention_matches_sdpa_on_a_masked_cache():
+    """Grouped-query heads over a static cache with unwritten (masked) positions, per row."""
+    import types
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from quantbench.kernels.attention import decode_attention
+
+    torch.manual_seed(5)
+    batch, heads, kv_heads, length, dim = 2, 8, 2, 100, 64  # 100: a last partial block of keys
+    q = torch.randn(batch, heads, 1, dim, dtype=torch.float16)
+    k, v = (torch.randn(batch, kv_heads, length, dim, dtype=torch.float16) for _ in range(2))
+    mask = torch.zeros(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., :37] = True
+    mask[1, ..., 5:80] = True
+    module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
+    ref, _ = sdpa_attention_forward(module, q.double(), k.double(), v.double(), mask, scaling=dim**-0.5)
+    out = decode_attention(q, k, v, mask, dim**-0.5)
+    assert out.shape == ref.shape == (batch, 1, heads, dim)
+    assert _ulps(out, ref) <= 1.0  # fp32 softmax and sums, one rounding to fp16
+
+
+def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypatch):
+    """Real SmolLM2 (two blocks) on transformers' StaticCache, as the fast engine steps it: the
+    installed attention serves each layer's decode call and the logits stay SDPA's."""
+    from transformers import StaticCache
+
+    import quantbench
+    from quantbench.kernels import attention, install
+
+    model = quantbench.load("smollm2-135m", "fp32", device="cpu").model
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 3, 7, 9, 11]])
+    plan = install(model, allow_cpu=True, kinds=("attention",))
+    calls = []
+    original = attention.decode_attention
+    monkeypatch.setattr(attention, "decode_attention", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+
+    def step(enabled: bool) -> torch.Tensor:
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        mask = torch.zeros(1, 16, dtype=torch.long)
+        mask[:, :10] = 1
+        with torch.no_grad():
+            model(ids[:, :-1], attention_mask=mask, cache_position=torch.arange(9), past_key_values=cache)
+            plan.enabled = enabled
+            try:
+                return model(ids[:, -1:], attention_mask=mask, cache_position=torch.tensor([9]),
+                             past_key_values=cache).logits
+            finally:
+                plan.enabled = False
+
+    expected = step(False)
+    assert not calls
+    got = step(True)
+    assert len(calls) == 2 and plan.describe()["layers"]["attention"] == "quantbench decode attention, x2"
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    plan.uninstall()
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("kind", ["dense", "4bit", "4bit-pairs", "int8", "int8-outliers"])
+def test_fused_norm_and_residual_equal_the_separate_steps(kind, monkeypatch):
+    """norm=(weight, eps): the kernel reads LlamaRMSNorm(x) itself; residual: added to its result;
+    act: it reads silu(gate) * up (all rounded as eager fp16 torch rounds them)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(6)
+    x, residual = torch.randn(2, K, dtype=torch.float16), torch.randn(2, N, dtype=torch.float16)
+    norm = LlamaRMSNorm(K, eps=1e-5).half()
+    norm.weight.data = torch.rand(K, dtype=torch.float16) + 0.5
+    w = torch.randn(N, K, dtype=torch.float16)
+    if kind == "dense":
+        run = lambda x, **kw: gemv.gemv_dense(x, w, **kw)  # noqa: E731
+    elif kind.startswith("4bit"):
+        from quantbench.kernels import config
+
+        monkeypatch.setitem(config._GATHER, "pairs", kind.endswith("pairs"))  # activation as int32 words
+        packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        run = lambda x, **kw: gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **kw)  # noqa: E731
+    else:
+        threshold = 2.5 if kind == "int8-outliers" else 0.0
+        layer = _int8_layer(w, threshold)
+        run = lambda x, **kw: gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, threshold, **kw)  # noqa: E731
+    with torch.no_grad():
+        separate = (run(norm(x)).float() + residual.float()).half()
+    fused = run(x, norm=(norm.weight, norm.variance_epsilon), residual=residual)
+    gate, up = torch.randn(2, K, dtype=torch.float16), torch.randn(2, K, dtype=torch.float16)
+    pairs = [(fused, separate), (run(torch.cat([gate, up], -1), act=True), run(torch.nn.functional.silu(gate) * up))]
+    for got, expected in pairs:
+        scale = float(expected.abs().max())
+        assert float((got.double() - expected.double()).abs().max()) / scale <= 2 * torch.finfo(torch.float16).eps

@@ -1,25 +1,47 @@
 #!/bin/bash
-# The kernel benchmarks on a GPU machine, one stage per call (run after `source setup.sh`):
-#   tune    GEMV correctness + launch-shape sweep, then tinyllama decode (eager / fast+bnb / fast+ours)
-#   final   per-kernel times and profiler bandwidth, teacher-forced equivalence on the real
-#           SmolLM2-135M, tinyllama decode tables (eager / fast+bnb / fast+ours)
-# Output lands in $OUT (JSON + Markdown); each step has its own time limit so the others still run.
+# The kernel benchmarks on a GPU machine, one stage at a time (run after `source setup.sh`):
+#   dev           GEMV checks + times (nf4, nf4-dq, int8 t=0 and t=6; both models), the 4-bit launch-shape
+#                 sweep (lookups x activation layouts), tinyllama decode: nf4 with bitsandbytes'
+#                 gemv_4bit and with ours, fp16 with the default kinds and with all of them,
+#                 int8 (t=6) with all of them
+#   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
+#                 five precisions
+#   final-check   per-kernel times and profiler bandwidth, teacher-forced equivalence on the
+#                 real SmolLM2-135M (needs its GGUF, joined by setup.sh)
+#   final-7b-a/b  llama-2-7b-arch decode tables (fp16, nf4, nf4-dq / int8-t0, int8)
+# Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
+# still run, and its output is kept in $OUT even when the limit stops it.
 set -u
 stage=$1
-decode() {  # model precisions kernels name limit_s
-  timeout "$(( $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
-    --name "$4" --out "$OUT" --batches 1 --eager-tokens 32 --new-tokens 64 --repeats 2 --timeout-s "$5" 2>&1 | tail -n 30
+log=$OUT/kernels_$stage.log
+decode() {  # model precisions kernels name limit_s_per_precision [extra args]
+  local n
+  n=$(echo "$2" | tr ',' '\n' | wc -l)
+  timeout "$(( n * $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
+    --name "$4" --out "$OUT" --batches 1 --eager-tokens 32 --new-tokens 64 --repeats 2 --timeout-s "$5" \
+    "${@:6}" 2>&1 | grep -v MatMul8bitLt >> "$log"
+}
+gemv() {  # limit_s out_subdir [args]
+  mkdir -p "$OUT/$2"
+  timeout "$1" python3 benchmarks/kernels_gemv.py --out "$OUT/$2" "${@:3}" 2>&1 | grep -v '^{' >> "$log"
 }
 case "$stage" in
-  tune)
-    timeout 270 python3 benchmarks/kernels_gemv.py --out "$OUT" --sweep 2>&1 | tail -n 90
-    decode tinyllama-1.1b-arch fp16,nf4,int8-t0,int8 bnb,quantbench tinyllama 240 ;;
-  final)  # needs the SmolLM2 GGUF in /tmp (setup.sh)
-    timeout 80 python3 benchmarks/kernels_gemv.py --out "$OUT" \
-      --formats fp16,nf4,nf4-factored,int8-t0,int8-t0-bf16,int8-t6 2>&1 | tail -n 64
-    timeout 170 python3 benchmarks/kernels_equivalence.py --out "$OUT" --precisions fp16,nf4,int8,int8-t0,nf4-dq \
-      2>&1 | grep -v MatMul8bitLt | tail -n 12
-    decode tinyllama-1.1b-arch int8 bnb,quantbench tinyllama-int8 75
-    decode tinyllama-1.1b-arch nf4 bnb,quantbench+4bit,quantbench tinyllama-nf4 95
-    decode tinyllama-1.1b-arch fp16,int8-t0 bnb,quantbench tinyllama-fp16-int8t0 140 ;;
+  dev)
+    all=quantbench/dense/4bit/int8/attention/fuse
+    gemv 80 gemv --formats nf4,nf4-dq,int8-t0,int8-t6
+    gemv 130 sweep --formats nf4 --sweep
+    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,$all tinyllama-nf4 150
+    decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 110
+    decode tinyllama-1.1b-arch int8 $all tinyllama-int8 90 ;;
+  final-decode)
+    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 105 ;;
+  final-check)  # needs the SmolLM2 GGUF joined by setup.sh
+    gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6
+    timeout 300 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
+      --precisions fp16,nf4,nf4-dq,int8,int8-t0 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
+  final-7b-a)
+    decode llama-2-7b-arch fp16,nf4,nf4-dq bnb,quantbench llama7b-a 170 --eager-tokens 8 ;;
+  final-7b-b)
+    decode llama-2-7b-arch int8-t0,int8 bnb,quantbench llama7b-b 250 --eager-tokens 8 ;;
 esac
+tail -n 60 "$log"

@@ -15,8 +15,8 @@ same static cache without a graph, so tokens never silently change:
   - LLM.int8 with an outlier threshold > 0 on bitsandbytes' kernels (`kernels="bnb"`, or batches
     over the GEMVs' row limit): bitsandbytes finds the outlier columns of every activation with
     data-dependent shapes and a host sync in each of the model's linears; a CUDA graph cannot
-    hold that. quantbench's int8 GEMV keeps the outliers as a dense mask inside the kernel (static
-    shapes, no sync), so with it the step is captured.
+    hold that. quantbench's int8 GEMV keeps the outliers as a fixed-capacity set found on the GPU
+    (a dense fallback beyond it; static shapes, no sync), so with it the step is captured.
   - modules offloaded to the CPU or disk.
 Prefill runs eagerly (any prompt length, outside the graph).
 

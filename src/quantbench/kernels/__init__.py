@@ -15,11 +15,14 @@ from __future__ import annotations
 from quantbench.errors import QuantbenchError
 
 KERNELS = ("quantbench", "bnb")
-# Which of quantbench's kernels the "quantbench" choice uses by default. The 4-bit GEMV measured
-# slower than bitsandbytes' own gemv_4bit on an H100 (benchmarks/NOTES-decode.md), so 4-bit layers
-# stay on bitsandbytes' kernel unless asked for: FastEngine(..., kernel_kinds=ALL_KINDS).
+# quantbench's kernels: GEMVs for dense, 4-bit and LLM.int8 layers, the decode attention over the
+# static cache, and the block fusion (norms, residual adds and silu * up inside the GEMVs;
+# fusion.py). The "quantbench" choice uses DEFAULT_KINDS (FastEngine(..., kernel_kinds=) picks
+# others): the kinds measured faster than the layers' own kernels on an H100 end to end
+# (benchmarks/NOTES-decode.md). The rewritten 4-bit GEMV, the attention and the fusion have not
+# been timed on a GPU yet, so 4-bit layers stay on bitsandbytes' gemv_4bit until they are.
+ALL_KINDS = ("dense", "4bit", "int8", "attention", "fuse")
 DEFAULT_KINDS = ("dense", "int8")
-ALL_KINDS = ("dense", "4bit", "int8")
 
 
 def check_choice(name: str) -> str:

@@ -3,31 +3,51 @@
 A shape picked by timing would change the summation order, and so the low bits of the result,
 from one process to the next; a table keeps every run's numbers identical. The table was set from
 benchmarks/kernels_gemv.py on an H100 (benchmarks/NOTES-decode.md has the sweep).
+
+A shape is (BLOCK_N rows per program, BLOCK_K elements per step, warps, SPLIT programs along K).
 """
 
 from __future__ import annotations
 
 import os
 
-# kind -> (BLOCK_N rows per program, BLOCK_K elements per step, warps)
-DEFAULTS: dict[str, tuple[int, int, int]] = {
-    "dense": (4, 1024, 4),
-    "4bit": (8, 512, 4),
-    "int8": (8, 1024, 4),
+SMS = 132  # H100 SXM multiprocessors: fewer programs than about two per SM leave bandwidth unused
+
+DEFAULTS: dict[str, tuple[int, int, int, int]] = {
+    "dense": (4, 1024, 4, 1),
+    "4bit": (8, 512, 4, 1),
+    "int8": (8, 1024, 4, 1),
 }
-LONG_ROWS = {"int8": (8, 2048, 8)}  # K >= 4096: longer steps (tinyllama down_proj sweep)
-_OVERRIDES: dict[str, tuple[int, int, int]] = {}
-_FOURBIT = {"factored": False}
+LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down_proj sweep)
+# 4-bit per (N, K) where the sweep found better than DEFAULTS and the split rule (merged q/k/v and
+# gate/up shapes of the tinyllama and llama-2-7b architectures)
+FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+_OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
+# Defaults from the machine code (benchmarks/kernels_compile.py, Triton 3.6, sm_90): a lookup per
+# byte and the split layout take the fewest instructions per packed byte (10.8; a lookup per
+# nibble 17.2; the int32 pairs redo silu * up in every thread that meets a word: 47 with the MLP
+# prologue). Not yet timed: the GPU sweep (benchmarks/kernels_gemv.py --sweep) decides.
+_GATHER = {"4bit": "bytes", "pairs": False}
 
 
-def fourbit_factored() -> bool:
-    """4-bit GEMV variant: absmax applied per block (True) or per weight (False, the default:
-    the weight rounded to the activation dtype first, as bitsandbytes' dequantize_4bit does)."""
-    return _FOURBIT["factored"]
+def fourbit_gather() -> str:
+    """How the 4-bit kernel looks its codes up: "bytes" (a 256-entry pair table, tl.gather),
+    "shared" (the 16 codes, tl.gather per nibble) or "global" (the 16 codes from L1)."""
+    return _GATHER["4bit"]
 
 
-def set_fourbit_factored(on: bool) -> None:
-    _FOURBIT["factored"] = on
+def set_fourbit_gather(mode: str) -> None:
+    _GATHER["4bit"] = mode
+
+
+def fourbit_pairs() -> bool:
+    """4-bit kernel reads 16-bit activations as int32 words in the packed layout (True) or as a
+    row split into even and odd elements through shared memory (False)."""
+    return _GATHER["pairs"]
+
+
+def set_fourbit_pairs(on: bool) -> None:
+    _GATHER["pairs"] = on
 
 
 def interpreted() -> bool:
@@ -35,21 +55,34 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def set_config(kind: str, shape: tuple[int, int, int] | None) -> None:
-    """Force a launch shape for one kind (the tuning benchmark uses this); None restores the table."""
+def set_config(kind: str, shape: tuple[int, ...] | None) -> None:
+    """Force a launch shape for one kind (the tuning benchmark uses this); None restores the table.
+    A 3-tuple means SPLIT 1 for dense and int8 and the split rule for 4-bit."""
     if shape is None:
         _OVERRIDES.pop(kind, None)
     else:
-        _OVERRIDES[kind] = shape
+        _OVERRIDES[kind] = tuple(shape) if len(shape) == 4 else (*shape, 0)
 
 
-def config_for(kind: str, n: int, k: int) -> tuple[int, int, int]:
+def _split_rule(programs: int, steps: int) -> int:
+    """Enough programs to fill the SMs twice over, each keeping at least two K-steps."""
+    if programs >= 2 * SMS:
+        return 1
+    return max(1, min(-(-2 * SMS // programs), steps // 2))
+
+
+def config_for(kind: str, n: int, k: int) -> tuple[int, int, int, int]:
     base = "4bit" if kind.startswith("4bit") else kind
-    shape = LONG_ROWS.get(base, DEFAULTS[base]) if k >= 4096 else DEFAULTS[base]
-    block_n, block_k, warps = _OVERRIDES.get(base, shape)
+    if base == "4bit":
+        shape = FOURBIT.get((n, k), (*DEFAULTS["4bit"][:3], 0))
+    else:
+        shape = LONG_ROWS.get(base, DEFAULTS[base]) if k >= 4096 else DEFAULTS[base]
+    block_n, block_k, warps, split = _OVERRIDES.get(base, shape)
     if interpreted():  # the CPU interpreter pays per program: few, wide ones (same numerics class)
         block_n = 128
-    if kind.startswith("4bit"):
+    if base == "4bit":
         block_k = max(block_k, int(kind[4:]))  # a step holds whole quantization blocks
     block_k = min(block_k, max(16, 1 << (k - 1).bit_length()))  # no step wider than the row
-    return block_n, block_k, warps
+    if split == 0:  # 0: the rule decides
+        split = 1 if interpreted() else _split_rule(-(-n // block_n), -(-k // block_k))
+    return block_n, block_k, warps, split

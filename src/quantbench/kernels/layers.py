@@ -30,7 +30,11 @@ from torch import nn
 
 MAX_ROWS = 8  # decode batches up to this run the GEMVs; above, a GEMM (the layer's own) is faster
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # in the order blocks call them
-KINDS = ("dense", "4bit", "int8")
+KINDS = ("dense", "4bit", "int8", "attention", "fuse")
+FUSIONS = {  # fusion.py's kinds of fused modules, as describe() names them
+    "block": "input and post-attention RMSNorms in the q/k/v and gate/up GEMVs, residual adds in o and down",
+    "act_fn": "silu(gate) * up in the down GEMV's prologue",
+}
 
 
 @dataclass
@@ -46,6 +50,8 @@ class _Launch:
     dtype: torch.dtype | None  # the activation dtype served (None: any float)
     plan: KernelPlan
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    # (x or None: any x, {"norm": ..., "res": ...}) for the next call (fusion.py)
+    fusion: tuple[torch.Tensor | None, dict[str, Any]] | None = None
 
     def forward(self, index: int, original: Callable[..., Any]) -> Callable[..., Any]:
         last = len(self.names) - 1
@@ -56,7 +62,9 @@ class _Launch:
             if args or kwargs or not self.plan.serves(x, self.dtype, self.base):
                 return original(x, *args, **kwargs)
             if index == 0:
-                out = self.call(x, 0, total)
+                fusion, self.fusion = self.fusion, None
+                extra = fusion[1] if fusion is not None and (fusion[0] is None or fusion[0] is x) else {}
+                out = self.call(x, 0, total, **extra)
                 if last:
                     self.pending = (x, out)
                 return out[..., first_row:end_row] if last else out
@@ -81,12 +89,19 @@ class KernelPlan:
     installed: set[str] = field(default_factory=set)  # kinds whose layers install() has set up
     allow_cpu: bool = False  # tests run the kernels on CPU tensors under Triton's interpreter
     _restore: list[tuple[nn.Module, Any]] = field(default_factory=list)
+    attention: list[nn.Module] = field(default_factory=list)  # layers on the decode attention
+    fused: dict[str, list[nn.Module]] = field(default_factory=dict)  # fusion.py: what -> modules
+    attention_restore: tuple[Any, str] | None = None  # (config, implementation before)
 
     def serves(self, x: torch.Tensor, dtype: torch.dtype | None, base: str) -> bool:
         on_device = x.device.type == "cuda" or self.allow_cpu
         dtype_ok = x.dtype == dtype if dtype is not None else x.dtype in (torch.float16, torch.bfloat16, torch.float32)
         rows_ok = x.numel() // x.shape[-1] <= MAX_ROWS
         return self.enabled and base in self.kinds and on_device and dtype_ok and rows_ok
+
+    def serves_attention(self, query: torch.Tensor) -> bool:
+        on_device = query.device.type == "cuda" or self.allow_cpu
+        return self.enabled and "attention" in self.kinds and on_device and query.shape[0] <= MAX_ROWS
 
     def handles(self, module: nn.Module, kinds: frozenset[str] | None = None) -> bool:
         kinds = self.kinds if kinds is None else kinds
@@ -114,7 +129,17 @@ class KernelPlan:
             key = f"{_short(name)}: {why}"
             left[key] = left.get(key, 0) + 1
         layers |= {key: f"own forward, x{n}" for key, n in left.items()}
-        return {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
+        for what, modules in self.fused.items():
+            layers[what] = f"{FUSIONS[what]}{'' if 'fuse' in kinds else ' (fusion not chosen)'}, x{len(modules)}"
+        if self.attention:
+            how = "quantbench decode attention" if "attention" in kinds else "SDPA (attention kernel not chosen)"
+            layers["attention"] = f"{how}, x{len(self.attention)}"
+        described = {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
+        counters = {id(c): c for launch in self.launches for m in launch.modules
+                    if (c := getattr(m, "quantbench_outlier_overflow", None)) is not None}
+        if counters and "int8" in kinds:  # activation rows over the outlier set's capacity so far
+            described["outlier_overflow_rows"] = int(sum(int(c.sum()) for c in counters.values()))
+        return described
 
     def uninstall(self) -> None:
         for module, previous in self._restore:
@@ -124,6 +149,14 @@ class KernelPlan:
                 module.forward = previous
         self._restore.clear()
         self.launches.clear()
+        self.fused.clear()
+        for module in self.attention:
+            module.__dict__.pop("quantbench_plan", None)
+        self.attention.clear()
+        if self.attention_restore is not None:
+            config, implementation = self.attention_restore
+            config._attn_implementation = implementation
+            self.attention_restore = None
 
 
 def _short(name: str) -> str:
@@ -163,8 +196,31 @@ def install(model: nn.Module, allow_cpu: bool = False, skip: tuple[str, ...] = (
             done.add(id(module))
         else:
             plan.left[name] = f"{spec['label']}, {spec['kind']} kernel not chosen"
+    from quantbench.kernels.fusion import fuse
+
+    fuse(model, plan)
+    if "attention" in kinds and "attention" not in plan.installed:
+        _install_attention(model, plan)
     plan.installed |= set(kinds)
     return plan
+
+
+def _install_attention(model: nn.Module, plan: KernelPlan) -> None:
+    """Point a model on transformers' SDPA attention at quantbench's (which falls back to SDPA for
+    every call it does not serve); other attention implementations are left alone."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return
+    from quantbench.kernels.attention import NAME, register
+
+    register()
+    for module in model.modules():
+        if hasattr(module, "num_key_value_groups") and hasattr(module, "layer_idx"):
+            module.quantbench_plan = plan
+            plan.attention.append(module)
+    if plan.attention:
+        plan.attention_restore = (config, config._attn_implementation)
+        config._attn_implementation = NAME
 
 
 def _mergeable(specs: list[dict]) -> bool:

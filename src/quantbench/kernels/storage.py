@@ -3,7 +3,9 @@
 `describe_linear` says whether a module is a linear the kernels serve (a dict), a linear they do
 not (a one-line reason) or no linear (None). `merge` moves the weights of one or more such
 layers into one buffer, points each layer at its view of it, and returns the launch
-(x, first row, end row) -> x @ W[first:end].T.
+(x, first row, end row, act=False, norm=None, res=None) -> x @ W[first:end].T with the fusions of
+prologue.py (act: x is [gate | up]; norm: (weight, eps) of an RMSNorm applied to x; res: a
+residual added to the result).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from quantbench.kernels import ops
+from quantbench.kernels.int8 import CAPACITY
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -46,7 +49,7 @@ def describe_linear(module: nn.Module) -> dict[str, Any] | str | None:
         if module.state.CB is None and module.weight.dtype != torch.int8:
             return "LLM.int8 weight not quantized yet"
         threshold = float(module.state.threshold)
-        label = "int8" + (f" outliers>={threshold:g} (dense mask)" if threshold > 0 else "")
+        label = "int8" + (f" outliers>={threshold:g} (set of {CAPACITY}, dense beyond)" if threshold > 0 else "")
         # The activation dtype is only known at call time: bitsandbytes returns it unchanged.
         return {"kind": "int8", "label": label, "in_features": module.in_features, "dtype": None,
                 "blocksize": None, "threshold": threshold, "has_bias": bias}
@@ -102,6 +105,10 @@ def _bias(members: list[nn.Module]) -> torch.Tensor | None:
     return torch.cat([m.bias.detach() for m in members]) if len(members) > 1 else members[0].bias
 
 
+def _norm(norm: tuple[torch.Tensor, float] | None) -> tuple[torch.Tensor | None, float]:
+    return norm if norm is not None else (None, 0.0)
+
+
 def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[..., torch.Tensor]:
     kind = specs[0]["kind"]
     k = specs[0]["in_features"]
@@ -115,7 +122,8 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
         for m, view in zip(members, views, strict=True):
             m.weight.data = view
         weight = flat.view(-1, k)
-        return lambda x, a, b: ops.gemv_dense(x, weight[a:b], bias_rows(a, b))
+        return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_dense(
+            x, weight[a:b], bias_rows(a, b), act, *_norm(norm), res)
 
     if kind == "4bit":
         import bitsandbytes.functional as bnbf
@@ -131,14 +139,20 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
             absmax, absmax_views = _cat_into([s.absmax for s in states])
             for s, view in zip(states, absmax_views, strict=True):
                 s.absmax = view
+        from quantbench.kernels.config import fourbit_gather
+        from quantbench.kernels.fourbit import byte_table
+
         code = states[0].code.float().contiguous()
+        if fourbit_gather() == "bytes":  # built once here, not in every launch
+            code = byte_table(code)
         blocksize = states[0].blocksize
         if any(s.quant_type != states[0].quant_type for s in states):
             raise ValueError("merged 4-bit layers must share one quant type")
 
-        def fourbit(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        def fourbit(x: torch.Tensor, a: int, b: int, act: bool = False, norm: Any = None,
+                    res: Any = None) -> torch.Tensor:
             return ops.gemv_4bit(x, flat[a * k // 2:b * k // 2], absmax[a * k // blocksize:b * k // blocksize],
-                                 code, b - a, blocksize, bias_rows(a, b))
+                                 code, b - a, blocksize, bias_rows(a, b), act, *_norm(norm), res)
 
         return fourbit
 
@@ -154,6 +168,16 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
                 m.weight.SCB = scale
         weight = flat.view(-1, k)
         threshold = specs[0]["threshold"]
-        return lambda x, a, b: ops.gemv_int8(x, weight[a:b], scb[a:b], threshold, bias_rows(a, b))
+        if threshold > 0:
+            from quantbench.kernels.layers import MAX_ROWS
+
+            # rows that had more outliers than the kernel's set holds (the dense fallback ran)
+            overflow = torch.zeros(MAX_ROWS, dtype=torch.int32, device=weight.device)
+            for m in members:
+                m.quantbench_outlier_overflow = overflow
+            return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_int8_outliers(
+                x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), overflow, act, *_norm(norm), res)
+        return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_int8(
+            x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), act, *_norm(norm), res)
 
     raise ValueError(f"no kernel for {kind}")

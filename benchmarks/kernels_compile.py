@@ -1,0 +1,157 @@
+"""Compile every decode kernel variant for an H100 (sm_90) without a GPU, and read the costs off
+the machine code: registers, spills, shared memory, barriers, global load widths, instructions.
+
+    python benchmarks/kernels_compile.py [--out DIR]
+
+Triton compiles for a named target with its own ptxas; cuobjdump (shipped with Triton) gives the
+SASS. This catches what Triton's CPU interpreter cannot (a construct the GPU backend rejects,
+inline PTX, layouts that spill) and answers the first questions about speed before any device
+time: are the packed-weight loads 16 bytes wide, how many barriers does a K-step hold, does any
+array live in local memory. Writes kernels_compile.json into --out and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+# argument name -> Triton type, per kernel family; the rest are i32 (fp32 where named below)
+FLOATS = {"eps", "threshold", "scale"}
+POINTERS = {
+    "dense": {"x_ptr": "*fp16", "w_ptr": "*fp16", "bias_ptr": "*fp16", "nw_ptr": "*fp16", "res_ptr": "*fp16",
+              "out_ptr": "*fp16"},
+    "4bit": {"x_ptr": "*fp16", "w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32",
+             "nw_ptr": "*fp16", "res_ptr": "*fp16", "out_ptr": "*fp16"},
+    "4bit-bytes": {"x_ptr": "*fp16", "w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*i64",
+                   "bias_ptr": "*fp32", "nw_ptr": "*fp16", "res_ptr": "*fp16", "out_ptr": "*fp16"},
+    "sum": {"part_ptr": "*fp32", "bias_ptr": "*fp32", "res_ptr": "*fp16", "out_ptr": "*fp16"},
+    "int8": {"x_ptr": "*fp16", "w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "nw_ptr": "*fp16",
+             "res_ptr": "*fp16", "out_ptr": "*fp16", "q_ptr": "*i8", "stat_ptr": "*fp32", "idx_ptr": "*i32",
+             "val_ptr": "*fp32", "count_ptr": "*i32", "overflow_ptr": "*i32"},
+    "attention": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "mask_ptr": "*u8", "out_ptr": "*fp16"},
+}
+
+
+def variants() -> list[tuple[str, str, object, dict, int]]:
+    """(name, family, kernel, constexprs, warps) for every variant the engine can launch."""
+    from quantbench.kernels import attention, fourbit, gemv, int8
+
+    out = []
+    for pro in (0, 1, 2):
+        out.append((f"dense pro={pro} res={pro == 2}", "dense", gemv._dense_kernel,
+                    {"HAS_BIAS": False, "PRO": pro, "RES": pro == 2, "BLOCK_N": 4, "BLOCK_K": 1024}, 4))
+    for pairs in (True, False):
+        for lookup, table in enumerate(("global", "shared", "bytes")):
+            for pro in (0, 1, 2):
+                name = f"4bit {'pairs' if pairs else 'split'} {table} pro={pro}"
+                out.append((name, "4bit-bytes" if lookup == 2 else "4bit", fourbit._fourbit_kernel,
+                            {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": lookup, "PRO": pro,
+                             "RES": pro == 2, "PAIRS": pairs, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
+    out.append(("4bit split-K partials", "4bit-bytes", fourbit._fourbit_kernel,
+                {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 2, "LOOKUP": 2, "PRO": 0, "RES": False,
+                 "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
+    out.append(("4bit split-K sum", "sum", fourbit._sum_splits,
+                {"HAS_BIAS": False, "RES": True, "SPLIT": 2, "BLOCK": 1024}, 4))
+    for pro in (0, 1, 2):
+        out.append((f"int8 t=0 pro={pro}", "int8", int8._int8_kernel,
+                    {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": pro, "RES": pro == 2, "BLOCK_N": 8,
+                     "BLOCK_K": 1024}, 4))
+    out.append(("int8 outliers prepare", "int8", int8._prepare,
+                {"CAP": int8.CAPACITY, "APPROX_DIV": True, "PRO": 2, "BLOCK_K": 2048}, 8))
+    out.append(("int8 outliers gemv", "int8", int8._outlier_gemv,
+                {"CAP": int8.CAPACITY, "HAS_BIAS": False, "APPROX_DIV": True, "PRO": 0, "RES": True, "BLOCK_N": 8,
+                 "BLOCK_K": 1024}, 4))
+    out.append(("decode attention", "attention", attention._decode_attention,
+                {"GROUP": 8, "D": 64, "BLOCK_L": 64}, 4))
+    return out
+
+
+def compile_one(kernel, family: str, constexprs: dict, warps: int, folder: Path) -> dict:  # noqa: ANN001
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = POINTERS[family][name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in FLOATS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]  # shapes and strides of the models are multiples of 16
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    options = {"num_warps": warps}
+    if family == "int8":
+        options["enable_fp_fusion"] = False
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    cubin = folder / "k.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    usage = subprocess.run([tools / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True).stdout
+    sass = subprocess.run([tools / "cuobjdump", "-sass", cubin], capture_output=True, text=True).stdout
+    code = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+
+    def count(pattern: str) -> int:
+        return sum(1 for line in code if re.search(pattern, line))
+
+    # the longest loop (a backward branch): one K-step of a GEMV
+    address = [int(re.match(r"\s+/\*([0-9a-f]{4})\*/", line).group(1), 16) for line in code]
+    loop: list[str] = []
+    for i, line in enumerate(code):
+        target = re.search(r"BRA (?:`\(\.L_x_\d+\)|)?(0x[0-9a-f]+)", line)
+        if target and int(target.group(1), 16) < address[i]:
+            start = address.index(int(target.group(1), 16)) if int(target.group(1), 16) in address else i
+            loop = max(loop, code[start:i + 1], key=len)
+    numbers = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+    return {
+        "registers": int(numbers.get("REG", 0)), "stack": int(numbers.get("STACK", 0)),
+        "local": int(numbers.get("LOCAL", 0)), "shared_bytes": compiled.metadata.shared,
+        "instructions": len(code), "barriers": count(r"\bBAR\b"),
+        "ldg_128": count(r"LDG\.E[.A-Z]*\.128"), "ldg_other": count(r"\bLDG\b") - count(r"LDG\.E[.A-Z]*\.128"),
+        "lds": count(r"\bLDS\b"), "local_memory_ops": count(r"\b(LDL|STL)\b"),
+        "loop_instructions": len(loop), "loop_barriers": sum(1 for line in loop if re.search(r"\bBAR\b", line)),
+        "loop_ldg": sum(1 for line in loop if re.search(r"\bLDG\b", line)),
+        "loop_lds": sum(1 for line in loop if re.search(r"\bLDS\b", line)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="kernels-out")
+    args = p.parse_args()
+    import triton
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, family, kernel, constexprs, warps in variants():
+            try:
+                row = {"kernel": name, **compile_one(kernel, family, constexprs, warps, Path(tmp))}
+            except Exception as err:  # a variant the backend rejects is the finding
+                row = {"kernel": name, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+            rows.append(row)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"target": "cuda sm_90", "triton": triton.__version__, "rows": rows}
+    (out / "kernels_compile.json").write_text(json.dumps(report, indent=1))
+    print(f"Triton {triton.__version__}, sm_90")
+    print(f"{'kernel':34} {'regs':>4} {'local':>5} {'smem':>6} {'instr':>6} {'BAR':>4} {'LDG.128':>7} {'LDG':>4} "
+          f"{'LDS':>4} | loop: {'instr':>5} {'BAR':>3} {'LDG':>4} {'LDS':>4}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['kernel']:34} error: {r['error'][:90]}")
+            continue
+        print(f"{r['kernel']:34} {r['registers']:4} {r['local']:5} {r['shared_bytes']:6} {r['instructions']:6} "
+              f"{r['barriers']:4} {r['ldg_128']:7} {r['ldg_other']:4} {r['lds']:4} |       {r['loop_instructions']:5} "
+              f"{r['loop_barriers']:3} {r['loop_ldg']:4} {r['loop_lds']:4}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Decode attention that reads transformers' static KV cache in place: one query token per row.
+
+transformers' SDPA path for a decode step over a StaticCache goes through torch's SDPA with a
+boolean [batch, 1, 1, cache length] mask (positions not yet written are masked); this kernel
+computes the same softmax(q k^T * scale) v in one launch per layer: one program per (row, query
+head), the grouped-query head's keys and values read straight from the cache, masked positions
+never loaded, fp32 scores and an online softmax (a running max and sum), the output rounded once
+to the activation dtype. SDPA's fused kernels round the probabilities to fp16 before multiplying
+by v; this one keeps them in fp32, so results differ from SDPA's by rounding.
+
+It is an attention implementation of transformers' registry ("quantbench_sdpa"): install()
+points a model's config at it, and it hands every call it does not serve (prefill, no or
+non-boolean mask, plan disabled) to transformers' own sdpa_attention_forward unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+NAME = "quantbench_sdpa"
+
+
+@triton.jit
+def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, L, scale, sq_b, sq_h, sk_b, sk_h, sk_l,
+                      sv_b, sv_h, sv_l, sm_b, so_b, so_h, GROUP: tl.constexpr, D: tl.constexpr,
+                      BLOCK_L: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    kv = h // GROUP
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + d).to(tl.float32) * scale
+    m_i = tl.max(tl.full([BLOCK_L], float("-inf"), tl.float32), axis=0)
+    l_i = tl.sum(tl.zeros([BLOCK_L], tl.float32), axis=0)
+    acc = tl.zeros([D], dtype=tl.float32)
+    for l0 in range(0, L, BLOCK_L):
+        pos = l0 + tl.arange(0, BLOCK_L)
+        ok = tl.load(mask_ptr + b * sm_b + pos, mask=pos < L, other=0) != 0
+        k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        alive = m_new > float("-inf")  # nothing seen yet: keep the zeros
+        alpha = tl.where(alive, tl.exp(m_i - m_new), 1.0)
+        p = tl.where(ok, tl.exp(s - m_new), 0.0)
+        v = tl.load(v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+    tl.store(out_ptr + b * so_b + h * so_h + d, (acc / l_i).to(out_ptr.dtype.element_ty))
+
+
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """query [B, H, 1, D], key/value [B, KVH, L, D] (views of the cache), mask [B, 1, 1, L] bool
+    (True: attend) -> [B, 1, H, D] in query's dtype, as sdpa_attention_forward returns it."""
+    batch, heads, _, dim = query.shape
+    length = key.shape[2]
+    out = torch.empty(batch, 1, heads, dim, dtype=query.dtype, device=query.device)
+    mask2 = mask.reshape(mask.shape[0], mask.shape[-1]).expand(batch, length)
+    mask2 = mask2.view(torch.uint8) if mask2.dtype == torch.bool else mask2
+    if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
+        raise ValueError("decode_attention needs the last dimension contiguous")
+    _decode_attention[(batch, heads)](
+        query, key, value, mask2, out, length, float(scale), query.stride(0), query.stride(1),
+        key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
+        mask2.stride(0), out.stride(0), out.stride(2), GROUP=heads // key.shape[1], D=dim, BLOCK_L=64,
+        num_warps=4)
+    return out
+
+
+@torch.library.custom_op("quantbench::decode_attention", mutates_args=())
+def decode_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    return decode_attention(query, key, value, mask, scale)
+
+
+@decode_attention_op.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+      scale: float) -> torch.Tensor:
+    batch, heads, _, dim = query.shape
+    return query.new_empty(batch, 1, heads, dim)
+
+
+def attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plan = getattr(module, "quantbench_plan", None)
+    serves = (plan is not None and plan.serves_attention(query) and query.shape[2] == 1 and dropout == 0.0
+              and attention_mask is not None and attention_mask.dtype == torch.bool
+              and attention_mask.shape[-2] == 1 and query.shape[-1] in (32, 64, 128, 256))
+    if not serves:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return decode_attention_op(query, key, value, attention_mask, scale), None
+
+
+def register() -> None:
+    """Make "quantbench_sdpa" a transformers attention implementation with SDPA's masks."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])

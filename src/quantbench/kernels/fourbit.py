@@ -1,0 +1,199 @@
+"""The 4-bit GEMV: bitsandbytes' packed NF4/FP4 storage read as it is, for a few activation rows.
+
+Storage (bitsandbytes): the row-major [N, K] matrix as bytes, two codes per byte (high nibble
+first), one fp32 absmax per `blocksize` consecutive weights of a row (K % blocksize == 0, so a
+block never straddles a row); a weight is code[nibble] * absmax.
+
+How it is fast:
+  - a program's tile is [rows, quant blocks, bytes of a block]: each thread loads 16 contiguous
+    packed bytes, and the activation arrives as contiguous pairs split into the values the high
+    and the low nibbles meet (no strided loads);
+  - one lookup per packed byte: a 256-entry table of (high, low) code pairs, gathered from shared
+    memory (tl.gather on a register copy), 10.8 instructions per packed byte in the compiled
+    loop against 17.2 with a lookup per nibble (config.set_fourbit_gather("shared"); "global":
+    the 16 codes from L1);
+  - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
+    by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
+  - split-K for matrices with few rows: SPLIT programs share a row range, each writes an fp32
+    partial sum, and a second small kernel adds the partials in a fixed order (no atomics: the
+    result is the same on every run).
+Launch shapes come from config.py's table (never timed at run time).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from quantbench.kernels.config import config_for, fourbit_gather, fourbit_pairs
+from quantbench.kernels.prologue import (
+    add_residual,
+    fused_args,
+    load_pairs,
+    load_x,
+    prologue,
+    row_rsqrt,
+    rows_of,
+)
+
+
+@triton.jit
+def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
+          nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
+          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False):
+    # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
+    # compiler sees 16-byte alignment of every packed row chunk). PAIRS: the activation read as
+    # int32 words in the packed bytes' layout, the absmax broadcast along each block, the result
+    # per byte (summed after the loop); else the activation split through shared memory and each
+    # block summed before its absmax multiplies it.
+    HALF: tl.constexpr = BLOCKSIZE // 2
+    blk = tl.arange(0, NB)
+    byte = tl.arange(0, HALF)
+    offsets = rows[:, None, None] * row_bytes + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]
+    block = b0 + blk
+    ok = block < limit
+    if MASKED:
+        packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
+    else:
+        packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
+    if TABLE is None:
+        hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
+        lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
+    elif BYTES:  # one lookup per byte: both codes' fp32 bits in one int64 entry
+        shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
+        both = tl.reshape(tl.gather(TABLE, tl.reshape(packed.to(tl.int32), shape), 0), packed.shape)
+        hi = (both >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        lo = both.to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
+        hi = tl.reshape(tl.gather(TABLE, tl.reshape((packed >> 4).to(tl.int32), shape), 0), packed.shape)
+        lo = tl.reshape(tl.gather(TABLE, tl.reshape((packed & 15).to(tl.int32), shape), 0), packed.shape)
+    if PAIRS:
+        # every tile in the packed bytes' own shape: each thread reads the words and the absmax its
+        # bytes meet (the same ones as the threads of other rows, from L1), no layout exchange
+        zero = rows[:, None, None] * 0
+        words = zero + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]  # a word per byte
+        x_mask = ok[None, :, None] & (zero == 0) if MASKED else None
+        x_hi, x_lo = load_pairs(x_ptr + m * stride_x, words, x_mask, row_blocks * HALF, PRO, nw_ptr, r)
+        scale_at = absmax_ptr + rows[:, None, None] * row_blocks + block[None, :, None] + byte[None, None, :] * 0
+        scale = tl.load(scale_at, mask=x_mask, other=0.0) if MASKED else tl.load(scale_at)
+        return (hi * x_hi + lo * x_lo) * scale
+    else:
+        elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
+        x_mask = elem < limit * BLOCKSIZE if MASKED else None
+        x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
+        x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
+        scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
+        scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
+        return tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2) * scale  # [rows, blocks]
+
+
+@triton.jit
+def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, row_bytes,
+                    row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
+                    BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
+                    RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    NB: tl.constexpr = BLOCK_K // BLOCKSIZE
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    m = tl.program_id(2)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    rows = tl.where(row_ok, rows, 0)  # clamped, not masked: the loads stay unconditional
+    start = split * split_blocks  # in quantization blocks
+    end = tl.minimum(start + split_blocks, row_blocks)
+    if PAIRS:
+        acc = tl.zeros([BLOCK_N, NB, BLOCKSIZE // 2], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
+    full_end = start + ((end - start) // NB) * NB
+    # LOOKUP 0: the 16 fp32 codes from L1; 1: gathered from shared memory; 2: a 256-entry table
+    # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64)
+    if LOOKUP == 2:
+        table = tl.load(code_ptr + tl.arange(0, 256))
+    elif LOOKUP == 1:
+        table = tl.load(code_ptr + tl.arange(0, 16))
+    else:
+        table = None
+    r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO)
+    for b0 in range(start, full_end, NB):
+        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
+                     nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
+                     LOOKUP == 2)
+    if full_end < end:  # a last partial step
+        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
+                     stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
+                     LOOKUP == 2)
+    out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
+    if SPLIT == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        out = add_residual(out.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
+        tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
+    else:  # fp32 partials [M, SPLIT, N]; _sum_splits adds them
+        tl.store(out_ptr + (m * SPLIT + split) * N + rows, out, mask=row_ok)
+
+
+@triton.jit
+def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS_BIAS: tl.constexpr,
+                RES: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = tl.program_id(1)
+    ok = rows < N
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(SPLIT):  # always in this order: a deterministic sum
+        total += tl.load(part_ptr + (m * SPLIT + s) * N + rows, mask=ok, other=0.0)
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + rows, mask=ok, other=0.0).to(tl.float32)
+    out = add_residual(total.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, ok, RES)
+    tl.store(out_ptr + m * stride_o + rows, out, mask=ok)
+
+
+LOOKUPS = {"global": 0, "shared": 1, "bytes": 2}  # config.set_fourbit_gather's modes
+
+
+def byte_table(code: torch.Tensor) -> torch.Tensor:
+    """The 256-entry lookup of the "bytes" mode: entry b holds the fp32 bits of code[b >> 4]
+    (high word) and code[b & 15] (low word), so one gather decodes both codes of a packed byte."""
+    bits = code.float().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    return (bits.repeat_interleave(16) << 32) | bits.repeat(16)
+
+
+def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int,
+              blocksize: int, bias: torch.Tensor | None = None, act: bool = False,
+              norm: tuple[torch.Tensor, float] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] against bitsandbytes' packed 4-bit [N, K] (`absmax` fp32, one per block of a
+    row; `code` its 16-entry table, or byte_table(code)), fp32 accumulation, in x's dtype. act /
+    norm / residual: the fusions of prologue.py."""
+    k = packed.numel() * 2 // n
+    if k % blocksize or absmax.dtype != torch.float32:
+        raise ValueError("gemv_4bit needs K % blocksize == 0 and fp32 absmax")
+    pro = prologue(x.shape[-1], k, act, norm)
+    x2 = rows_of(x)
+    rows = x2.shape[0]
+    nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
+    block_n, block_k, warps, split = config_for(f"4bit{blocksize}", n, k)
+    blocks = k // blocksize
+    split_blocks = triton.cdiv(blocks, split)  # each split whole quantization blocks
+    split = triton.cdiv(blocks, split_blocks)
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    lookup = LOOKUPS[fourbit_gather()]
+    if lookup == 2 and code.dtype != torch.int64:
+        code = byte_table(code)  # the engine passes the table built once (storage.py)
+    elif lookup < 2 and code.dtype != torch.float32:
+        code = code.float()
+    target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
+    bias_arg = bias if bias is not None else absmax
+    _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
+        x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
+        stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
+        LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
+        PAIRS=fourbit_pairs() and x.dtype in (torch.float16, torch.bfloat16), BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=warps)
+    if split > 1:
+        block = 1024
+        _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, res, out, n, stride_r, out.stride(0),
+                                                    HAS_BIAS=bias is not None, RES=residual is not None,
+                                                    SPLIT=split, BLOCK=block, num_warps=4)
+    return out.reshape(*x.shape[:-1], n)

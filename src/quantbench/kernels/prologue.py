@@ -1,0 +1,125 @@
+"""What a GEMV reads as its activation, and what it adds to its result, so that the elementwise
+kernels around a block's GEMVs disappear into them.
+
+Prologue (PRO):
+  0  the row as given;
+  1  silu(gate) * up of a merged gate/up output [gate | up] (the MLP's activation);
+  2  RMSNorm of the row: weight * (x * rsqrt(mean(x^2) + eps)) (the block's norms), each program
+     summing the squares of the whole row first (a few KB, from L2).
+Epilogue (RES): the result rounded to the activation dtype, plus a residual row, rounded again
+(the block's residual adds).
+Roundings are those of eager fp16/bf16 torch (transformers' LlamaRMSNorm and LlamaMLP): silu in
+fp32 rounded, then the product rounded; the normalised row rounded, then times the weight rounded.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def row_rsqrt(x_ptr, K, eps, PRO: tl.constexpr, BLOCK: tl.constexpr = 1024):
+    """rsqrt(mean(x^2) + eps) of a row of K for PRO 2; 1.0 otherwise."""
+    if PRO == 2:
+        total = tl.zeros([BLOCK], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK):
+            k = k0 + tl.arange(0, BLOCK)
+            v = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            total += v * v
+        return tl.rsqrt(tl.sum(total, axis=0) / K + eps)
+    else:
+        return 1.0
+
+
+@triton.jit
+def _silu_mul(gate, up):
+    g = gate.to(tl.float32)
+    silu = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    return (silu.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
+
+
+@triton.jit
+def _rms(x, weight, r):
+    normed = (x.to(tl.float32) * r).to(x.dtype)
+    return (weight.to(tl.float32) * normed.to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
+def _load(ptr, mask):
+    if mask is None:  # noqa: SIM108  (a compile-time branch in Triton)
+        v = tl.load(ptr)
+    else:
+        v = tl.load(ptr, mask=mask, other=0)
+    return v
+
+
+@triton.jit
+def load_x(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
+    """The activation at `offsets` (0 where `mask` is False; mask None: all in range). half: the
+    up half's offset (PRO 1); nw_ptr, r: the norm's weight and the row's rsqrt (PRO 2)."""
+    x = _load(x_ptr + offsets, mask)
+    if PRO == 1:
+        x = _silu_mul(x, _load(x_ptr + half + offsets, mask))
+    elif PRO == 2:
+        x = _rms(x, _load(nw_ptr + offsets, mask), r)
+    return x
+
+
+@triton.jit
+def _halves(words, DT: tl.constexpr):
+    even = (words & 0xFFFF).to(tl.uint16).to(DT, bitcast=True)
+    odd = ((words >> 16) & 0xFFFF).to(tl.uint16).to(DT, bitcast=True)
+    return even, odd
+
+
+@triton.jit
+def load_pairs(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
+    """load_x for 16-bit activations read as int32 words: (even, odd) elements of the words at
+    `offsets` (in words; `half` too), as fp32. The words keep every load 16 bytes wide and in
+    the layout of the packed weights that meet them (no shuffle through shared memory)."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    words = _load(x_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask)
+    even, odd = _halves(words, DT)
+    if PRO == 1:
+        up_even, up_odd = _halves(_load(x_ptr.to(tl.pointer_type(tl.int32)) + half + offsets, mask), DT)
+        even, odd = _silu_mul(even, up_even), _silu_mul(odd, up_odd)
+    elif PRO == 2:
+        w_even, w_odd = _halves(_load(nw_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask), DT)
+        even, odd = _rms(even, w_even, r), _rms(odd, w_odd, r)
+    return even.to(tl.float32), odd.to(tl.float32)
+
+
+@triton.jit
+def add_residual(out, res_ptr, rows, mask, RES: tl.constexpr):
+    """`out` (already in the output dtype) plus the residual at `rows`, rounded (RES) or as is."""
+    if RES:
+        res = tl.load(res_ptr + rows, mask=mask, other=0.0)
+        out = (out.to(tl.float32) + res.to(tl.float32)).to(out.dtype)
+    return out
+
+
+def prologue(x_cols: int, k: int, act: bool, norm: object) -> int:
+    """PRO for a kernel with K = k reading a row of x_cols columns; raises on a mismatch."""
+    if act and norm is not None:
+        raise ValueError("a GEMV reads either silu(gate) * up or a normed row, not both")
+    if x_cols != (2 * k if act else k):
+        raise ValueError(f"activation has {x_cols} columns for K = {k}{' (gate | up)' if act else ''}")
+    return 1 if act else 2 if norm is not None else 0
+
+
+def rows_of(x: torch.Tensor) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def fused_args(x2: torch.Tensor, norm: tuple[torch.Tensor, float] | None,
+               residual: torch.Tensor | None, n: int) -> tuple:
+    """(norm weight, eps, residual rows, residual row stride) kernel arguments; placeholders
+    (x itself) where a fusion is off."""
+    res = x2 if residual is None else rows_of(residual)
+    if residual is not None and res.shape != (x2.shape[0], n):
+        raise ValueError(f"residual {tuple(residual.shape)} does not match the output's {x2.shape[0]} x {n}")
+    weight, eps = norm if norm is not None else (x2, 0.0)
+    return weight, float(eps), res, res.stride(0)
