@@ -68,9 +68,9 @@ def _graph_breaks(loaded: quantbench.Loaded) -> int:
 
 
 @pytest.fixture(scope="module")
-def fp32() -> tuple[int, float]:
+def fp32(loaded_model) -> tuple[int, float]:
     """Logical parameter count and perplexity of the unquantized model."""
-    loaded = quantbench.load(MODEL, "fp32", device="cpu")
+    loaded = loaded_model("fp32")  # shared with the other test files
     return loaded.inspection.parameters, _perplexity(loaded)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MODEL
+from conftest import MODEL, SHORT_CALIBRATION
 
-SHORT = {"calibration_samples": 4, "calibration_seq_len": 128}
+SHORT = SHORT_CALIBRATION
 # Perplexity ratio to fp32 on the first 512 held-out tokens with SHORT calibration, measured on
 # SmolLM2-135M: gptq 1.293, awq 1.112 (nf4 1.288 on the same tokens). The bounds leave a margin
 # above each measurement; GPTQ on only 512 calibration tokens is no better than nf4 here.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 import torch
+from conftest import SHORT_CALIBRATION
 
 import quantbench
+from quantbench.calibration.scheme import Calibrated
 from quantbench.errors import QuantbenchError
 from quantbench.estimate import (
     EstimateSettings,
@@ -28,17 +32,31 @@ QUANTIZED = [n for n, p in PRECISIONS.items() if p.quantizes]
 
 
 @pytest.fixture(scope="module")
-def small_smollm2(tmp_path_factory):
-    """SmolLM2's real weights cut to its first 2 blocks: every precision loads in seconds."""
+def small_smollm2():
+    """SmolLM2's real weights cut to its first 2 blocks: every precision loads in seconds.
+
+    Kept at one place in QUANTBENCH_CACHE: a calibrated checkpoint is cached by its model's
+    folder, so the calibrated rows are calibrated once, not once per session."""
+    from quantbench.models import cache_dir
+
+    folder = cache_dir() / "tests" / "smollm2-2blocks"
+    if (folder / "config.json").is_file():
+        return str(folder)
     loaded = quantbench.load("smollm2-135m", "fp32", device="cpu")
     model = loaded.model
     model.model.layers = model.model.layers[:2]
     model.config.num_hidden_layers = 2
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = model.config.layer_types[:2]
-    folder = tmp_path_factory.mktemp("smollm2-2blocks")
-    model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
+    # written beside it and renamed into place: a half-written folder is never found
+    partial = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    loaded.tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(folder)
+    except OSError:  # another process put it there first
+        shutil.rmtree(partial, ignore_errors=True)
     return str(folder)
 
 
@@ -46,8 +64,8 @@ def _close(estimated: int, measured: int, tolerance: float = 0.03) -> bool:
     return abs(estimated - measured) / measured <= tolerance
 
 
-def test_full_smollm2_fp32_matches_inspection():
-    loaded = quantbench.load("smollm2-135m", "fp32", device="cpu")
+def test_full_smollm2_fp32_matches_inspection(loaded_model):
+    loaded = loaded_model("fp32")
     result = estimate("smollm2-135m", "fp32", CPU).precisions[0]
     assert result.parameters == loaded.inspection.parameters  # tied embeddings counted once
     assert _close(result.weights_bytes, loaded.inspection.footprint_bytes)
@@ -56,7 +74,9 @@ def test_full_smollm2_fp32_matches_inspection():
 @pytest.mark.parametrize("precision", LOADABLE_ON_CPU)
 def test_weights_match_loaded_footprint(small_smollm2, precision):
     pytest.importorskip(PRECISIONS[precision].backend)
-    loaded = quantbench.load(small_smollm2, precision, device="cpu")
+    # the calibration's length changes the values, never the layout or the footprint
+    short = SHORT_CALIBRATION if isinstance(PRECISIONS[precision].scheme, Calibrated) else {}
+    loaded = quantbench.load(small_smollm2, precision, device="cpu", **short)
     info = loaded.inspection
     result = estimate(small_smollm2, precision, CPU).precisions[0]
     assert result.parameters == info.parameters

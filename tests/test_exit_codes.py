@@ -1,28 +1,20 @@
 """Exit status a script can trust: 0 measured (a precision that does not fit is an answer),
 1 another error (results kept, rerun redoes only it), 2 bad input, a second sweep refused.
 
-Workers only load the real SmolLM2 (no latency, no quality), so each run takes seconds.
+Workers only load the real SmolLM2 (no latency, no quality); the killed and out-of-memory
+workers are conftest's fault sweep, shared with the runner's isolation tests.
 """
 
 from __future__ import annotations
 
 import os
-import textwrap
-from pathlib import Path
 
 import pytest
+from conftest import FAULT_SWEEP_PRECISIONS
 
-from quantbench.results import OUT_OF_MEMORY, read_results
+from quantbench.results import OUT_OF_MEMORY
 
 LOAD_ONLY = ["--no-latency", "--no-quality"]
-
-
-def inject(tmp_path: Path, monkeypatch, body: str) -> None:
-    """A sitecustomize that patches the worker processes only (the parent has already started)."""
-    site = tmp_path / "inject"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(textwrap.dedent(body))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
 
 
 def test_the_worker_and_the_runner_agree_on_out_of_memory():
@@ -31,47 +23,26 @@ def test_the_worker_and_the_runner_agree_on_out_of_memory():
     assert OOM == OUT_OF_MEMORY
 
 
-def test_out_of_memory_is_an_answer_exit_0(cli, tmp_path, monkeypatch):
-    inject(tmp_path, monkeypatch, """
-        import torch, quantbench.loading as loading
-        real = loading.load
-        def load(model, precision="nf4", *args, **kwargs):
-            if precision == "nf4":
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-            return real(model, precision, *args, **kwargs)
-        loading.load = load
-    """)
-    path = tmp_path / "r.jsonl"
-    code, out, err = cli("run", "smollm2-135m", "-p", "fp32,nf4", "-o", str(path), *LOAD_ONLY)
-    assert code == 0, err
-    assert "out of memory" in out and "error:" not in err
-    by_precision = {r.spec.precision: r for r in read_results(path)[0]}
-    assert by_precision["nf4"].error == OUT_OF_MEMORY and by_precision["fp32"].ok
-
-
-def test_killed_worker_is_exit_1_kept_and_the_rerun_redoes_only_it(cli, tmp_path, monkeypatch):
-    inject(tmp_path, monkeypatch, """
-        import os, signal, quantbench.worker as worker
-        real = worker._load_metrics
-        def _load_metrics(loaded, probe, rss_before):
-            if loaded.precision.name == "nf4":
-                os.kill(os.getpid(), signal.SIGKILL)  # mid-measurement, as the OOM killer would
-            return real(loaded, probe, rss_before)
-        worker._load_metrics = _load_metrics
-    """)
-    path = tmp_path / "r.jsonl"
-    code, _, err = cli("run", "smollm2-135m", "-p", "fp32,nf4", "-o", str(path), *LOAD_ONLY)
-    assert code == 1
-    assert "error: nf4 ended in an error" in err and str(path) in err.replace("\n", "")
-    first = {r.spec.precision: r for r in read_results(path)[0]}
+def test_killed_worker_is_exit_1_kept_and_the_rerun_redoes_only_it(fault_sweep):
+    faulty, path = fault_sweep.faulty, fault_sweep.path
+    assert faulty.code == 1
+    # only the killed worker is an error: the out-of-memory int8 before it is an answer
+    assert "error: nf4 ended in an error" in faulty.err and str(path) in faulty.err.replace("\n", "")
+    first = {r.spec.precision: r for r in faulty.results}
     assert "crashed (exit code -9)" in first["nf4"].error and first["fp32"].ok
 
-    monkeypatch.setenv("PYTHONPATH", os.environ["PYTHONPATH"].split(os.pathsep, 1)[1])
-    code, _, err = cli("run", "smollm2-135m", "-p", "fp32,nf4", "-o", str(path), *LOAD_ONLY)
-    assert code == 0, err
-    lines = read_results(path)[0]
-    assert [r.spec.precision for r in lines] == ["fp32", "nf4", "nf4"]  # fp32 was not redone
-    assert lines[-1].ok and lines[-1].metrics["weights_footprint_bytes"] > 0
+    rerun = fault_sweep.rerun
+    assert rerun.code == 0, rerun.err
+    # only nf4 was measured again: fp32 was measured, int8 does not fit
+    assert [r.spec.precision for r in rerun.results] == [*FAULT_SWEEP_PRECISIONS, "nf4"]
+    assert rerun.results[-1].ok and rerun.results[-1].metrics["weights_footprint_bytes"] > 0
+
+
+def test_out_of_memory_is_an_answer_exit_0(fault_sweep):
+    rerun = fault_sweep.rerun  # everything answered: fp32 and nf4 measured, int8 out of memory
+    assert rerun.code == 0, rerun.err
+    assert "out of memory" in rerun.out and "error:" not in rerun.err
+    assert {r.spec.precision: r for r in rerun.results}["int8"].error == OUT_OF_MEMORY
 
 
 def test_second_sweep_on_the_same_file_is_refused(cli, tmp_path):

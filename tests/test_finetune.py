@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -135,14 +134,11 @@ def test_bad_input_is_one_line_errors(tmp_path):
         merge_adapter(tmp_path, tmp_path / "out", dtype="int4")
 
 
-def test_cli_reports_bad_data_without_traceback(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-c", "from quantbench.cli import main; main()", "finetune", MODEL,
-         "--data", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "a")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert run.returncode == 2
-    assert "error: training data" in run.stderr and "Traceback" not in run.stderr
+def test_cli_reports_bad_data_without_traceback(cli, tmp_path):
+    code, _, err = cli("finetune", MODEL, "--data", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "a"))
+    assert code == 2
+    assert "error: training data" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.skipif(

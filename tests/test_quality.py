@@ -68,6 +68,8 @@ def test_reference_against_itself_is_zero_and_batching_changes_nothing(loaded_mo
     fp32 = loaded_model("fp32").model
     path = tmp_path / "ref.npy"
     one = quality.score(fp32, ids, 96, 48, save_reference=path)
+    again = quality.score(fp32, ids, 96, 48, reference=path)
+    assert again.kl.mean() < 1e-3 and again.top1_match.mean() > 0.99  # only the reference's fp16 storage differs
     batched = quality.score(fp32, ids, 96, 48, reference=path, batch_size=4)
     assert batched.kl.mean() < 1e-4 and batched.top1_match.all()
     np.testing.assert_allclose(batched.target_lp, one.target_lp, atol=1e-4)

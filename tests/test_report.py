@@ -3,8 +3,6 @@
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 from matplotlib.image import imread
@@ -162,13 +160,6 @@ def test_load_results_keeps_newest_per_spec_and_reports_corrupt_lines(tmp_path):
     assert len(problems) == 1 and ":2:" in problems[0]
 
 
-def quantbench_cli(*args):
-    code = ("import sys; from quantbench.cli import main; "
-            "sys.argv = ['quantbench', *sys.argv[1:]]; main()")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.fixture
 def results_file(tmp_path):
     path = tmp_path / "results.jsonl"
@@ -179,18 +170,18 @@ def results_file(tmp_path):
     return path
 
 
-def test_cli_writes_every_output_and_skips_a_corrupt_line(results_file, tmp_path):
-    done = quantbench_cli("report", str(results_file), "--format", "md",
-                          "--html", str(tmp_path / "r.html"), "--plots", str(tmp_path / "plots"))
-    assert done.returncode == 0, done.stderr
-    assert "| nf4 |" in done.stdout and "Checks: smollm2" in done.stdout
-    skipped = [line for line in done.stderr.splitlines() if "unreadable" in line]
-    assert len(skipped) == 1 and "Traceback" not in done.stderr
+def test_cli_writes_every_output_and_skips_a_corrupt_line(cli, results_file, tmp_path):
+    code, out, err = cli("report", str(results_file), "--format", "md",
+                         "--html", str(tmp_path / "r.html"), "--plots", str(tmp_path / "plots"))
+    assert code == 0, err
+    assert "| nf4 |" in out and "Checks: smollm2" in out
+    skipped = [line for line in err.splitlines() if "unreadable" in line]
+    assert len(skipped) == 1 and "Traceback" not in err
     assert (tmp_path / "r.html").stat().st_size > 10_000
     assert len(list((tmp_path / "plots").glob("*.png"))) == 4
-    missing = quantbench_cli("report", str(tmp_path / "nope.jsonl"))
-    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
-    assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    code, _, err = cli("report", str(tmp_path / "nope.jsonl"))
+    assert code == 2 and err.startswith("error: ")
+    assert "does not exist" in err and "Traceback" not in err
 
 
 def test_make_report_writes_text_output_and_rejects_unknown_formats(results_file, tmp_path):
