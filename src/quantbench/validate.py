@@ -112,6 +112,13 @@ def engine(name: str) -> None:
 # ---------------------------------------------------------------- text inputs
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise QuantbenchError(f"cannot read {what} '{path}': {err.strerror}") from None
+
+
 def text_file(path: str | Path, what: str = "text file") -> str:
     """The file's text: it exists, is a file, is not empty, is UTF-8 text (not binary)."""
     path = Path(path)
@@ -119,10 +126,7 @@ def text_file(path: str | Path, what: str = "text file") -> str:
         raise QuantbenchError(f"{what} '{path}' does not exist")
     if not path.is_file():
         raise QuantbenchError(f"{what} '{path}' is not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise QuantbenchError(f"cannot read {what} '{path}': {err.strerror}") from None
+    data = _read_bytes(path, what)
     if not data.strip():
         raise QuantbenchError(f"{what} '{path}' is empty")
     if b"\0" in data:
@@ -212,10 +216,7 @@ def _results_content(path: Path, appending: bool) -> None:
 
     if path.is_dir():
         raise QuantbenchError(f"results file '{path}' is a folder, not a file")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise QuantbenchError(f"cannot read results file '{path}': {err.strerror}") from None
+    data = _read_bytes(path, "results file")
     if not data.strip():
         if appending:
             return
