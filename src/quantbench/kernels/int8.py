@@ -92,6 +92,13 @@ def _epilogue(acc, row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS: tl.const
 
 
 @triton.jit
+def _dequant(w, col, dtype):
+    """int8_vectorwise_dequant of weight columns: int8 * SCB * (1/127), rounded to the activation
+    dtype as bitsandbytes leaves it, then fp32 for the product."""
+    return ((w.to(tl.float32) * col[:, None]) * 7.874015718698502e-3).to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _rint(v):
     # Round half to even without libdevice (the interpreter has none): 1.5 * 2^23 trick, exact
     # for |v| < 2^22; quantized activations are within +-127.
@@ -156,7 +163,7 @@ def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, sc
     row_stat = tl.load(stat_ptr + m)
     out = _epilogue(tl.sum(acc, axis=1), row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS, APPROX_DIV)
     out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
-    # the outlier term: int8_vectorwise_dequant (int8 * SCB * (1/127)) in the activation dtype
+    # the outlier term: the outlier columns' weights dequantized, times the kept activations
     count = tl.load(count_ptr + m)
     extra = tl.zeros([BLOCK_N], dtype=tl.float32)
     if count <= CAP:
@@ -165,8 +172,7 @@ def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, sc
         where = tl.load(idx_ptr + m * CAP + slot, mask=used, other=0)
         value = tl.load(val_ptr + m * CAP + slot, mask=used, other=0.0)
         w = tl.load(w_ptr + rows[:, None] * K + where[None, :], mask=used[None, :], other=0)
-        w_deq = ((w.to(tl.float32) * col[:, None]) * 7.874015718698502e-3).to(x_ptr.dtype.element_ty)
-        extra = tl.sum(w_deq.to(tl.float32) * value[None, :], axis=1)
+        extra = tl.sum(_dequant(w, col, x_ptr.dtype.element_ty) * value[None, :], axis=1)
     else:  # more outliers than the set holds: the dense mask over the whole row (counted)
         r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)
         dense = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -175,8 +181,7 @@ def _outlier_gemv(q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, x_ptr, w_ptr, sc
             x = load_x(x_ptr + m * stride_x, k, k < K, K, PRO, nw_ptr, r)
             xo = tl.where(tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold, x.to(tl.float32), 0.0)
             w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=(k < K)[None, :], other=0)
-            w_deq = ((w.to(tl.float32) * col[:, None]) * 7.874015718698502e-3).to(x_ptr.dtype.element_ty)
-            dense += w_deq.to(tl.float32) * xo[None, :]
+            dense += _dequant(w, col, x_ptr.dtype.element_ty) * xo[None, :]
         extra = tl.sum(dense, axis=1)
     out = add_residual((out + extra).to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)

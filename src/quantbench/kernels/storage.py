@@ -62,10 +62,10 @@ def describe_linear(module: nn.Module) -> dict[str, Any] | str | None:
             return "no weight tensor (kept packed by its library)"
         if type(weight.data) is not torch.Tensor:  # e.g. torchao's Int8Tensor: its own matmul
             return f"weights held as {type(weight.data).__name__} ({type(weight.data).__module__.split('.')[0]})"
-        if module.weight.dtype not in _FLOATS:
-            return f"weights in {module.weight.dtype}"
+        if weight.dtype not in _FLOATS:
+            return f"weights in {weight.dtype}"
         return {"kind": "dense", "label": "dense", "in_features": module.in_features,
-                "dtype": module.weight.dtype, "blocksize": None, "threshold": None, "has_bias": bias}
+                "dtype": weight.dtype, "blocksize": None, "threshold": None, "has_bias": bias}
     return None
 
 
