@@ -7,7 +7,7 @@
 # calibration 10-30 s on top); `all` runs them one after another.   (writes under $OUT, default benchmarks/results/h100/calibrated)
 #
 # Wheels beyond torch / transformers / accelerate / peft travel in .whl/ (setup.sh installs them
-# with --no-deps into /tmp/site). Fetch them once, on a machine with a network, for CPython 3.12:
+# with --no-deps into $QB_WORK/site). Fetch them once, on a machine with a network, for CPython 3.12:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
 #     llmcompressor==0.14.0.1 compressed-tensors==0.19.0 auto-round==0.15.1 loguru==0.7.3 \
 #     datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 torchao==0.18.0 termcolor==3.3.0 \
