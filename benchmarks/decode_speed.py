@@ -133,6 +133,8 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     from quantbench.engine import get_engine
     from quantbench.engine.fast import FastEngine
 
+    if args.fourbit_table:
+        apply_fourbit_table(json.loads(Path(args.fourbit_table).read_text()))
     base, *flags = name.split("+")
     precision, options = VARIANTS.get(base, (base, {}))
     engine_options = {"compile_mode": args.compile_mode}
@@ -200,6 +202,15 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     return result
 
 
+def apply_fourbit_table(swept: dict) -> None:
+    """Launch shapes and lookup mode from a kernels_gemv.py --sweep run, in place of config's."""
+    from quantbench.kernels import config
+
+    config.FOURBIT.update({(n, k): tuple(shape) for n, k, shape in swept["table"]})
+    config.set_fourbit_gather(swept["gather"])
+    config.set_fourbit_pairs(swept["pairs"])
+
+
 def kernel_options(spec: str) -> dict:
     """'bnb', 'quantbench' (its default kernels) or 'quantbench/KIND/KIND...' (those of its
     kernels: dense, 4bit, int8, attention; layers of other kinds keep their own forwards)."""
@@ -229,7 +240,7 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
 
 def _forwarded(args: argparse.Namespace) -> dict:
     keys = ("model", "parts", "prompt_len", "new_tokens", "eager_tokens", "curve_tokens",
-            "repeats", "compile_mode", "kernels")
+            "repeats", "compile_mode", "kernels", "fourbit_table")
     forwarded = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     forwarded["batches"] = ",".join(map(str, args.batches))
     return forwarded
@@ -347,6 +358,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile-mode", default=None, help="torch.compile mode of the decode step")
     p.add_argument("--kernels", default="bnb,quantbench", help="fast engine kernels to compare, in order")
     p.add_argument("--timeout-s", type=int, default=300, help="per precision")
+    p.add_argument("--fourbit-table", default=None,
+                   help="4-bit launch shapes from kernels_gemv.py --sweep (its fourbit_table.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--bandwidth", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parts", default=None, help=argparse.SUPPRESS)

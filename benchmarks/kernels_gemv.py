@@ -32,10 +32,11 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
-# 4-bit variants: code lookup (per byte / per nibble from shared memory / from L1) x activation as
-# int32 pairs (True) or split (False)
+# 4-bit variants: code lookup (per byte / per nibble from shared memory) x activation as int32 pairs
+# (True) or split (False); the lookup from L1 ("global") compiled to the most instructions per
+# byte (kernels_compile.py) and is left out of the sweep
 GATHERS = {"dense": (None,), "int8": (None,),
-           "4bit": (("bytes", False), ("shared", False), ("global", False), ("bytes", True))}
+           "4bit": (("bytes", False), ("shared", False), ("bytes", True))}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8", "_prepare", "_outlier_gemv")
 
 
@@ -220,10 +221,14 @@ def main() -> None:
     for model in args.models.split(","):
         for fmt in args.formats.split(","):
             for name, (n, k) in SHAPES[model].items():
+                if name == "lm_head" and fmt.startswith("nf4"):
+                    continue  # bitsandbytes leaves lm_head unquantized: the dense kernel serves it
                 row = {"model": model, "shape": name, **one_shape(fmt, n, k, args.sweep)}
                 report["rows"].append(row)
                 (out / "kernels_gemv.json").write_text(json.dumps(report, indent=1))
                 print(json.dumps({k: v for k, v in row.items() if k != "sweep_us"}), flush=True)
+                if args.sweep:  # a time limit that stops the sweep still leaves a table
+                    suggest(report["rows"], out / "fourbit_table.json", show=False)
     bw = report["copy_bandwidth_bytes_per_s"] / 1e12
     print(f"\ncopy bandwidth {bw:.2f} TB/s; us per call in a CUDA graph, cold L2 (TB/s)")
     print(f"{'model':9} {'fmt':12} {'shape':7} {'ours':>13} {'profiler':>13} {'bnb':>13} {'cublas':>6} "
@@ -235,12 +240,13 @@ def main() -> None:
         bnb = f"{r['bnb_us']:6.1f} ({r['bnb_tb_s']:.2f})" if "bnb_us" in r else f"{r['bnb_us_eager']:.0f} eager"
         print(f"{r['model']:9} {r['format']:12} {r['shape']:7} {r['ours_us']:6.1f} ({r['ours_tb_s']:.2f}) "
               f"{prof:>13} {bnb:>13} {r['cublas_us']:6.1f} {best:>24} {check}")
-    suggest(report["rows"])
+    suggest(report["rows"], out / "fourbit_table.json")
 
 
-def suggest(rows: list[dict]) -> None:
+def suggest(rows: list[dict], path: Path, show: bool = True) -> None:
     """The sweep's winners as config.py would take them: per (N, K) the best launch shape in the
-    lookup/layout that is fastest over all 4-bit shapes together (config's modes are global)."""
+    lookup/layout that is fastest over all 4-bit shapes together (config's modes are global).
+    Also written to `path`, which decode_speed.py --fourbit-table applies before it measures."""
     import ast
 
     swept = [r for r in rows if r.get("sweep_us") and r["format"].startswith("nf4")]
@@ -258,9 +264,13 @@ def suggest(rows: list[dict]) -> None:
     for r in swept:
         ok = {k: v for k, v in r["sweep_us"].items() if k.endswith(mode) and isinstance(v, float)}
         table[(r["N"], r["K"])] = ast.literal_eval(min(ok, key=ok.get).split(")")[0] + ")")
-    print(f"\n4-bit: fastest lookup/layout over all shapes: {mode} (sum of best us: "
-          + ", ".join(f"{m} {t:.0f}" for m, t in sorted(totals.items(), key=lambda kv: kv[1])) + ")")
-    print(f"FOURBIT = {table}  # (BLOCK_N, BLOCK_K, warps, SPLIT; 0 = config's rule)")
+    if show:
+        print(f"\n4-bit: fastest lookup/layout over all shapes: {mode} (sum of best us: "
+              + ", ".join(f"{m} {t:.0f}" for m, t in sorted(totals.items(), key=lambda kv: kv[1])) + ")")
+        print(f"FOURBIT = {table}  # (BLOCK_N, BLOCK_K, warps, SPLIT; 0 = config's rule)")
+    gather, layout = mode.split()
+    path.write_text(json.dumps({"gather": gather, "pairs": layout == "pairs",
+                                "table": [[n, k, list(shape)] for (n, k), shape in table.items()]}))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 # The kernel benchmarks on a GPU machine, one stage at a time (run after `source setup.sh`):
 #   dev           GEMV checks + times (nf4, nf4-dq, int8 t=0 and t=6; both models), the 4-bit launch-shape
 #                 sweep (lookups x activation layouts), tinyllama decode: nf4 with bitsandbytes'
-#                 gemv_4bit and with ours, fp16 with the default kinds and with all of them,
-#                 int8 (t=6) with all of them
+#                 gemv_4bit and with ours (at the sweep's shapes), fp16 with the default kinds and
+#                 with all of them, int8 (t=6) with all of them
 #   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
 #                 five precisions
 #   final-check   per-kernel times and profiler bandwidth, teacher-forced equivalence on the
@@ -28,11 +28,13 @@ gemv() {  # limit_s out_subdir [args]
 case "$stage" in
   dev)
     all=quantbench/dense/4bit/int8/attention/fuse
-    gemv 80 gemv --formats nf4,nf4-dq,int8-t0,int8-t6
-    gemv 130 sweep --formats nf4 --sweep
-    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,$all tinyllama-nf4 150
-    decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 110
-    decode tinyllama-1.1b-arch int8 $all tinyllama-int8 90 ;;
+    gemv 60 gemv --formats nf4,nf4-dq,int8-t0,int8-t6
+    gemv 120 sweep --formats nf4 --sweep
+    table=()  # the sweep's 4-bit launch shapes, when it wrote them
+    [ -f "$OUT/sweep/fourbit_table.json" ] && table=(--fourbit-table "$OUT/sweep/fourbit_table.json")
+    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,$all tinyllama-nf4 130 "${table[@]}"
+    decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 95
+    decode tinyllama-1.1b-arch int8 $all tinyllama-int8 75 ;;
   final-decode)
     decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 105 ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh
