@@ -30,8 +30,7 @@ POINTERS = {
                    "bias_ptr": "*fp32", "nw_ptr": "*fp16", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "sum": {"part_ptr": "*fp32", "bias_ptr": "*fp32", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "int8": {"x_ptr": "*fp16", "w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "nw_ptr": "*fp16",
-             "res_ptr": "*fp16", "out_ptr": "*fp16", "q_ptr": "*i8", "stat_ptr": "*fp32", "idx_ptr": "*i32",
-             "val_ptr": "*fp32", "count_ptr": "*i32", "overflow_ptr": "*i32"},
+             "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "attention": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "mask_ptr": "*u8", "out_ptr": "*fp16"},
 }
 
@@ -56,17 +55,13 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
                  "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
     out.append(("4bit split-K sum", "sum", fourbit._sum_splits,
                 {"HAS_BIAS": False, "RES": True, "SPLIT": 2, "BLOCK": 1024}, 4))
-    for pro in (0, 1, 2):
-        out.append((f"int8 t=0 pro={pro}", "int8", int8._int8_kernel,
-                    {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": pro, "RES": pro == 2, "BLOCK_N": 8,
-                     "BLOCK_K": 1024}, 4))
-    out.append(("int8 outliers prepare", "int8", int8._prepare,
-                {"CAP": int8.CAPACITY, "APPROX_DIV": True, "PRO": 2, "BLOCK_K": 2048}, 8))
-    out.append(("int8 outliers gemv", "int8", int8._outlier_gemv,
-                {"CAP": int8.CAPACITY, "HAS_BIAS": False, "APPROX_DIV": True, "PRO": 0, "RES": True, "BLOCK_N": 8,
-                 "BLOCK_K": 1024}, 4))
+    for outliers in (False, True):
+        for pro in (0, 1, 2):
+            out.append((f"int8 {'outliers' if outliers else 't=0'} pro={pro}", "int8", int8._int8_kernel,
+                        {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": pro, "RES": pro == 2, "OUTLIERS": outliers,
+                         "BLOCK_N": 8, "BLOCK_K": 1024}, 4))
     out.append(("decode attention", "attention", attention._decode_attention,
-                {"GROUP": 8, "D": 64, "BLOCK_L": 64}, 4))
+                {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256}, 4))
     return out
 
 
