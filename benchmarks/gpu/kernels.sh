@@ -6,9 +6,10 @@
 #                 with all of them, int8 (t=6) with all of them
 #   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
 #                 five precisions
-#   final-check   per-kernel times and profiler bandwidth, teacher-forced equivalence on the
+#   final-check   per-kernel times and profiler bandwidth (int8-t6-clean: the threshold with no
+#                 outlier in the activation), teacher-forced equivalence on the
 #                 real SmolLM2-135M (needs its GGUF, joined by setup.sh)
-#   final-7b-a/b  llama-2-7b-arch decode tables (fp16, nf4, nf4-dq / int8-t0, int8)
+#   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
 # still run, and its output is kept in $OUT even when the limit stops it.
 set -u
@@ -36,14 +37,13 @@ case "$stage" in
     decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 95
     decode tinyllama-1.1b-arch int8 $all tinyllama-int8 75 ;;
   final-decode)
-    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 105 ;;
+    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 95 ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh
-    gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6
+    gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean
     timeout 300 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
       --precisions fp16,nf4,nf4-dq,int8,int8-t0 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
-  final-7b-a)
-    decode llama-2-7b-arch fp16,nf4,nf4-dq bnb,quantbench llama7b-a 170 --eager-tokens 8 ;;
-  final-7b-b)
-    decode llama-2-7b-arch int8-t0,int8 bnb,quantbench llama7b-b 250 --eager-tokens 8 ;;
+  final-7b)  # PRECISIONS narrows the list (the most asked-about first)
+    decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" bnb,quantbench llama7b 150 \
+      --eager-tokens 4 ;;
 esac
 tail -n 60 "$log"
