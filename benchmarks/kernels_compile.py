@@ -55,11 +55,12 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
                  "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
     out.append(("4bit split-K sum", "sum", fourbit._sum_splits,
                 {"HAS_BIAS": False, "RES": True, "SPLIT": 2, "BLOCK": 1024}, 4))
-    for outliers in (False, True):
+    for outliers, skip in ((False, True), (True, True), (True, False)):
         for pro in (0, 1, 2):
-            out.append((f"int8 {'outliers' if outliers else 't=0'} pro={pro}", "int8", int8._int8_kernel,
+            label = ("outliers " + ("skip" if skip else "masked")) if outliers else "t=0"
+            out.append((f"int8 {label} pro={pro}", "int8", int8._int8_kernel,
                         {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": pro, "RES": pro == 2, "OUTLIERS": outliers,
-                         "BLOCK_N": 8, "BLOCK_K": 1024}, 4))
+                         "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": skip}, 4))
     out.append(("decode attention", "attention", attention._decode_attention,
                 {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256}, 4))
     return out

@@ -16,7 +16,12 @@ bnb = pytest.importorskip("bitsandbytes")
 bnbf = bnb.functional
 
 from quantbench.kernels import gemv  # noqa: E402
-from quantbench.kernels.config import set_config, set_fourbit_gather, set_fourbit_pairs  # noqa: E402
+from quantbench.kernels.config import (  # noqa: E402
+    set_config,
+    set_fourbit_gather,
+    set_fourbit_pairs,
+    set_int8_outlier_pass,
+)
 
 N, K = 40, 192  # N is no multiple of a program's rows, K three 64-blocks: masks are exercised
 
@@ -112,7 +117,8 @@ def test_int8_gemv_threshold_0_is_bitsandbytes_arithmetic_exactly():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("spread", [False, True])  # outliers in one K-step; in every step
-def test_int8_gemv_outliers_match_linear8bitlt(dtype, spread, monkeypatch):
+@pytest.mark.parametrize("outlier_pass", ["skip", "masked"])
+def test_int8_gemv_outliers_match_linear8bitlt(dtype, spread, outlier_pass, monkeypatch):
     import triton.language as tl
 
     from quantbench.kernels import int8
@@ -128,11 +134,13 @@ def test_int8_gemv_outliers_match_linear8bitlt(dtype, spread, monkeypatch):
     with torch.no_grad():
         expected = layer(x.clone()).double()
     set_config("int8", (8, 64, 4))
+    set_int8_outlier_pass(outlier_pass)
     try:
         got = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
         plain = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 0.0)
     finally:
         set_config("int8", None)
+        set_int8_outlier_pass("skip")
     # bitsandbytes on the CPU skips the GPU's fp16 rounding of the int8 part; the interpreter's
     # bf16 casts truncate: judged against the output's scale, a few steps of the dtype
     scale = float(expected.abs().max())

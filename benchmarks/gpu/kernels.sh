@@ -1,6 +1,7 @@
 #!/bin/bash
 # The kernel benchmarks on a GPU machine, one stage at a time (run after `source setup.sh`):
-#   dev           GEMV checks + times (nf4, int8 t=0, t=6 with and without outliers; both models),
+#   dev           GEMV checks + times (nf4, int8 t=0, t=6 with and without outliers, both outlier
+#                 passes; both models),
 #                 llama-2-7b-arch nf4 decode: bitsandbytes' kernels, ours without the block fusion,
 #                 ours (all kinds), with profiles; tinyllama int8 t=6 and t=0 with ours
 #   sweep         the 4-bit launch-shape sweep (lookups x activation layouts), its winners as a
@@ -29,7 +30,7 @@ gemv() {  # limit_s out_subdir [args]
 }
 case "$stage" in
   dev)
-    gemv 70 gemv --formats nf4,int8-t0,int8-t6,int8-t6-clean
+    gemv 80 gemv --formats nf4,int8-t0,int8-t6,int8-t6-masked,int8-t6-clean
     decode llama-2-7b-arch nf4 bnb,quantbench/dense/4bit/int8/attention,quantbench llama7b-nf4 240 \
       --eager-tokens 4
     decode tinyllama-1.1b-arch int8,int8-t0 quantbench tinyllama-int8 70 ;;

@@ -31,7 +31,7 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # in shared memory with the split activation layout was fastest over all eight shapes (sum of the
 # best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
-_GATHER = {"4bit": "shared", "pairs": False}
+_GATHER = {"4bit": "shared", "pairs": False, "int8_outliers": "skip"}
 
 
 def fourbit_gather() -> str:
@@ -52,6 +52,20 @@ def fourbit_pairs() -> bool:
 
 def set_fourbit_pairs(on: bool) -> None:
     _GATHER["pairs"] = on
+
+
+def int8_outlier_pass() -> str:
+    """How the LLM.int8 kernel adds its outliers' term when a row has any: "skip" (each
+    256-column chunk tested block-wide, chunks without outliers skipped; timed on an H100: about
+    2x the kernel's time with 8 outliers) or "masked" (every chunk's masked loads, one reduction
+    at the end; not yet timed)."""
+    return _GATHER["int8_outliers"]
+
+
+def set_int8_outlier_pass(mode: str) -> None:
+    if mode not in ("skip", "masked"):
+        raise ValueError(f"int8 outlier pass: 'skip' or 'masked', not {mode!r}")
+    _GATHER["int8_outliers"] = mode
 
 
 def interpreted() -> bool:

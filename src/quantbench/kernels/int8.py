@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, interpreted
+from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted
 from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
@@ -43,7 +43,8 @@ def _divide(num, den, APPROX: tl.constexpr):
 @triton.jit
 def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshold, out_ptr, N, K, stride_x,
                  stride_r, stride_o, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr, PRO: tl.constexpr,
-                 RES: tl.constexpr, OUTLIERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 RES: tl.constexpr, OUTLIERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SKIP_CHUNKS: tl.constexpr = True):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -83,7 +84,8 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     out = out.to(out_ptr.dtype.element_ty)
     if OUTLIERS:  # noqa: SIM102 (a compile-time branch around a run-time one)
         if tl.sum(seen, axis=0) > 0:
-            extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO, BLOCK_N)
+            extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO, BLOCK_N,
+                                  SKIP_CHUNKS)
             out = (out.to(tl.float32) + extra).to(out_ptr.dtype.element_ty)
     out = add_residual(out, res_ptr + m * stride_r, rows, row_ok, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
@@ -91,21 +93,34 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
 
 @triton.jit
 def _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
-    """sum over outlier columns of the dequantized weight times the activation, in fp32: a pass
-    over the row in OUTLIER_CHUNK-column chunks (the weights from L2, just read by the int8 dot) that loads
-    weights only in the chunks holding an outlier; small tiles keep the kernel's registers at the
-    int8 dot's count."""
+                  BLOCK_N: tl.constexpr, SKIP_CHUNKS: tl.constexpr):
+    """sum over outlier columns of the dequantized weight times the activation, in fp32, in one
+    pass over the row in OUTLIER_CHUNK-column chunks; weights are loaded only at outlier columns
+    (masked loads, from L2: the int8 dot just read them), and small tiles keep the kernel's
+    registers at the int8 dot's count. SKIP_CHUNKS: a chunk without outliers is skipped after a
+    block-wide test (the chunks then run one after another); else every chunk runs its masked
+    loads into a 2-D sum reduced once at the end (more instructions, no reductions in the loop;
+    config.set_int8_outlier_pass chooses)."""
     col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
-    extra = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if SKIP_CHUNKS:
+        extra = tl.zeros([BLOCK_N], dtype=tl.float32)
+    else:
+        wide = tl.zeros([BLOCK_N, OUTLIER_CHUNK], dtype=tl.float32)
     for k0 in range(0, K, OUTLIER_CHUNK):
         k = k0 + tl.arange(0, OUTLIER_CHUNK)
         x = load_x(xm, k, k < K, K, PRO, nw_ptr, r)
         outlier = (tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold) & (k < K)
-        if tl.max(outlier.to(tl.int32), axis=0) > 0:
+        xo = tl.where(outlier, x.to(tl.float32), 0.0)
+        if SKIP_CHUNKS:
+            if tl.max(outlier.to(tl.int32), axis=0) > 0:
+                w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & outlier[None, :],
+                            other=0)
+                extra += tl.sum(_dequant(w, col, xm.dtype.element_ty) * xo[None, :], axis=1)
+        else:
             w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & outlier[None, :], other=0)
-            xo = tl.where(outlier, x.to(tl.float32), 0.0)
-            extra += tl.sum(_dequant(w, col, xm.dtype.element_ty) * xo[None, :], axis=1)
+            wide += _dequant(w, col, xm.dtype.element_ty) * xo[None, :]
+    if not SKIP_CHUNKS:
+        extra = tl.sum(wide, axis=1)
     return extra
 
 
@@ -155,6 +170,7 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     _int8_kernel[(triton.cdiv(n, block_n), rows)](
         x2, weight, scb, bias if bias is not None else scb, nw, eps, res, float(threshold), out, n, k,
         x2.stride(0), stride_r, out.stride(0), HAS_BIAS=bias is not None, APPROX_DIV=not interpreted(), PRO=pro,
-        RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n, BLOCK_K=block_k,
+        SKIP_CHUNKS=int8_outlier_pass() == "skip", num_warps=warps,
         **fusion)
     return out.reshape(*x.shape[:-1], n)
