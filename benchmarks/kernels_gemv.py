@@ -122,6 +122,8 @@ def build(fmt: str, n: int, k: int) -> dict:
         ref = x.double() @ bnbf.dequantize_4bit(packed, state).to(dtype).double().T
         for key, fn in (("rel_err", item["ours"]), ("bnb_rel_err", item["theirs"])):
             item["check"][key] = float((fn().double() - ref).norm() / ref.norm())
+        # how far from bitsandbytes' own gemv_4bit output (nf4-bnbmath: its roundings)
+        item["check"]["vs_bnb_max_abs_diff"] = float((item["ours"]().float() - item["theirs"]().float()).abs().max())
     else:
         threshold = 6.0 if "t6" in fmt else 0.0
         layer = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=threshold)
@@ -149,14 +151,19 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
 
     from quantbench.kernels.config import (
         config_for,
+        fourbit_gather,
+        fourbit_pairs,
         set_config,
         set_fourbit_gather,
+        set_fourbit_numerics,
         set_fourbit_pairs,
         set_int8_outlier_pass,
     )
 
-    # int8-t6-masked: LLM.int8's outlier term by the pass without per-chunk tests
+    # int8-t6-masked: LLM.int8's outlier term by the pass without per-chunk tests; nf4-bnbmath:
+    # the 4-bit kernel with bitsandbytes' roundings
     set_int8_outlier_pass("masked" if "masked" in fmt else "skip")
+    set_fourbit_numerics("bitsandbytes" if "bnbmath" in fmt else "fp32")
     items: list[dict] = []
 
     def make(role: str):  # noqa: ANN202
@@ -184,26 +191,28 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     if "bnb_us" in row:
         row["bnb_tb_s"] = nbytes / row["bnb_us"] / 1e6
     if sweep:
+        before = fourbit_gather(), fourbit_pairs()
         times = {}
         with torch.no_grad():
             for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
                 set_config(kind, shape)
-                set_fourbit_gather(gather[0] if gather else "bytes")
-                set_fourbit_pairs(gather[1] if gather else False)
+                set_fourbit_gather(gather[0] if gather else before[0])
+                set_fourbit_pairs(gather[1] if gather else before[1])
                 key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
                 try:
                     times[key] = graph_us(make("ours"), nbytes, calls=32)
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
         set_config(kind, None)
-        set_fourbit_gather("bytes")
-        set_fourbit_pairs(False)
+        set_fourbit_gather(before[0])
+        set_fourbit_pairs(before[1])
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
         row["sweep_us"] = times
         row["best"] = min(ok, key=ok.get) if ok else None
         row["best_us"] = ok[row["best"]] if ok else None
     items.clear()
     set_int8_outlier_pass("skip")
+    set_fourbit_numerics("fp32")
     torch.cuda.empty_cache()
     return row
 

@@ -17,8 +17,11 @@ bnbf = bnb.functional
 
 from quantbench.kernels import gemv  # noqa: E402
 from quantbench.kernels.config import (  # noqa: E402
+    fourbit_gather,
+    fourbit_pairs,
     set_config,
     set_fourbit_gather,
+    set_fourbit_numerics,
     set_fourbit_pairs,
     set_int8_outlier_pass,
 )
@@ -73,6 +76,7 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
     exact = copy.copy(state)
     exact.dtype = torch.float32  # absmax applied per block: code * absmax is never rounded to fp16
     ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T + bias.double()
+    before = fourbit_gather(), fourbit_pairs()
     set_config("4bit", shape)
     set_fourbit_gather(gather)
     set_fourbit_pairs(pairs)
@@ -80,13 +84,43 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
         out = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
     finally:
         set_config("4bit", None)
-        set_fourbit_gather("bytes")
-        set_fourbit_pairs(False)
+        set_fourbit_gather(before[0])
+        set_fourbit_pairs(before[1])
     assert out.shape == (3, N) and out.dtype == torch.float16
     assert _ulps(out, ref) <= 1.0
     # and within fp16 rounding of bitsandbytes' own weights (rounded to fp16 by dequantize_4bit)
     theirs = x.double() @ bnbf.dequantize_4bit(packed, state).double().T + bias.double()
     assert float((out.double() - theirs).norm() / theirs.norm()) < 1e-3
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("shape", [None, (128, 128, 4, 2)])  # the table's; a split-K in 2
+def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
+    """set_fourbit_numerics("bitsandbytes"): gemv_4bit's CUDA arithmetic written out (the code,
+    the absmax, each weight and each product rounded to fp16, an fp32 sum rounded to fp16, then
+    the bias) equals the kernel's up to the fp32 sum's order; the default fp32 arithmetic does not."""
+    torch.manual_seed(6)
+    x, w = torch.randn(2, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    bias = torch.randn(N, dtype=torch.float16)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    absmax = state.absmax
+    if state.nested:
+        absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
+    codes = torch.stack([packed.view(-1) >> 4, packed.view(-1) & 15], dim=-1).view(N, K).long()
+    weight = (state.code.half().float()[codes] * absmax.half().float().repeat_interleave(64).view(N, K)).half()
+    products = (x.float()[:, None, :] * weight.float()[None]).half()
+    expected = (products.double().sum(-1).float().half().float() + bias.float()).double()
+    set_config("4bit", shape)
+    try:
+        set_fourbit_numerics("bitsandbytes")
+        theirs = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
+        set_fourbit_numerics("fp32")
+        ours = gemv.gemv_4bit(x, packed, absmax, state.code, N, 64, bias)
+    finally:
+        set_config("4bit", None)
+        set_fourbit_numerics("fp32")
+    assert _ulps(theirs, expected) <= 1.0
+    assert _ulps(ours, expected) > 2.0
 
 
 def _int8_layer(w: torch.Tensor, threshold: float):

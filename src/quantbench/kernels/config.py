@@ -31,7 +31,7 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # in shared memory with the split activation layout was fastest over all eight shapes (sum of the
 # best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
-_GATHER = {"4bit": "shared", "pairs": False, "int8_outliers": "skip"}
+_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "skip"}
 
 
 def fourbit_gather() -> str:
@@ -52,6 +52,20 @@ def fourbit_pairs() -> bool:
 
 def set_fourbit_pairs(on: bool) -> None:
     _GATHER["pairs"] = on
+
+
+def fourbit_numerics() -> str:
+    """The 4-bit kernel's arithmetic: "fp32" (code x activation summed in fp32 per block, times
+    the block's absmax: closest to exact; timed on an H100) or "bitsandbytes" (gemv_4bit's: the
+    code, the absmax, each weight and each product rounded to the activation dtype, summed in
+    fp32; the split activation layout only; not yet timed)."""
+    return _GATHER["4bit_numerics"]
+
+
+def set_fourbit_numerics(mode: str) -> None:
+    if mode not in ("fp32", "bitsandbytes"):
+        raise ValueError(f"4-bit numerics: 'fp32' or 'bitsandbytes', not {mode!r}")
+    _GATHER["4bit_numerics"] = mode
 
 
 def int8_outlier_pass() -> str:
