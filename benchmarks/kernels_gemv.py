@@ -33,10 +33,10 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
 # 4-bit variants: code lookup (per byte / per nibble from shared memory) x activation as int32 pairs
-# (True) or split (False); the lookup from L1 ("global") compiled to the most instructions per
-# byte (kernels_compile.py) and is left out of the sweep
+# (True: no layout exchange, 2-6 barriers per K-step in the machine code) or split (False: 20-24);
+# the lookup from L1 ("global") only with pairs (split, it compiled to the most instructions)
 GATHERS = {"dense": (None,), "int8": (None,),
-           "4bit": (("bytes", False), ("shared", False), ("bytes", True))}
+           "4bit": (("bytes", False), ("shared", False), ("bytes", True), ("shared", True), ("global", True))}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8")
 
 

@@ -36,7 +36,7 @@ case "$stage" in
       --eager-tokens 4
     decode tinyllama-1.1b-arch int8,int8-t0,nf4+bnbmath quantbench tinyllama 70 ;;
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
-    gemv 120 sweep --formats nf4 --sweep ;;
+    gemv 200 sweep --formats nf4 --sweep ;;
   final-decode)
     decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 95 ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh
