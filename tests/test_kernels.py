@@ -274,6 +274,7 @@ def test_decode_attention_matches_sdpa_on_a_masked_cache():
     mask = torch.zeros(batch, 1, 1, length, dtype=torch.bool)
     mask[0, ..., :37] = True
     mask[1, ..., 5:80] = True
+    mask[1, ..., 30:33] = False  # a hole inside the attended span
     module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
     ref, _ = sdpa_attention_forward(module, q.double(), k.double(), v.double(), mask, scaling=dim**-0.5)
     out = decode_attention(q, k, v, mask, dim**-0.5)

@@ -6,8 +6,8 @@ computes the same softmax(q k^T * scale) v in one launch per layer: one program 
 head), the grouped-query head's keys and values read straight from the cache, only between the
 first and last attended positions (unwritten slots of a long static cache are never read), fp32
 scores and an online softmax (a running max and sum), the output rounded once to the activation
-dtype. SDPA's fused kernels round the probabilities to fp16 before multiplying
-by v; this one keeps them in fp32, so results differ from SDPA's by rounding.
+dtype. SDPA's fused kernels round the probabilities to fp16 before multiplying by v; this one
+keeps them in fp32, so results differ from SDPA's by rounding.
 
 It is an attention implementation of transformers' registry ("quantbench_sdpa"): install()
 points a model's config at it, and it hands every call it does not serve (prefill, no or
@@ -59,7 +59,8 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, L, scale, sq_b, sq
         alpha = tl.where(alive, tl.exp(m_i - m_new), 1.0)
         p = tl.where(ok, tl.exp(s - m_new), 0.0)
         v = tl.load(v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :], mask=span[:, None], other=0.0)
-        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        v = tl.where(ok[:, None], v.to(tl.float32), 0.0)  # a masked slot inside the span adds nothing, even inf
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
     tl.store(out_ptr + b * so_b + h * so_h + d, (acc / l_i).to(out_ptr.dtype.element_ty))
