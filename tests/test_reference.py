@@ -61,3 +61,14 @@ def test_estimates_are_unbiased_and_their_monte_carlo_variance_is_what_is_report
     mean_error = (estimates.mean(0) - exact).mean().item()
     assert abs(mean_error) < 4 * (reported / 12) ** 0.5 / len(exact)
     assert (variances > 0).any() and (estimates >= 0).all()
+
+
+def test_a_tail_that_underflows_to_zero_weighs_nothing(rows):
+    """A reference sure of its next token (its row sharpened 100x): no tail mass, no NaN."""
+    p, q = rows
+    p = torch.log_softmax(p * 100, -1)
+    records = refs.encode(p, p[:, 0], refs.KLMode(), torch.Generator().manual_seed(0))
+    assert np.isneginf(records["log_tail"]).any()
+    estimate, mc_var = refs.kl(records, q)
+    torch.testing.assert_close(estimate, exact_kl(p, q), rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(mc_var).all()

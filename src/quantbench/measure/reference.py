@@ -172,23 +172,26 @@ def kl(records: np.ndarray, q_lp: torch.Tensor, estimator: str = "k3") -> tuple[
     if estimator == "bucket":
         return head + bucket, torch.zeros_like(head)
     tail_ids, tail_lp = on("tail_ids", torch.int64), on("tail_lp")
-    log_ratio = tail_lp - q_lp.gather(1, tail_ids)  # log p - log q at each sample
-    x = log_ratio - (log_r - log_rq).unsqueeze(1)  # log p~ - log q~ of the renormalised tails
-    if estimator == "plain":
-        terms, base = x, head + bucket
-    else:
-        terms, base = torch.expm1(-x) + x, head + bucket
-    # priority-sampling weights as shares of the tail (sum ~ 1); padding (log p = -inf) weighs 0
-    tau = (on("log_tau") - log_r).exp().unsqueeze(1)
-    p_share = (tail_lp - log_r.unsqueeze(1)).exp()
-    weights = torch.where((r > 0).unsqueeze(1) & (tail_lp > -torch.inf), torch.maximum(p_share, tau), 0.0)
-    terms = torch.where(weights > 0, terms, 0.0)
+    x = tail_lp - q_lp.gather(1, tail_ids) - (log_r - log_rq).unsqueeze(1)  # log p~ - log q~ at each id
+    # priority-sampling weights as shares of the tail (they sum to ~1); padding (log p = -inf)
+    # and rows without a tail weigh 0 (their NaNs stay in the branch not taken)
+    log_share = tail_lp - log_r.unsqueeze(1)
+    log_tau = (on("log_tau") - log_r).unsqueeze(1)
+    log_w = torch.maximum(log_share, log_tau)
+    valid = (r > 0).unsqueeze(1) & (tail_lp > -torch.inf)
+    w = torch.where(valid, log_w.exp(), 0.0)
+    # w * ((rho - 1) - log rho); where rho is huge (p~ << q~) w * rho is taken in log space, as
+    # w * expm1(-x) can overflow; elsewhere expm1 keeps the small differences of close models
+    k3 = torch.where(x > -30, w * (torch.expm1(-x) + x), torch.exp(log_w - x) - w + w * x)
+    terms = w * x if estimator == "plain" else k3
+    terms = torch.where(valid, terms, 0.0)
     # self-normalised: the weights' own sum estimates the tail's known share (1); dividing by
     # it removes the part of the error that comes from how many small ids were drawn
-    total = weights.sum(-1).clamp_min(torch.finfo(weights.dtype).tiny)
-    tail = (weights * terms).sum(-1) / total
-    # unbiased variance of each weight, tau (tau - p) below tau (Duffield, Lund and Thorup),
-    # through the ratio's linearisation
-    var = tau * (tau - p_share).clamp_min(0.0)
-    mc_var = r.square() * (torch.where(weights > 0, var, 0.0) * (terms - tail.unsqueeze(1)).square()).sum(-1)
-    return base + r * tail, mc_var / total.square()
+    total = w.sum(-1)
+    total = torch.where(total > 0, total, 1.0)  # no tail (r = 0): every term is 0 already
+    tail = terms.sum(-1) / total
+    # each weight's unbiased variance is tau (tau - p) below tau, 0 above (Duffield, Lund and
+    # Thorup); through the ratio's linearisation
+    below = (1 - (log_share - log_tau).exp()).clamp_min(0.0)
+    spread = torch.where(valid, (terms - w * tail.unsqueeze(1)).square() * below, 0.0)
+    return head + bucket + r * tail, r.square() * spread.sum(-1) / total.square()
