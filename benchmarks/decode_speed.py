@@ -27,11 +27,13 @@ TARGETS = {  # fast ms/token, batch 1, by model
     "llama-2-7b-arch": {"fp16": 6.5, "nf4": 3.0, "int8": 4.5},
 }
 VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> precision, options
-# Suffixes that change how the fast engine runs: "fp16+exact+autotune".
+# Suffixes that change how the fast engine runs: "fp16+exact+autotune"; "nf4+bnbmath": the 4-bit
+# kernel with bitsandbytes' roundings (config.set_fourbit_numerics).
 FLAGS = {
     "exact": {"exact_casts": True},
     "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
     "nocompile": {"compile": False, "capture": False},
+    "bnbmath": {},
 }
 
 
@@ -136,6 +138,10 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     if args.fourbit_table:
         apply_fourbit_table(json.loads(Path(args.fourbit_table).read_text()))
     base, *flags = name.split("+")
+    if "bnbmath" in flags:
+        from quantbench.kernels.config import set_fourbit_numerics
+
+        set_fourbit_numerics("bitsandbytes")
     precision, options = VARIANTS.get(base, (base, {}))
     engine_options = {"compile_mode": args.compile_mode}
     for flag in flags:

@@ -30,8 +30,7 @@ POINTERS = {
                    "bias_ptr": "*fp32", "nw_ptr": "*fp16", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "sum": {"part_ptr": "*fp32", "bias_ptr": "*fp32", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "int8": {"x_ptr": "*fp16", "w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "nw_ptr": "*fp16",
-             "res_ptr": "*fp16", "out_ptr": "*fp16", "q_ptr": "*i8", "stat_ptr": "*fp32", "idx_ptr": "*i32",
-             "val_ptr": "*fp32", "count_ptr": "*i32", "overflow_ptr": "*i32"},
+             "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "attention": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "mask_ptr": "*u8", "out_ptr": "*fp16"},
 }
 
@@ -51,22 +50,23 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
                 out.append((name, "4bit-bytes" if lookup == 2 else "4bit", fourbit._fourbit_kernel,
                             {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": lookup, "PRO": pro,
                              "RES": pro == 2, "PAIRS": pairs, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
+    for pro in (0, 2):  # bitsandbytes' roundings (config.set_fourbit_numerics)
+        out.append((f"4bit split shared bnb-rounding pro={pro}", "4bit", fourbit._fourbit_kernel,
+                    {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": pro, "RES": pro == 2,
+                     "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "BNB": True}, 4))
     out.append(("4bit split-K partials", "4bit-bytes", fourbit._fourbit_kernel,
                 {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 2, "LOOKUP": 2, "PRO": 0, "RES": False,
                  "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
     out.append(("4bit split-K sum", "sum", fourbit._sum_splits,
                 {"HAS_BIAS": False, "RES": True, "SPLIT": 2, "BLOCK": 1024}, 4))
-    for pro in (0, 1, 2):
-        out.append((f"int8 t=0 pro={pro}", "int8", int8._int8_kernel,
-                    {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": pro, "RES": pro == 2, "BLOCK_N": 8,
-                     "BLOCK_K": 1024}, 4))
-    out.append(("int8 outliers prepare", "int8", int8._prepare,
-                {"CAP": int8.CAPACITY, "APPROX_DIV": True, "PRO": 2, "BLOCK_K": 2048}, 8))
-    out.append(("int8 outliers gemv", "int8", int8._outlier_gemv,
-                {"CAP": int8.CAPACITY, "HAS_BIAS": False, "APPROX_DIV": True, "PRO": 0, "RES": True, "BLOCK_N": 8,
-                 "BLOCK_K": 1024}, 4))
+    for outliers, skip in ((False, True), (True, True), (True, False)):
+        for pro in (0, 1, 2):
+            label = ("outliers " + ("skip" if skip else "masked")) if outliers else "t=0"
+            out.append((f"int8 {label} pro={pro}", "int8", int8._int8_kernel,
+                        {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": pro, "RES": pro == 2, "OUTLIERS": outliers,
+                         "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": skip}, 4))
     out.append(("decode attention", "attention", attention._decode_attention,
-                {"GROUP": 8, "D": 64, "BLOCK_L": 64}, 4))
+                {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256}, 4))
     return out
 
 

@@ -33,11 +33,11 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
 # 4-bit variants: code lookup (per byte / per nibble from shared memory) x activation as int32 pairs
-# (True) or split (False); the lookup from L1 ("global") compiled to the most instructions per
-# byte (kernels_compile.py) and is left out of the sweep
+# (True: no layout exchange, 2-6 barriers per K-step in the machine code) or split (False: 20-24);
+# the lookup from L1 ("global") only with pairs (split, it compiled to the most instructions)
 GATHERS = {"dense": (None,), "int8": (None,),
-           "4bit": (("bytes", False), ("shared", False), ("bytes", True))}
-OURS = ("_dense", "_fourbit", "_sum_splits", "_int8", "_prepare", "_outlier_gemv")
+           "4bit": (("bytes", False), ("shared", False), ("bytes", True), ("shared", True), ("global", True))}
+OURS = ("_dense", "_fourbit", "_sum_splits", "_int8")
 
 
 def bench(fn) -> float:  # noqa: ANN001
@@ -122,6 +122,8 @@ def build(fmt: str, n: int, k: int) -> dict:
         ref = x.double() @ bnbf.dequantize_4bit(packed, state).to(dtype).double().T
         for key, fn in (("rel_err", item["ours"]), ("bnb_rel_err", item["theirs"])):
             item["check"][key] = float((fn().double() - ref).norm() / ref.norm())
+        # how far from bitsandbytes' own gemv_4bit output (nf4-bnbmath: its roundings)
+        item["check"]["vs_bnb_max_abs_diff"] = float((item["ours"]().float() - item["theirs"]().float()).abs().max())
     else:
         threshold = 6.0 if "t6" in fmt else 0.0
         layer = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=threshold)
@@ -130,27 +132,38 @@ def build(fmt: str, n: int, k: int) -> dict:
         with torch.no_grad():
             layer(x)  # moves CB/SCB into the state
         cb, scb = layer.state.CB, layer.state.SCB
-        if threshold:
+        if threshold and "clean" not in fmt:  # int8-t6-clean: the threshold's cost without outliers
             x[0, torch.randperm(k, device="cuda")[:8]] = 8.0  # a few outlier features
-        overflow = torch.zeros(1, dtype=torch.int32, device="cuda")
         item |= {"kind": "int8", "bytes": cb.numel() + scb.numel() * 4, "capturable": not threshold,
-                 "ours": lambda: gemv.gemv_int8(x, cb, scb, threshold, overflow=overflow),
+                 "ours": lambda: gemv.gemv_int8(x, cb, scb, threshold),
                  "theirs": lambda: layer(x)}
         with torch.no_grad():
             expected = item["theirs"]()
         got = item["ours"]()
         item["check"] |= {"bit_exact": bool(torch.equal(got, expected)),
                           "max_abs_diff": float((got.float() - expected.float()).abs().max()),
-                          "rel_err": float((got.float() - expected.float()).norm() / expected.float().norm()),
-                          "outlier_overflow": int(overflow[0])}
+                          "rel_err": float((got.float() - expected.float()).norm() / expected.float().norm())}
     return item
 
 
 def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     import torch
 
-    from quantbench.kernels.config import config_for, set_config, set_fourbit_gather, set_fourbit_pairs
+    from quantbench.kernels.config import (
+        config_for,
+        fourbit_gather,
+        fourbit_pairs,
+        set_config,
+        set_fourbit_gather,
+        set_fourbit_numerics,
+        set_fourbit_pairs,
+        set_int8_outlier_pass,
+    )
 
+    # int8-t6-masked: LLM.int8's outlier term by the pass without per-chunk tests; nf4-bnbmath:
+    # the 4-bit kernel with bitsandbytes' roundings
+    set_int8_outlier_pass("masked" if "masked" in fmt else "skip")
+    set_fourbit_numerics("bitsandbytes" if "bnbmath" in fmt else "fp32")
     items: list[dict] = []
 
     def make(role: str):  # noqa: ANN202
@@ -178,25 +191,28 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     if "bnb_us" in row:
         row["bnb_tb_s"] = nbytes / row["bnb_us"] / 1e6
     if sweep:
+        before = fourbit_gather(), fourbit_pairs()
         times = {}
         with torch.no_grad():
             for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
                 set_config(kind, shape)
-                set_fourbit_gather(gather[0] if gather else "bytes")
-                set_fourbit_pairs(gather[1] if gather else False)
+                set_fourbit_gather(gather[0] if gather else before[0])
+                set_fourbit_pairs(gather[1] if gather else before[1])
                 key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
                 try:
                     times[key] = graph_us(make("ours"), nbytes, calls=32)
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
         set_config(kind, None)
-        set_fourbit_gather("bytes")
-        set_fourbit_pairs(False)
+        set_fourbit_gather(before[0])
+        set_fourbit_pairs(before[1])
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
         row["sweep_us"] = times
         row["best"] = min(ok, key=ok.get) if ok else None
         row["best_us"] = ok[row["best"]] if ok else None
     items.clear()
+    set_int8_outlier_pass("skip")
+    set_fourbit_numerics("fp32")
     torch.cuda.empty_cache()
     return row
 

@@ -4,7 +4,8 @@
 # torchao and HQQ rows, and what torchao-int4 leaves unquantized. Run from the repository root:
 #   bash benchmarks/gpu/calibrated.sh [smollm2|quanto|smollm2-fast|tinyllama|all]
 # Each part is one bounded command (at most 7 minutes on an H100: a worker takes 20-100 s, a
-# calibration 10-30 s on top); `all` runs them one after another.   (writes under $OUT, default benchmarks/results/h100/calibrated)
+# calibration 10-30 s on top); `all` runs them one after another. A part stopped by its limit is
+# resumed by running it again: rows already in the results file are kept, the rest measured.   (writes under $OUT, default benchmarks/results/h100/calibrated)
 #
 # Wheels beyond torch / transformers / accelerate / peft travel in .whl/ (setup.sh installs them
 # with --no-deps into $QB_WORK/site). Fetch them once, on a machine with a network, for CPython 3.12:

@@ -1,14 +1,18 @@
 #!/bin/bash
 # The kernel benchmarks on a GPU machine, one stage at a time (run after `source setup.sh`):
-#   dev           GEMV checks + times (nf4, nf4-dq, int8 t=0 and t=6; both models), the 4-bit launch-shape
-#                 sweep (lookups x activation layouts), tinyllama decode: nf4 with bitsandbytes'
-#                 gemv_4bit and with ours (at the sweep's shapes), fp16 with the default kinds and
-#                 with all of them, int8 (t=6) with all of them
+#   dev           GEMV checks + times (nf4 with both arithmetics, int8 t=0, t=6 with and without
+#                 outliers, both outlier passes; both models),
+#                 llama-2-7b-arch nf4 decode: bitsandbytes' kernels, ours without the block fusion,
+#                 ours (all kinds), with profiles; tinyllama int8 t=6 and t=0, and nf4 with
+#                 bitsandbytes' roundings, with ours
+#   sweep         the 4-bit launch-shape sweep (lookups x activation layouts), its winners as a
+#                 table (fourbit_table.json) for config.FOURBIT
 #   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
 #                 five precisions
-#   final-check   per-kernel times and profiler bandwidth, teacher-forced equivalence on the
+#   final-check   per-kernel times and profiler bandwidth (int8-t6-clean: the threshold with no
+#                 outlier in the activation), teacher-forced equivalence on the
 #                 real SmolLM2-135M (needs its GGUF, joined by setup.sh)
-#   final-7b-a/b  llama-2-7b-arch decode tables (fp16, nf4, nf4-dq / int8-t0, int8)
+#   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
 # still run, and its output is kept in $OUT even when the limit stops it.
 set -u
@@ -27,23 +31,20 @@ gemv() {  # limit_s out_subdir [args]
 }
 case "$stage" in
   dev)
-    all=quantbench/dense/4bit/int8/attention/fuse
-    gemv 60 gemv --formats nf4,nf4-dq,int8-t0,int8-t6
-    gemv 120 sweep --formats nf4 --sweep
-    table=()  # the sweep's 4-bit launch shapes, when it wrote them
-    [ -f "$OUT/sweep/fourbit_table.json" ] && table=(--fourbit-table "$OUT/sweep/fourbit_table.json")
-    decode tinyllama-1.1b-arch nf4 bnb,quantbench/dense/int8/attention/fuse,$all tinyllama-nf4 130 "${table[@]}"
-    decode tinyllama-1.1b-arch fp16 quantbench,$all tinyllama-fp16 95
-    decode tinyllama-1.1b-arch int8 $all tinyllama-int8 75 ;;
+    gemv 90 gemv --formats nf4,nf4-bnbmath,int8-t0,int8-t6,int8-t6-masked,int8-t6-clean
+    decode llama-2-7b-arch nf4 bnb,quantbench/dense/4bit/int8/attention,quantbench llama7b-nf4 240 \
+      --eager-tokens 4
+    decode tinyllama-1.1b-arch int8,int8-t0,nf4+bnbmath quantbench tinyllama 70 ;;
+  sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
+    gemv 200 sweep --formats nf4 --sweep ;;
   final-decode)
-    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 105 ;;
+    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 95 ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh
-    gemv 150 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6
-    timeout 300 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
-      --precisions fp16,nf4,nf4-dq,int8,int8-t0 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
-  final-7b-a)
-    decode llama-2-7b-arch fp16,nf4,nf4-dq bnb,quantbench llama7b-a 170 --eager-tokens 8 ;;
-  final-7b-b)
-    decode llama-2-7b-arch int8-t0,int8 bnb,quantbench llama7b-b 250 --eager-tokens 8 ;;
+    gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean
+    timeout 360 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
+      --precisions int8,int8-t0,nf4:bitsandbytes,nf4,nf4-dq,fp16 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
+  final-7b)  # PRECISIONS narrows the list (the most asked-about first)
+    decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" bnb,quantbench llama7b 150 \
+      --eager-tokens 4 ;;
 esac
 tail -n 60 "$log"

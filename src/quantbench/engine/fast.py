@@ -15,14 +15,15 @@ same static cache without a graph, so tokens never silently change:
   - LLM.int8 with an outlier threshold > 0 on bitsandbytes' kernels (`kernels="bnb"`, or batches
     over the GEMVs' row limit): bitsandbytes finds the outlier columns of every activation with
     data-dependent shapes and a host sync in each of the model's linears; a CUDA graph cannot
-    hold that. quantbench's int8 GEMV keeps the outliers as a fixed-capacity set found on the GPU
-    (a dense fallback beyond it; static shapes, no sync), so with it the step is captured.
+    hold that. quantbench's int8 GEMV finds and adds the outliers inside its one kernel (static
+    shapes, no sync), so with it the step is captured.
   - modules offloaded to the CPU or disk.
 Prefill runs eagerly (any prompt length, outside the graph).
 
 Kernels (`kernels=`, on CUDA): "quantbench" (default) routes the decode step's linears through
 quantbench.kernels' GEMVs (NF4/FP4, LLM.int8 and fp16/bf16, q/k/v and gate/up merged into one
-launch each) while the step runs; prefill keeps the layers' own forwards. "bnb" leaves every layer
+launch each, the blocks' norms, residual adds and silu * up inside them) and its attention over
+the static cache while the step runs; prefill keeps the layers' own forwards. "bnb" leaves every layer
 on its own forward (bitsandbytes' kernels, cuBLAS). `describe()` names the kernel of each layer.
 
 Numbers: the uncompiled step gives exactly eager's tokens (CPU test; GPU check in

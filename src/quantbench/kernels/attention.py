@@ -3,9 +3,10 @@
 transformers' SDPA path for a decode step over a StaticCache goes through torch's SDPA with a
 boolean [batch, 1, 1, cache length] mask (positions not yet written are masked); this kernel
 computes the same softmax(q k^T * scale) v in one launch per layer: one program per (row, query
-head), the grouped-query head's keys and values read straight from the cache, masked positions
-never loaded, fp32 scores and an online softmax (a running max and sum), the output rounded once
-to the activation dtype. SDPA's fused kernels round the probabilities to fp16 before multiplying
+head), the grouped-query head's keys and values read straight from the cache, only between the
+first and last attended positions (unwritten slots of a long static cache are never read), fp32
+scores and an online softmax (a running max and sum), the output rounded once to the activation
+dtype. SDPA's fused kernels round the probabilities to fp16 before multiplying
 by v; this one keeps them in fp32, so results differ from SDPA's by rounding.
 
 It is an attention implementation of transformers' registry ("quantbench_sdpa"): install()
@@ -27,25 +28,37 @@ NAME = "quantbench_sdpa"
 @triton.jit
 def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, L, scale, sq_b, sq_h, sk_b, sk_h, sk_l,
                       sv_b, sv_h, sv_l, sm_b, so_b, so_h, GROUP: tl.constexpr, D: tl.constexpr,
-                      BLOCK_L: tl.constexpr):
+                      BLOCK_L: tl.constexpr, SCAN: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
     kv = h // GROUP
     d = tl.arange(0, D)
     q = tl.load(q_ptr + b * sq_b + h * sq_h + d).to(tl.float32) * scale
+    # The span of attended positions first (one pass over the mask bytes), so the loop below reads
+    # no unwritten cache slots and its loads do not wait on the mask: they overlap across steps.
+    first = tl.full([SCAN], L, tl.int32)
+    last = tl.full([SCAN], -1, tl.int32)
+    for l0 in range(0, L, SCAN):
+        pos = l0 + tl.arange(0, SCAN)
+        ok = tl.load(mask_ptr + b * sm_b + pos, mask=pos < L, other=0) != 0
+        first = tl.minimum(first, tl.where(ok, pos, L))
+        last = tl.maximum(last, tl.where(ok, pos, -1))
+    lo = tl.min(first, axis=0)
+    hi = tl.max(last, axis=0) + 1
     m_i = tl.max(tl.full([BLOCK_L], float("-inf"), tl.float32), axis=0)
     l_i = tl.sum(tl.zeros([BLOCK_L], tl.float32), axis=0)
     acc = tl.zeros([D], dtype=tl.float32)
-    for l0 in range(0, L, BLOCK_L):
+    for l0 in range(0, hi, BLOCK_L):
         pos = l0 + tl.arange(0, BLOCK_L)
-        ok = tl.load(mask_ptr + b * sm_b + pos, mask=pos < L, other=0) != 0
-        k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
+        span = (pos >= lo) & (pos < hi)
+        ok = (tl.load(mask_ptr + b * sm_b + pos, mask=span, other=0) != 0) & span
+        k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=span[:, None], other=0.0)
         s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         alive = m_new > float("-inf")  # nothing seen yet: keep the zeros
         alpha = tl.where(alive, tl.exp(m_i - m_new), 1.0)
         p = tl.where(ok, tl.exp(s - m_new), 0.0)
-        v = tl.load(v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :], mask=span[:, None], other=0.0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
@@ -67,7 +80,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         query, key, value, mask2, out, length, float(scale), query.stride(0), query.stride(1),
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         mask2.stride(0), out.stride(0), out.stride(2), GROUP=heads // key.shape[1], D=dim, BLOCK_L=64,
-        num_warps=4)
+        SCAN=min(1024, triton.next_power_of_2(length)), num_warps=4)
     return out
 
 

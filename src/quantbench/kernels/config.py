@@ -15,19 +15,23 @@ SMS = 132  # H100 SXM multiprocessors: fewer programs than about two per SM leav
 
 DEFAULTS: dict[str, tuple[int, int, int, int]] = {
     "dense": (4, 1024, 4, 1),
-    "4bit": (8, 512, 4, 1),
+    "4bit": (4, 1024, 4, 1),
     "int8": (8, 1024, 4, 1),
 }
 LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down_proj sweep)
 # 4-bit per (N, K) where the sweep found better than DEFAULTS and the split rule (merged q/k/v and
 # gate/up shapes of the tinyllama and llama-2-7b architectures)
-FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (2560, 2048): (4, 1024, 4, 0), (2048, 2048): (8, 1024, 8, 0), (11264, 2048): (4, 1024, 4, 0),
+    (2048, 5632): (4, 1024, 4, 0), (12288, 4096): (8, 512, 4, 0), (4096, 4096): (8, 1024, 4, 0),
+    (22016, 4096): (8, 512, 4, 0), (4096, 11008): (8, 1024, 4, 0),
+}
 _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
-# Defaults from the machine code (benchmarks/kernels_compile.py, Triton 3.6, sm_90): a lookup per
-# byte and the split layout take the fewest instructions per packed byte (10.8; a lookup per
-# nibble 17.2; the int32 pairs redo silu * up in every thread that meets a word: 47 with the MLP
-# prologue). Not yet timed: the GPU sweep (benchmarks/kernels_gemv.py --sweep) decides.
-_GATHER = {"4bit": "bytes", "pairs": False}
+# From the H100 sweep (benchmarks/kernels_gemv.py --sweep): a lookup per nibble from the 16 codes
+# in shared memory with the split activation layout was fastest over all eight shapes (sum of the
+# best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
+# byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
+_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "skip"}
 
 
 def fourbit_gather() -> str:
@@ -48,6 +52,34 @@ def fourbit_pairs() -> bool:
 
 def set_fourbit_pairs(on: bool) -> None:
     _GATHER["pairs"] = on
+
+
+def fourbit_numerics() -> str:
+    """The 4-bit kernel's arithmetic: "fp32" (code x activation summed in fp32 per block, times
+    the block's absmax: closest to exact; timed on an H100) or "bitsandbytes" (gemv_4bit's: the
+    code, the absmax, each weight and each product rounded to the activation dtype, summed in
+    fp32; the split activation layout only; not yet timed)."""
+    return _GATHER["4bit_numerics"]
+
+
+def set_fourbit_numerics(mode: str) -> None:
+    if mode not in ("fp32", "bitsandbytes"):
+        raise ValueError(f"4-bit numerics: 'fp32' or 'bitsandbytes', not {mode!r}")
+    _GATHER["4bit_numerics"] = mode
+
+
+def int8_outlier_pass() -> str:
+    """How the LLM.int8 kernel adds its outliers' term when a row has any: "skip" (each
+    256-column chunk tested block-wide, chunks without outliers skipped; timed on an H100: about
+    2x the kernel's time with 8 outliers) or "masked" (every chunk's masked loads, one reduction
+    at the end; not yet timed)."""
+    return _GATHER["int8_outliers"]
+
+
+def set_int8_outlier_pass(mode: str) -> None:
+    if mode not in ("skip", "masked"):
+        raise ValueError(f"int8 outlier pass: 'skip' or 'masked', not {mode!r}")
+    _GATHER["int8_outliers"] = mode
 
 
 def interpreted() -> bool:

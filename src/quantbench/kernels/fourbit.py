@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, fourbit_gather, fourbit_pairs
+from quantbench.kernels.config import config_for, fourbit_gather, fourbit_numerics, fourbit_pairs
 from quantbench.kernels.prologue import (
     add_residual,
     fused_args,
@@ -41,7 +41,7 @@ from quantbench.kernels.prologue import (
 @triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
-          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False):
+          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False):
     # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
     # compiler sees 16-byte alignment of every packed row chunk). PAIRS: the activation read as
     # int32 words in the packed bytes' layout, the absmax broadcast along each block, the result
@@ -86,6 +86,13 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
         x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
         scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
         scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
+        if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
+            DT: tl.constexpr = x_ptr.dtype.element_ty
+            s = scale.to(DT).to(tl.float32)[:, :, None]
+            w_hi = (hi.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
+            w_lo = (lo.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
+            return tl.sum((w_hi * x_hi[None, :, :]).to(DT).to(tl.float32)
+                          + (w_lo * x_lo[None, :, :]).to(DT).to(tl.float32), axis=2)
         return tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2) * scale  # [rows, blocks]
 
 
@@ -93,7 +100,8 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
 def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, row_bytes,
                     row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
-                    RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BNB: tl.constexpr = False):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -120,13 +128,15 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                     LOOKUP == 2)
+                     LOOKUP == 2, BNB)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
-                     LOOKUP == 2)
+                     LOOKUP == 2, BNB)
     out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
+        if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
+            out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
         if HAS_BIAS:
             out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         out = add_residual(out.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
@@ -137,13 +147,15 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
 
 @triton.jit
 def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS_BIAS: tl.constexpr,
-                RES: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+                RES: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, BNB: tl.constexpr = False):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = tl.program_id(1)
     ok = rows < N
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for s in tl.static_range(SPLIT):  # always in this order: a deterministic sum
         total += tl.load(part_ptr + (m * SPLIT + s) * N + rows, mask=ok, other=0.0)
+    if BNB:
+        total = total.to(out_ptr.dtype.element_ty).to(tl.float32)
     if HAS_BIAS:
         total += tl.load(bias_ptr + rows, mask=ok, other=0.0).to(tl.float32)
     out = add_residual(total.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, ok, RES)
@@ -183,17 +195,18 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         code = byte_table(code)  # the engine passes the table built once (storage.py)
     elif lookup < 2 and code.dtype != torch.float32:
         code = code.float()
+    pairs = fourbit_pairs() and x.dtype in (torch.float16, torch.bfloat16)
+    bnb_numerics = fourbit_numerics() == "bitsandbytes" and not pairs
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
-        PAIRS=fourbit_pairs() and x.dtype in (torch.float16, torch.bfloat16), BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=warps)
+        PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, num_warps=warps)
     if split > 1:
         block = 1024
         _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, res, out, n, stride_r, out.stride(0),
                                                     HAS_BIAS=bias is not None, RES=residual is not None,
-                                                    SPLIT=split, BLOCK=block, num_warps=4)
+                                                    SPLIT=split, BLOCK=block, BNB=bnb_numerics, num_warps=4)
     return out.reshape(*x.shape[:-1], n)

@@ -5,7 +5,7 @@ and its numerics stay that library's:
   gemv_dense  fp16/bf16/fp32 weights [N, K] (nn.Linear), fp32 accumulation (here);
   gemv_4bit   bitsandbytes NF4/FP4 packed bytes + fp32 absmax per block (fourbit.py);
   gemv_int8   LLM.int8: int8 rows + per-row scale (SCB), threshold 0 bit-exact to bitsandbytes,
-              outliers as a fixed-capacity set with a dense fallback (int8.py).
+              outlier columns' float term in the K-steps that hold one (int8.py).
 
 No atomics anywhere: a program owns its output rows (the 4-bit split-K adds its partial sums in a
 second kernel, in a fixed order), so a result is the same on every run. Activation rows are a

@@ -134,12 +134,7 @@ class KernelPlan:
         if self.attention:
             how = "quantbench decode attention" if "attention" in kinds else "SDPA (attention kernel not chosen)"
             layers["attention"] = f"{how}, x{len(self.attention)}"
-        described = {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
-        counters = {id(c): c for launch in self.launches for m in launch.modules
-                    if (c := getattr(m, "quantbench_outlier_overflow", None)) is not None}
-        if counters and "int8" in kinds:  # activation rows over the outlier set's capacity so far
-            described["outlier_overflow_rows"] = int(sum(int(c.sum()) for c in counters.values()))
-        return described
+        return {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
 
     def uninstall(self) -> None:
         for module, previous in self._restore:

@@ -45,24 +45,10 @@ def _(x: Tensor, packed: Tensor, absmax: Tensor, code: Tensor, n: int, blocksize
 @torch.library.custom_op("quantbench::gemv_int8", mutates_args=())
 def gemv_int8(x: Tensor, weight: Tensor, scb: Tensor, threshold: float, bias: Tensor | None, act: bool,
               norm_weight: Tensor | None, eps: float, residual: Tensor | None) -> Tensor:
-    return gemv.gemv_int8(x, weight, scb, threshold, bias, None, act, _norm(norm_weight, eps), residual)
+    return gemv.gemv_int8(x, weight, scb, threshold, bias, act, _norm(norm_weight, eps), residual)
 
 
 @gemv_int8.register_fake
 def _(x: Tensor, weight: Tensor, scb: Tensor, threshold: float, bias: Tensor | None, act: bool,
       norm_weight: Tensor | None, eps: float, residual: Tensor | None) -> Tensor:
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
-@torch.library.custom_op("quantbench::gemv_int8_outliers", mutates_args=("overflow",))
-def gemv_int8_outliers(x: Tensor, weight: Tensor, scb: Tensor, threshold: float, bias: Tensor | None,
-                       overflow: Tensor, act: bool, norm_weight: Tensor | None, eps: float,
-                       residual: Tensor | None) -> Tensor:
-    """LLM.int8 with outliers; `overflow` counts rows that went over the outlier set's capacity."""
-    return gemv.gemv_int8(x, weight, scb, threshold, bias, overflow, act, _norm(norm_weight, eps), residual)
-
-
-@gemv_int8_outliers.register_fake
-def _(x: Tensor, weight: Tensor, scb: Tensor, threshold: float, bias: Tensor | None, overflow: Tensor,
-      act: bool, norm_weight: Tensor | None, eps: float, residual: Tensor | None) -> Tensor:
     return x.new_empty(*x.shape[:-1], weight.shape[0])

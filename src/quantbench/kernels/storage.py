@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from quantbench.kernels import ops
-from quantbench.kernels.int8 import CAPACITY
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -49,7 +48,7 @@ def describe_linear(module: nn.Module) -> dict[str, Any] | str | None:
         if module.state.CB is None and module.weight.dtype != torch.int8:
             return "LLM.int8 weight not quantized yet"
         threshold = float(module.state.threshold)
-        label = "int8" + (f" outliers>={threshold:g} (set of {CAPACITY}, dense beyond)" if threshold > 0 else "")
+        label = "int8" + (f" outliers>={threshold:g}" if threshold > 0 else "")
         # The activation dtype is only known at call time: bitsandbytes returns it unchanged.
         return {"kind": "int8", "label": label, "in_features": module.in_features, "dtype": None,
                 "blocksize": None, "threshold": threshold, "has_bias": bias}
@@ -168,15 +167,6 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
                 m.weight.SCB = scale
         weight = flat.view(-1, k)
         threshold = specs[0]["threshold"]
-        if threshold > 0:
-            from quantbench.kernels.layers import MAX_ROWS
-
-            # rows that had more outliers than the kernel's set holds (the dense fallback ran)
-            overflow = torch.zeros(MAX_ROWS, dtype=torch.int32, device=weight.device)
-            for m in members:
-                m.quantbench_outlier_overflow = overflow
-            return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_int8_outliers(
-                x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), overflow, act, *_norm(norm), res)
         return lambda x, a, b, act=False, norm=None, res=None: ops.gemv_int8(
             x, weight[a:b], scb[a:b], threshold, bias_rows(a, b), act, *_norm(norm), res)
 
