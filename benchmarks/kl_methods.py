@@ -4,12 +4,16 @@ For every scored token of the held-out passage (windows 1024/512, the run's defa
 the fp32 reference's full log-softmax is compared with int8/nf4/fp4's, exactly and through
 each way of keeping the reference small:
   bucket k      top-k exactly + one tail bucket (a lower bound),
-  plain k/m     top-k exactly + m tail samples, r * mean(log p - log q),
-  k3 k/m        top-k exactly + tail mass + m tail samples of (rho - 1) - log rho (quantbench's),
-each sampled method over 5 seeds. Relative error of the mean KL (and, for the default, of the
-median, p99 and top-1 agreement) against the exact figures.
+  plain k/m     top-k exactly + m priority-sampled tail ids, r * weighted mean(log p - log q),
+  k3 k/m        top-k exactly + tail mass + the same ids' (rho - 1) - log rho (quantbench's),
+each sampled method over 5 seeds. Relative error of the mean KL, and for the default layout
+and the one a vocabulary over 65,536 gets (int32 ids), of every figure: mean, median, p99,
+top-1 agreement.
 
-    PYTHONPATH=src python benchmarks/kl_methods.py --out benchmarks/results/cpu
+    PYTHONPATH=src python benchmarks/kl_methods.py --out benchmarks/results/cpu --cache FOLDER
+
+The forward passes (4 x 1.1 GB of log-probs) are computed once into --cache; a later run with
+the same folder takes minutes (--only default: just the two layouts, --seeds N: more seeds).
 """
 
 from __future__ import annotations
