@@ -34,8 +34,9 @@ def run_command(
     ppl_batch_size: int = typer.Option(None, min=1, help="perplexity windows per forward [GPU 8; CPU 1]"),
     ppl_protocol: str = typer.Option("sliding", help="sliding (ours) | lm-eval (its loglikelihood_rolling; "
                                                      "--ppl-context is its max_length)"),
-    kl: str = typer.Option("sampled", "--kl", help="reference kept for KL: sampled (top-64 + 64 tail samples, "
-                                                   "<1 KB/token) | sampled:K:M | exact (full vocabulary)"),
+    kl: str = typer.Option("sampled", "--kl", help="reference kept for KL: sampled (top-16 + a "
+                                                   "priority sample of the tail, 1 KB/token) | sampled:K:M | "
+                                                   "exact (full vocabulary)"),
     text_file: Path = typer.Option(None, help="text for perplexity (default: our held-out passage)"),
     dataset: str = typer.Option(None, help="HF dataset name:config:split (online only)"),
     latency: bool = typer.Option(True, "--latency/--no-latency"),
