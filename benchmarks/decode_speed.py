@@ -28,12 +28,13 @@ TARGETS = {  # fast ms/token, batch 1, by model
 }
 VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> precision, options
 # Suffixes that change how the fast engine runs: "fp16+exact+autotune"; "nf4+bnbmath": the 4-bit
-# kernel with bitsandbytes' roundings (config.set_fourbit_numerics).
+# kernel with bitsandbytes' roundings (config.set_fourbit_numerics), "+regs": its register lookup.
 FLAGS = {
     "exact": {"exact_casts": True},
     "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
     "nocompile": {"compile": False, "capture": False},
     "bnbmath": {},
+    "regs": {},
 }
 
 
@@ -142,6 +143,10 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
         from quantbench.kernels.config import set_fourbit_numerics
 
         set_fourbit_numerics("bitsandbytes")
+    if "regs" in flags:
+        from quantbench.kernels.config import set_fourbit_gather
+
+        set_fourbit_gather("registers")
     precision, options = VARIANTS.get(base, (base, {}))
     engine_options = {"compile_mode": args.compile_mode}
     for flag in flags:

@@ -50,10 +50,11 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
                 out.append((name, "4bit-bytes" if lookup == 2 else "4bit", fourbit._fourbit_kernel,
                             {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": lookup, "PRO": pro,
                              "RES": pro == 2, "PAIRS": pairs, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
-    for pro in (0, 2):  # bitsandbytes' roundings (config.set_fourbit_numerics)
-        out.append((f"4bit split shared bnb-rounding pro={pro}", "4bit", fourbit._fourbit_kernel,
-                    {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": pro, "RES": pro == 2,
-                     "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "BNB": True}, 4))
+    for lookup, table in ((1, "shared"), (3, "registers")):  # bitsandbytes' roundings
+        for pro in (0, 2):
+            out.append((f"4bit split {table} bnb-rounding pro={pro}", "4bit", fourbit._fourbit_kernel,
+                        {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": lookup, "PRO": pro,
+                         "RES": pro == 2, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "BNB": True}, 4))
     out.append(("4bit split-K partials", "4bit-bytes", fourbit._fourbit_kernel,
                 {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 2, "LOOKUP": 2, "PRO": 0, "RES": False,
                  "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))

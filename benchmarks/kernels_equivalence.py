@@ -23,17 +23,19 @@ PROMPT = ("The history of the printing press begins in the fifteenth century, wh
           "made books cheaper than ever before. Within fifty years")
 
 
-def one(spec: str, new_tokens: int, kernels: str) -> dict:
+def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     """spec: a precision, or PRECISION:bitsandbytes for the 4-bit kernel with bitsandbytes'
-    roundings (config.set_fourbit_numerics)."""
+    roundings (config.set_fourbit_numerics), PRECISION:bitsandbytes:registers with its register
+    lookup (config.set_fourbit_gather)."""
     import torch
 
     import quantbench
     from quantbench.engine.fast import FastEngine
-    from quantbench.kernels.config import set_fourbit_numerics
+    from quantbench.kernels.config import set_fourbit_gather, set_fourbit_numerics
 
-    precision_name, _, numerics = spec.partition(":")
+    precision_name, numerics, gather = (spec.split(":") + ["", ""])[:3]
     set_fourbit_numerics(numerics or "fp32")
+    set_fourbit_gather(gather or default_gather)
     precision, options = VARIANTS.get(precision_name, (precision_name, {}))
     loaded = quantbench.load("smollm2-135m", precision, **options)
     model = loaded.model
@@ -79,15 +81,17 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
+    from quantbench.kernels.config import fourbit_gather
     from quantbench.results import library_versions, now_iso
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": "smollm2-135m", "device": torch.cuda.get_device_name(), "timestamp": now_iso(),
               "versions": library_versions(), "kernels": args.kernels, "rows": []}
+    default_gather = fourbit_gather()
     for name in args.precisions.split(","):
         try:
-            row = one(name, args.new_tokens, args.kernels)
+            row = one(name, args.new_tokens, args.kernels, default_gather)
         except Exception as err:  # one precision's failure is a result; the others still run
             row = {"precision": name, "error": f"{type(err).__name__}: {str(err)[:300]}"}
         report["rows"].append(row)

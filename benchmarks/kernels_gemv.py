@@ -98,6 +98,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels import gemv
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import byte_table
+    from quantbench.kernels.nibbles import register_code
 
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
@@ -114,10 +115,10 @@ def build(fmt: str, n: int, k: int) -> dict:
         absmax = state.absmax
         if state.nested:  # expanded once, as the engine does at install
             absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
-        code, table = state.code.float(), byte_table(state.code)
+        gather = fourbit_gather()  # each lookup's table built here, once, as the engine does
+        code = {"bytes": byte_table(state.code), "registers": register_code(state.code)}.get(gather, state.code.float())
         item |= {"kind": "4bit", "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
-                 "ours": lambda: gemv.gemv_4bit(x, packed, absmax, table if fourbit_gather() == "bytes" else code,
-                                                n, 64),
+                 "ours": lambda: gemv.gemv_4bit(x, packed, absmax, code, n, 64),
                  "theirs": lambda: bnb.matmul_4bit(x, packed, state)}  # gemv_4bit at one row
         ref = x.double() @ bnbf.dequantize_4bit(packed, state).to(dtype).double().T
         for key, fn in (("rel_err", item["ours"]), ("bnb_rel_err", item["theirs"])):
@@ -161,9 +162,12 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     )
 
     # int8-t6-masked: LLM.int8's outlier term by the pass without per-chunk tests; nf4-bnbmath:
-    # the 4-bit kernel with bitsandbytes' roundings
+    # the 4-bit kernel with bitsandbytes' roundings; nf4-bnbmath-regs: and its register lookup
     set_int8_outlier_pass("masked" if "masked" in fmt else "skip")
     set_fourbit_numerics("bitsandbytes" if "bnbmath" in fmt else "fp32")
+    default_gather = fourbit_gather()
+    if "regs" in fmt:
+        set_fourbit_gather("registers")
     items: list[dict] = []
 
     def make(role: str):  # noqa: ANN202
@@ -213,6 +217,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     items.clear()
     set_int8_outlier_pass("skip")
     set_fourbit_numerics("fp32")
+    set_fourbit_gather(default_gather)
     torch.cuda.empty_cache()
     return row
 

@@ -123,6 +123,27 @@ def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
     assert _ulps(ours, expected) > 2.0
 
 
+def test_4bit_register_lookup_falls_back_where_it_cannot_run():
+    """The "registers" lookup needs inline PTX: under the interpreter (and without bitsandbytes'
+    numerics) the kernel takes the shared lookup, from the fp32 codes at the head of its table."""
+    from quantbench.kernels.nibbles import register_code
+
+    torch.manual_seed(7)
+    x, w = torch.randn(1, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="fp4")
+    before = fourbit_gather()
+    try:
+        for numerics in ("bitsandbytes", "fp32"):
+            set_fourbit_numerics(numerics)
+            set_fourbit_gather("shared")
+            shared = gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64)
+            set_fourbit_gather("registers")
+            assert torch.equal(gemv.gemv_4bit(x, packed, state.absmax, register_code(state.code), N, 64), shared)
+    finally:
+        set_fourbit_gather(before)
+        set_fourbit_numerics("fp32")
+
+
 def _int8_layer(w: torch.Tensor, threshold: float):
     layer = bnb.nn.Linear8bitLt(K, N, bias=False, has_fp16_weights=False, threshold=threshold)
     layer.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)

@@ -31,10 +31,10 @@ gemv() {  # limit_s out_subdir [args]
 }
 case "$stage" in
   dev)
-    gemv 90 gemv --formats nf4,nf4-bnbmath,int8-t0,int8-t6,int8-t6-masked,int8-t6-clean
+    gemv 100 gemv --formats nf4,nf4-bnbmath,nf4-bnbmath-regs,int8-t0,int8-t6,int8-t6-masked,int8-t6-clean
     decode llama-2-7b-arch nf4 bnb,quantbench/dense/4bit/int8/attention,quantbench llama7b-nf4 240 \
       --eager-tokens 4
-    decode tinyllama-1.1b-arch int8,int8-t0,nf4+bnbmath quantbench tinyllama 70 ;;
+    decode tinyllama-1.1b-arch int8,int8-t0,nf4+bnbmath,nf4+bnbmath+regs quantbench tinyllama 70 ;;
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
     gemv 200 sweep --formats nf4 --sweep ;;
   final-decode)
@@ -42,7 +42,7 @@ case "$stage" in
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh
     gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean
     timeout 360 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
-      --precisions int8,int8-t0,nf4:bitsandbytes,nf4,nf4-dq,fp16 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
+      --precisions int8,int8-t0,nf4:bitsandbytes,nf4:bitsandbytes:registers,nf4,nf4-dq,fp16 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" bnb,quantbench llama7b 150 \
       --eager-tokens 4 ;;

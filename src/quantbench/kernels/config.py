@@ -36,7 +36,9 @@ _GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outl
 
 def fourbit_gather() -> str:
     """How the 4-bit kernel looks its codes up: "bytes" (a 256-entry pair table, tl.gather),
-    "shared" (the 16 codes, tl.gather per nibble) or "global" (the 16 codes from L1)."""
+    "shared" (the 16 codes, tl.gather per nibble), "global" (the 16 codes from L1) or "registers"
+    (byte permutes, nibbles.py; compiled, with bitsandbytes' numerics and 16-bit activations
+    only, else "shared"; not yet timed)."""
     return _GATHER["4bit"]
 
 

@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, fourbit_gather, fourbit_numerics, fourbit_pairs
+from quantbench.kernels.config import config_for, fourbit_gather, fourbit_numerics, fourbit_pairs, interpreted
+from quantbench.kernels.nibbles import nibble_codes, register_code
 from quantbench.kernels.prologue import (
     add_residual,
     fused_args,
@@ -41,7 +42,8 @@ from quantbench.kernels.prologue import (
 @triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
-          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False):
+          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
+          REGS: tl.constexpr = False):
     # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
     # compiler sees 16-byte alignment of every packed row chunk). PAIRS: the activation read as
     # int32 words in the packed bytes' layout, the absmax broadcast along each block, the result
@@ -57,7 +59,9 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
         packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
-    if TABLE is None:
+    if REGS:  # byte permutes over the codes held in registers (nibbles.py)
+        hi, lo = nibble_codes(packed, code_ptr, x_ptr)
+    elif TABLE is None:
         hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
         lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
     elif BYTES:  # one lookup per byte: both codes' fp32 bits in one int64 entry
@@ -117,7 +121,8 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
         acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
     full_end = start + ((end - start) // NB) * NB
     # LOOKUP 0: the 16 fp32 codes from L1; 1: gathered from shared memory; 2: a 256-entry table
-    # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64)
+    # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64);
+    # 3: byte permutes over register_code's words (no table here)
     if LOOKUP == 2:
         table = tl.load(code_ptr + tl.arange(0, 256))
     elif LOOKUP == 1:
@@ -128,11 +133,11 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB)
+                     LOOKUP == 2, BNB, LOOKUP == 3)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB)
+                     LOOKUP == 2, BNB, LOOKUP == 3)
     out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
@@ -162,7 +167,7 @@ def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS
     tl.store(out_ptr + m * stride_o + rows, out, mask=ok)
 
 
-LOOKUPS = {"global": 0, "shared": 1, "bytes": 2}  # config.set_fourbit_gather's modes
+LOOKUPS = {"global": 0, "shared": 1, "bytes": 2, "registers": 3}  # config.set_fourbit_gather's modes
 
 
 def byte_table(code: torch.Tensor) -> torch.Tensor:
@@ -190,13 +195,19 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     split_blocks = triton.cdiv(blocks, split)  # each split whole quantization blocks
     split = triton.cdiv(blocks, split_blocks)
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    pairs = fourbit_pairs() and x.dtype in (torch.float16, torch.bfloat16)
+    bnb_numerics = fourbit_numerics() == "bitsandbytes" and not pairs
     lookup = LOOKUPS[fourbit_gather()]
+    if lookup == 3 and (interpreted() or not bnb_numerics or x.dtype not in (torch.float16, torch.bfloat16)):
+        lookup = 1  # the register table holds the codes rounded as gemv_4bit rounds them, and needs PTX
+    if lookup == 3 and code.numel() == 16:
+        code = register_code(code)  # the engine passes the table built once (storage.py)
+    elif lookup < 3 and code.numel() == 32:
+        code = code[:16]  # register_code's fp32 codes
     if lookup == 2 and code.dtype != torch.int64:
         code = byte_table(code)  # the engine passes the table built once (storage.py)
     elif lookup < 2 and code.dtype != torch.float32:
         code = code.float()
-    pairs = fourbit_pairs() and x.dtype in (torch.float16, torch.bfloat16)
-    bnb_numerics = fourbit_numerics() == "bitsandbytes" and not pairs
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
