@@ -32,6 +32,14 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
 _GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "skip"}
+_CHOICES = {"4bit": ("shared", "bytes", "global", "registers"), "4bit_numerics": ("fp32", "bitsandbytes"),
+            "int8_outliers": ("skip", "masked")}
+
+
+def _choose(key: str, mode: str) -> None:
+    if mode not in _CHOICES[key]:
+        raise ValueError(f"{key}: one of {', '.join(_CHOICES[key])}, not {mode!r}")
+    _GATHER[key] = mode
 
 
 def fourbit_gather() -> str:
@@ -43,7 +51,7 @@ def fourbit_gather() -> str:
 
 
 def set_fourbit_gather(mode: str) -> None:
-    _GATHER["4bit"] = mode
+    _choose("4bit", mode)
 
 
 def fourbit_pairs() -> bool:
@@ -65,9 +73,7 @@ def fourbit_numerics() -> str:
 
 
 def set_fourbit_numerics(mode: str) -> None:
-    if mode not in ("fp32", "bitsandbytes"):
-        raise ValueError(f"4-bit numerics: 'fp32' or 'bitsandbytes', not {mode!r}")
-    _GATHER["4bit_numerics"] = mode
+    _choose("4bit_numerics", mode)
 
 
 def int8_outlier_pass() -> str:
@@ -79,9 +85,7 @@ def int8_outlier_pass() -> str:
 
 
 def set_int8_outlier_pass(mode: str) -> None:
-    if mode not in ("skip", "masked"):
-        raise ValueError(f"int8 outlier pass: 'skip' or 'masked', not {mode!r}")
-    _GATHER["int8_outliers"] = mode
+    _choose("int8_outliers", mode)
 
 
 def interpreted() -> bool:
