@@ -97,8 +97,7 @@ def build(fmt: str, n: int, k: int) -> dict:
 
     from quantbench.kernels import gemv
     from quantbench.kernels.config import fourbit_gather
-    from quantbench.kernels.fourbit import byte_table
-    from quantbench.kernels.nibbles import register_code
+    from quantbench.kernels.fourbit import LOOKUPS, code_table
 
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
@@ -115,8 +114,7 @@ def build(fmt: str, n: int, k: int) -> dict:
         absmax = state.absmax
         if state.nested:  # expanded once, as the engine does at install
             absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
-        gather = fourbit_gather()  # each lookup's table built here, once, as the engine does
-        code = {"bytes": byte_table(state.code), "registers": register_code(state.code)}.get(gather, state.code.float())
+        code = code_table(state.code, LOOKUPS[fourbit_gather()])  # built once, as the engine does
         item |= {"kind": "4bit", "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
                  "ours": lambda: gemv.gemv_4bit(x, packed, absmax, code, n, 64),
                  "theirs": lambda: bnb.matmul_4bit(x, packed, state)}  # gemv_4bit at one row

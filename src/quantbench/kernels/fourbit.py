@@ -8,10 +8,10 @@ How it is fast:
   - a program's tile is [rows, quant blocks, bytes of a block]: each thread loads 16 contiguous
     packed bytes, and the activation arrives as contiguous pairs split into the values the high
     and the low nibbles meet (no strided loads);
-  - one lookup per packed byte: a 256-entry table of (high, low) code pairs, gathered from shared
-    memory (tl.gather on a register copy), 10.8 instructions per packed byte in the compiled
-    loop against 17.2 with a lookup per nibble (config.set_fourbit_gather("shared"); "global":
-    the 16 codes from L1);
+  - the codes are looked up per nibble from the 16-entry table gathered through shared memory
+    (tl.gather on a register copy; fastest in the H100 sweep), or by config.set_fourbit_gather:
+    per byte from a 256-entry table of (high, low) pairs ("bytes"), from L1 ("global"), or by
+    byte permutes over registers ("registers", nibbles.py);
   - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
     by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
   - split-K for matrices with few rows: SPLIT programs share a row range, each writes an fp32
@@ -177,12 +177,24 @@ def byte_table(code: torch.Tensor) -> torch.Tensor:
     return (bits.repeat_interleave(16) << 32) | bits.repeat(16)
 
 
+def code_table(code: torch.Tensor, lookup: int) -> torch.Tensor:
+    """The table a LOOKUP mode reads, from the 16 codes or from a table built for another mode
+    (the engine builds one at install, storage.py; a launch that falls back to the shared lookup
+    takes the fp32 codes at the head of register_code's table)."""
+    if lookup == LOOKUPS["registers"]:
+        return code if code.numel() == 32 else register_code(code)
+    codes = code[:16] if code.numel() == 32 else code
+    if lookup == LOOKUPS["bytes"]:
+        return codes if codes.dtype == torch.int64 else byte_table(codes)
+    return codes if codes.dtype == torch.float32 else codes.float()
+
+
 def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, n: int,
               blocksize: int, bias: torch.Tensor | None = None, act: bool = False,
               norm: tuple[torch.Tensor, float] | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] against bitsandbytes' packed 4-bit [N, K] (`absmax` fp32, one per block of a
-    row; `code` its 16-entry table, or byte_table(code)), fp32 accumulation, in x's dtype. act /
-    norm / residual: the fusions of prologue.py."""
+    row; `code` its 16-entry table, or code_table's for the lookup mode), fp32 accumulation, in
+    x's dtype. act / norm / residual: the fusions of prologue.py."""
     k = packed.numel() * 2 // n
     if k % blocksize or absmax.dtype != torch.float32:
         raise ValueError("gemv_4bit needs K % blocksize == 0 and fp32 absmax")
@@ -200,14 +212,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     lookup = LOOKUPS[fourbit_gather()]
     if lookup == 3 and (interpreted() or not bnb_numerics or x.dtype not in (torch.float16, torch.bfloat16)):
         lookup = 1  # the register table holds the codes rounded as gemv_4bit rounds them, and needs PTX
-    if lookup == 3 and code.numel() == 16:
-        code = register_code(code)  # the engine passes the table built once (storage.py)
-    elif lookup < 3 and code.numel() == 32:
-        code = code[:16]  # register_code's fp32 codes
-    if lookup == 2 and code.dtype != torch.int64:
-        code = byte_table(code)  # the engine passes the table built once (storage.py)
-    elif lookup < 2 and code.dtype != torch.float32:
-        code = code.float()
+    code = code_table(code, lookup)
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](

@@ -12,8 +12,8 @@ Threshold 0: bit-exact to `Linear8bitLt`.
 Threshold > 0 (LLM.int8's outliers: columns with |x| >= threshold): the absmax pass also counts
 the outliers, the int8 codes skip them, and when the row has any, a last pass adds their term
 (the weights' columns dequantized as bitsandbytes does, int8 * SCB / 127 rounded to the
-activation dtype, times the activation in fp32), loading weights only in the OUTLIER_CHUNK-column chunks
-that hold an outlier (masked loads: only those columns' bytes move). A token without outliers
+activation dtype, times the activation in fp32), loading weights only at outlier columns (masked
+loads over OUTLIER_CHUNK-column chunks: only those columns' bytes move). A token without outliers
 pays a compare per element and one branch: threshold 0's speed. With outliers the cost follows
 the chunks that hold them; there is no capacity to run over and no fallback. bitsandbytes takes
 the union of the batch's outlier columns; here each activation row has its own (identical at
@@ -70,8 +70,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        x = load_x(xm, k, k < K, K, PRO, nw_ptr, r)
-        x16 = x.to(tl.float16).to(tl.float32)
+        x16 = load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32)
         q = _rint(x16 * scale)
         w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
                     other=0, eviction_policy="evict_first")
@@ -111,14 +110,14 @@ def _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO
         x = load_x(xm, k, k < K, K, PRO, nw_ptr, r)
         outlier = (tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold) & (k < K)
         xo = tl.where(outlier, x.to(tl.float32), 0.0)
+        at = w_ptr + rows[:, None] * K + k[None, :]
+        keep = row_ok[:, None] & outlier[None, :]
         if SKIP_CHUNKS:
             if tl.max(outlier.to(tl.int32), axis=0) > 0:
-                w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & outlier[None, :],
-                            other=0)
-                extra += tl.sum(_dequant(w, col, xm.dtype.element_ty) * xo[None, :], axis=1)
+                extra += tl.sum(_dequant(tl.load(at, mask=keep, other=0), col, xm.dtype.element_ty) * xo[None, :],
+                                axis=1)
         else:
-            w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & outlier[None, :], other=0)
-            wide += _dequant(w, col, xm.dtype.element_ty) * xo[None, :]
+            wide += _dequant(tl.load(at, mask=keep, other=0), col, xm.dtype.element_ty) * xo[None, :]
     if not SKIP_CHUNKS:
         extra = tl.sum(wide, axis=1)
     return extra

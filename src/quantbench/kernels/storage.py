@@ -139,14 +139,10 @@ def merge(members: list[nn.Module], specs: list[dict[str, Any]]) -> Callable[...
             for s, view in zip(states, absmax_views, strict=True):
                 s.absmax = view
         from quantbench.kernels.config import fourbit_gather
-        from quantbench.kernels.fourbit import byte_table
-        from quantbench.kernels.nibbles import register_code
+        from quantbench.kernels.fourbit import LOOKUPS, code_table
 
-        code = states[0].code.float().contiguous()
-        if fourbit_gather() == "bytes":  # built once here, not in every launch
-            code = byte_table(code)
-        elif fourbit_gather() == "registers":
-            code = register_code(code)
+        # the lookup's table built once here, not in every launch
+        code = code_table(states[0].code.float().contiguous(), LOOKUPS[fourbit_gather()])
         blocksize = states[0].blocksize
         if any(s.quant_type != states[0].quant_type for s in states):
             raise ValueError("merged 4-bit layers must share one quant type")
