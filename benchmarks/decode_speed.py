@@ -27,15 +27,22 @@ TARGETS = {  # fast ms/token, batch 1, by model
     "llama-2-7b-arch": {"fp16": 6.5, "nf4": 3.0, "int8": 4.5},
 }
 VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> precision, options
-# Suffixes that change how the fast engine runs: "fp16+exact+autotune"; "nf4+bnbmath": the 4-bit
-# kernel with bitsandbytes' roundings (config.set_fourbit_numerics), "+regs": its register lookup.
+# Suffixes that change how the fast engine runs: "fp16+exact+autotune"; or the kernels' modes
+# (KERNEL_MODES): "nf4+bnbmath" the 4-bit kernel with bitsandbytes' roundings, "+regs" its
+# register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py).
+KERNEL_MODES = {
+    "bnbmath": ("set_fourbit_numerics", "bitsandbytes"),
+    "regs": ("set_fourbit_gather", "registers"),
+    "masked": ("set_int8_outlier_pass", "masked"),
+    "pdl": ("set_launch_overlap", "launch"),
+    "prefetch": ("set_launch_overlap", "prefetch"),
+    "nopdl": ("set_launch_overlap", "off"),
+}
 FLAGS = {
     "exact": {"exact_casts": True},
     "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
     "nocompile": {"compile": False, "capture": False},
-    "bnbmath": {},
-    "regs": {},
-}
+} | {flag: {} for flag in KERNEL_MODES}
 
 
 def copy_bandwidth() -> float:
@@ -139,14 +146,12 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     if args.fourbit_table:
         apply_fourbit_table(json.loads(Path(args.fourbit_table).read_text()))
     base, *flags = name.split("+")
-    if "bnbmath" in flags:
-        from quantbench.kernels.config import set_fourbit_numerics
+    from quantbench.kernels import config
 
-        set_fourbit_numerics("bitsandbytes")
-    if "regs" in flags:
-        from quantbench.kernels.config import set_fourbit_gather
-
-        set_fourbit_gather("registers")
+    for flag in flags:
+        if flag in KERNEL_MODES:
+            setter, mode = KERNEL_MODES[flag]
+            getattr(config, setter)(mode)
     precision, options = VARIANTS.get(base, (base, {}))
     engine_options = {"compile_mode": args.compile_mode}
     for flag in flags:

@@ -26,16 +26,19 @@ PROMPT = ("The history of the printing press begins in the fifteenth century, wh
 def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     """spec: a precision, or PRECISION:bitsandbytes for the 4-bit kernel with bitsandbytes'
     roundings (config.set_fourbit_numerics), PRECISION:bitsandbytes:registers with its register
-    lookup (config.set_fourbit_gather)."""
+    lookup (config.set_fourbit_gather); a "+pdl" or "+prefetch" suffix overlaps each launch with
+    the one before it (config.set_launch_overlap)."""
     import torch
 
     import quantbench
     from quantbench.engine.fast import FastEngine
-    from quantbench.kernels.config import set_fourbit_gather, set_fourbit_numerics
+    from quantbench.kernels.config import set_fourbit_gather, set_fourbit_numerics, set_launch_overlap
 
-    precision_name, numerics, gather = (spec.split(":") + ["", ""])[:3]
+    base, *flags = spec.split("+")
+    precision_name, numerics, gather = (base.split(":") + ["", ""])[:3]
     set_fourbit_numerics(numerics or "fp32")
     set_fourbit_gather(gather or default_gather)
+    set_launch_overlap("prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else "off")
     precision, options = VARIANTS.get(precision_name, (precision_name, {}))
     loaded = quantbench.load("smollm2-135m", precision, **options)
     model = loaded.model

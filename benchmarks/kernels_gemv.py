@@ -99,6 +99,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
+    fmt = fmt.removesuffix("-prefetch").removesuffix("-pdl")  # launch modes: one_shape sets them
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
@@ -157,10 +158,13 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         set_fourbit_numerics,
         set_fourbit_pairs,
         set_int8_outlier_pass,
+        set_launch_overlap,
     )
 
     # int8-t6-masked: LLM.int8's outlier term by the pass without per-chunk tests; nf4-bnbmath:
-    # the 4-bit kernel with bitsandbytes' roundings; nf4-bnbmath-regs: and its register lookup
+    # the 4-bit kernel with bitsandbytes' roundings; nf4-bnbmath-regs: and its register lookup;
+    # "-pdl" / "-prefetch": each launch overlapping the one before it (overlap.py)
+    set_launch_overlap("prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else "off")
     set_int8_outlier_pass("masked" if "masked" in fmt else "skip")
     set_fourbit_numerics("bitsandbytes" if "bnbmath" in fmt else "fp32")
     default_gather = fourbit_gather()

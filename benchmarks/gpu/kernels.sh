@@ -1,17 +1,17 @@
 #!/bin/bash
 # The kernel benchmarks on a GPU machine, one stage at a time (run after `source setup.sh`):
-#   dev           GEMV checks + times (nf4 with both arithmetics, int8 t=0, t=6 with and without
-#                 outliers, both outlier passes; both models),
-#                 llama-2-7b-arch nf4 decode: bitsandbytes' kernels, ours without the block fusion,
-#                 ours (all kinds), with profiles; tinyllama int8 t=6 and t=0, and nf4 with
-#                 bitsandbytes' roundings, with ours
+#   dev           launch overlap (overlap.py) against plain launches: GEMV checks + times (nf4 plain,
+#                 dependent launch, with L2 prefetch; int8 t=0 with prefetch; nf4 with bitsandbytes'
+#                 roundings and the register lookup; int8 t=6 with the masked outlier pass; both
+#                 models), then tinyllama decode with our kernels in those modes
 #   sweep         the 4-bit launch-shape sweep (lookups x activation layouts), its winners as a
 #                 table (fourbit_table.json) for config.FOURBIT
 #   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
 #                 five precisions
-#   final-check   per-kernel times and profiler bandwidth (int8-t6-clean: the threshold with no
-#                 outlier in the activation), teacher-forced equivalence on the
-#                 real SmolLM2-135M (needs its GGUF, joined by setup.sh)
+#   final-check   teacher-forced equivalence on the real SmolLM2-135M (needs its GGUF, joined by
+#                 setup.sh); a "+prefetch" suffix runs a precision with launch overlap
+#   final-gemv    per-kernel times and profiler bandwidth (int8-t6-clean: the threshold with no
+#                 outlier in the activation)
 #   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
 # still run, and its output is kept in $OUT even when the limit stops it.
@@ -31,18 +31,19 @@ gemv() {  # limit_s out_subdir [args]
 }
 case "$stage" in
   dev)
-    gemv 100 gemv --formats nf4,nf4-bnbmath,nf4-bnbmath-regs,int8-t0,int8-t6,int8-t6-masked,int8-t6-clean
-    decode llama-2-7b-arch nf4 bnb,quantbench/dense/4bit/int8/attention,quantbench llama7b-nf4 240 \
-      --eager-tokens 4
-    decode tinyllama-1.1b-arch int8,int8-t0,nf4+bnbmath,nf4+bnbmath+regs quantbench tinyllama 70 ;;
+    gemv 100 gemv --formats nf4,nf4-pdl,nf4-prefetch,int8-t0-prefetch,nf4-bnbmath-regs,int8-t6-masked
+    decode tinyllama-1.1b-arch nf4,nf4+pdl,nf4+prefetch,fp16+prefetch,int8+masked+prefetch,nf4+bnbmath+regs+prefetch \
+      quantbench tinyllama 60 ;;
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
     gemv 200 sweep --formats nf4 --sweep ;;
   final-decode)
     decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 95 ;;
-  final-check)  # needs the SmolLM2 GGUF joined by setup.sh
-    gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean
-    timeout 360 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
-      --precisions int8,int8-t0,nf4:bitsandbytes,nf4:bitsandbytes:registers,nf4,nf4-dq,fp16 2>&1 | grep -v MatMul8bitLt >> "$log" ;;
+  final-check)  # needs the SmolLM2 GGUF joined by setup.sh; EQUIVALENCE narrows the list
+    timeout 540 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
+      --precisions "${EQUIVALENCE:-int8,int8-t0,nf4:bitsandbytes:registers,fp16,nf4}" 2>&1 \
+      | grep -v MatMul8bitLt >> "$log" ;;
+  final-gemv)
+    gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" bnb,quantbench llama7b 150 \
       --eager-tokens 4 ;;

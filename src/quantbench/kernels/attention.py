@@ -22,13 +22,16 @@ import torch
 import triton
 import triton.language as tl
 
+from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, wait_for_inputs
+
 NAME = "quantbench_sdpa"
 
 
 @triton.jit
 def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, L, scale, sq_b, sq_h, sk_b, sk_h, sk_l,
                       sv_b, sv_h, sv_l, sm_b, so_b, so_h, GROUP: tl.constexpr, D: tl.constexpr,
-                      BLOCK_L: tl.constexpr, SCAN: tl.constexpr):
+                      BLOCK_L: tl.constexpr, SCAN: tl.constexpr, PDL: tl.constexpr = 0):
+    wait_for_inputs(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     kv = h // GROUP
@@ -77,11 +80,12 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     mask2 = mask2.view(torch.uint8) if mask2.dtype == torch.bool else mask2
     if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
         raise ValueError("decode_attention needs the last dimension contiguous")
+    pdl = min(mode_for(query.device), LAUNCH)  # the cache was just written: nothing to fetch early
     _decode_attention[(batch, heads)](
         query, key, value, mask2, out, length, float(scale), query.stride(0), query.stride(1),
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         mask2.stride(0), out.stride(0), out.stride(2), GROUP=heads // key.shape[1], D=dim, BLOCK_L=64,
-        SCAN=min(1024, triton.next_power_of_2(length)), num_warps=4)
+        SCAN=min(1024, triton.next_power_of_2(length)), PDL=pdl, num_warps=4, **launch_options(pdl))
     return out
 
 

@@ -28,6 +28,7 @@ import triton.language as tl
 
 from quantbench.kernels.config import config_for, fourbit_gather, fourbit_numerics, fourbit_pairs, interpreted
 from quantbench.kernels.nibbles import nibble_codes, register_code
+from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, prefetch_rows, wait_for_inputs
 from quantbench.kernels.prologue import (
     add_residual,
     fused_args,
@@ -105,7 +106,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                     row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BNB: tl.constexpr = False):
+                    BNB: tl.constexpr = False, PDL: tl.constexpr = 0):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -120,6 +121,12 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     else:
         acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
     full_end = start + ((end - start) // NB) * NB
+    first = pid_n * BLOCK_N
+    count = tl.minimum(BLOCK_N, N - first)
+    prefetch_rows(w_ptr, first, count, row_bytes, start * (BLOCKSIZE // 2), (end - start) * (BLOCKSIZE // 2), PDL,
+                  BLOCK_N)
+    prefetch_rows(absmax_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first * row_blocks * 4,
+                  count * row_blocks * 4, PDL, 1)
     # LOOKUP 0: the 16 fp32 codes from L1; 1: gathered from shared memory; 2: a 256-entry table
     # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64);
     # 3: byte permutes over register_code's words (no table here)
@@ -129,6 +136,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
         table = tl.load(code_ptr + tl.arange(0, 16))
     else:
         table = None
+    wait_for_inputs(PDL)
     r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO)
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
@@ -152,7 +160,9 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
 
 @triton.jit
 def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS_BIAS: tl.constexpr,
-                RES: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, BNB: tl.constexpr = False):
+                RES: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, BNB: tl.constexpr = False,
+                PDL: tl.constexpr = 0):
+    wait_for_inputs(PDL)
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = tl.program_id(1)
     ok = rows < N
@@ -215,14 +225,17 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     code = code_table(code, lookup)
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
+    pdl = mode_for(x.device, k // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
-        PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, num_warps=warps)
+        PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, num_warps=warps,
+        **launch_options(pdl))
     if split > 1:
         block = 1024
         _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, res, out, n, stride_r, out.stride(0),
                                                     HAS_BIAS=bias is not None, RES=residual is not None,
-                                                    SPLIT=split, BLOCK=block, BNB=bnb_numerics, num_warps=4)
+                                                    SPLIT=split, BLOCK=block, BNB=bnb_numerics, PDL=min(pdl, LAUNCH),
+                                                    num_warps=4, **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)

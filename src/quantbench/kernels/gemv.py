@@ -22,18 +22,24 @@ import triton.language as tl
 from quantbench.kernels.config import config_for
 from quantbench.kernels.fourbit import gemv_4bit
 from quantbench.kernels.int8 import gemv_int8
+from quantbench.kernels.overlap import launch_options, mode_for, prefetch_rows, wait_for_inputs
 from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 
 @triton.jit
 def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, stride_x, stride_r, stride_o,
                   HAS_BIAS: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
+                  BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
+    ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
+    first = pid_n * BLOCK_N
+    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first * K * ELEM,
+                  tl.minimum(BLOCK_N, N - first) * K * ELEM, PDL, 1)
+    wait_for_inputs(PDL)
     r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -62,10 +68,11 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     out = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x.device)
     nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
     block_n, block_k, warps, _ = config_for("dense", n, k)
+    pdl = mode_for(x.device, k * weight.element_size(), weight.data_ptr())
     _dense_kernel[(triton.cdiv(n, block_n), x2.shape[0])](
         x2, weight, bias if bias is not None else weight, nw, eps, res, out, n, k, x2.stride(0), stride_r,
         out.stride(0), HAS_BIAS=bias is not None, PRO=pro, RES=residual is not None, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=warps)
+        BLOCK_K=block_k, PDL=pdl, num_warps=warps, **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)
 
 

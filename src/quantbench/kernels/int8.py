@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted
+from quantbench.kernels.overlap import launch_options, mode_for, prefetch_rows, wait_for_inputs
 from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
@@ -44,12 +45,16 @@ def _divide(num, den, APPROX: tl.constexpr):
 def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshold, out_ptr, N, K, stride_x,
                  stride_r, stride_o, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr, PRO: tl.constexpr,
                  RES: tl.constexpr, OUTLIERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SKIP_CHUNKS: tl.constexpr = True):
+                 SKIP_CHUNKS: tl.constexpr = True, PDL: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
+    first = pid_n * BLOCK_N
+    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first * K, tl.minimum(BLOCK_N, N - first) * K,
+                  PDL, 1)
+    wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
     r = row_rsqrt(xm, K, eps, PRO)
     # 1. The row's absmax in fp16 (bitsandbytes quantizes A.to(float16)), outlier columns left out
@@ -166,10 +171,11 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     # fp32 products must round before they are added or rounded to integers, as in bitsandbytes:
     # no fused multiply-add in this kernel (its dot is integer arithmetic: this costs little).
     fusion = {} if interpreted() else {"enable_fp_fusion": False}
+    pdl = mode_for(x.device, k, weight.data_ptr())
     _int8_kernel[(triton.cdiv(n, block_n), rows)](
         x2, weight, scb, bias if bias is not None else scb, nw, eps, res, float(threshold), out, n, k,
         x2.stride(0), stride_r, out.stride(0), HAS_BIAS=bias is not None, APPROX_DIV=not interpreted(), PRO=pro,
         RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n, BLOCK_K=block_k,
-        SKIP_CHUNKS=int8_outlier_pass() == "skip", num_warps=warps,
-        **fusion)
+        SKIP_CHUNKS=int8_outlier_pass() == "skip", PDL=pdl, num_warps=warps,
+        **fusion, **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)

@@ -1,0 +1,76 @@
+"""Kernel overlap across a decode step's launches (Hopper's programmatic dependent launch).
+
+A decode step is a chain of short kernels (2-20 us each on a 1.1B model), and each one starts by
+waiting: for its launch, then for the first weights to arrive from DRAM. The weights never depend
+on the kernel before, only the activation does. With dependent launch (`launch_pdl`) a GEMV's
+programs start while the previous kernel still runs, ask L2 for the weight bytes they will read
+(one bulk prefetch per row range, issued by one thread), and only then wait for the previous
+kernel's results (`griddepcontrol.wait`), so the DRAM latency and the launch overlap the
+previous kernel's tail. Right after the wait each program lets the next kernel launch
+(`griddepcontrol.launch_dependents`): that kernel's programs fill SM slots this one leaves free,
+and prefetch in turn.
+
+Safety: everything before the wait reads constant weights only; every read of an activation,
+residual or partial sum, and every store, comes after it. The wait returns once the previous
+kernel has finished and its writes are visible, and that kernel itself finished its own wait
+first, so results from any earlier kernel are visible too. A kernel launched without the
+attribute (or after one that never lets dependents launch) runs as before: the wait returns at
+once.
+
+Modes (config.set_launch_overlap): "off" (plain launches), "launch" (dependent launch, no
+prefetch), "prefetch" (both). Off under Triton's interpreter and below compute capability 9.0.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from quantbench.kernels.config import interpreted, launch_overlap
+
+# PDL (constexpr) values: what a kernel does before reading its inputs
+OFF, LAUNCH, PREFETCH = 0, 1, 2
+
+
+@triton.jit
+def prefetch_rows(base_ptr, first_row, rows, row_stride, offset, nbytes, PDL: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """Ask L2 for `nbytes` at `offset` of each of the program's rows (bytes; 16-byte multiples),
+    one thread issuing a bulk prefetch per row. No-op unless PDL is PREFETCH."""
+    if PDL == 2:
+        for i in tl.static_range(BLOCK_N):
+            if i < rows:
+                at = base_ptr + (first_row + i).to(tl.int64) * row_stride + offset
+                tl.inline_asm_elementwise(
+                    "{ .reg .u32 t; .reg .pred p; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+                    "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+                    "=r,l,r", [at, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def wait_for_inputs(PDL: tl.constexpr):
+    """Wait until the previous kernel's results are visible, then let the next kernel launch.
+    No-op when PDL is OFF (and a no-op wait in a kernel launched without the attribute)."""
+    if PDL != 0:
+        tl.inline_asm_elementwise("griddepcontrol.wait; griddepcontrol.launch_dependents; mov.u32 $0, 0;",
+                                  "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+
+
+def mode_for(device: torch.device, *aligned: int) -> int:
+    """The PDL constexpr for a launch on `device`; `aligned` are byte counts and addresses the
+    bulk prefetch needs in 16-byte multiples (else dependent launch without prefetch)."""
+    mode = launch_overlap()
+    if mode == "off" or interpreted() or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return OFF
+    if mode == "launch" or any(v % 16 for v in aligned):
+        return LAUNCH
+    return PREFETCH
+
+
+def launch_options(pdl: int) -> dict:
+    """Keyword arguments of a Triton launch for mode `pdl`."""
+    return {"launch_pdl": True} if pdl != OFF else {}
+
+
+__all__ = ["LAUNCH", "OFF", "PREFETCH", "launch_options", "mode_for", "prefetch_rows", "wait_for_inputs"]
