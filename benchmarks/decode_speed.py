@@ -38,6 +38,7 @@ KERNEL_MODES = {
     "prefetch": ("set_launch_overlap", "prefetch"),
     "nopdl": ("set_launch_overlap", "off"),
 }
+DEFAULT_MODES: dict[str, str] = {}  # setter -> mode before any kernels choice's own (measure sets it)
 FLAGS = {
     "exact": {"exact_casts": True},
     "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
@@ -152,6 +153,8 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
         if flag in KERNEL_MODES:
             setter, mode = KERNEL_MODES[flag]
             getattr(config, setter)(mode)
+    DEFAULT_MODES.update({setter: getattr(config, setter.removeprefix("set_"))() for setter, _ in
+                          KERNEL_MODES.values()})
     precision, options = VARIANTS.get(base, (base, {}))
     engine_options = {"compile_mode": args.compile_mode}
     for flag in flags:
@@ -178,7 +181,8 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     }
     # bitsandbytes' kernels first: quantbench's install re-points the layers' weights at merged
     # buffers (same bytes), which the other engine then reads through the layers' own forwards.
-    for kernels in args.kernels.split(","):
+    choices = args.kernels.split(",")
+    for kernels in choices:
         fast = FastEngine(model, max_batch, max_seq, **kernel_options(kernels), **engine_options)
         start = time.perf_counter()
         fast.warmup(ids, 4)
@@ -194,10 +198,11 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
             "fast_generate1_ms": fast_first, "fast_warmup_s": warmup_s, "same_tokens": same,
             "first_mismatch": mismatch, "mismatch_gap": gap,
         }
-        # the row's headline is the last kernels choice (quantbench by default)
-        result |= {k: v for k, v in result["by_kernels"][kernels].items()}
+        # the row's headline: quantbench's default kernels, else the last choice
+        if kernels == "quantbench" or "quantbench" not in choices:
+            result |= {k: v for k, v in result["by_kernels"][kernels].items()}
         save(result)  # a later failure or timeout keeps the numbers so far
-        if kernels != args.kernels.split(",")[-1]:
+        if kernels != choices[-1]:
             fast._slot = None  # free its cache and graph before the next engine
     target = result["target_ms_per_token"]
     result["meets_target"] = target is not None and result["fast_ms_per_token"] <= target
@@ -229,7 +234,17 @@ def apply_fourbit_table(swept: dict) -> None:
 
 def kernel_options(spec: str) -> dict:
     """'bnb', 'quantbench' (its default kernels) or 'quantbench/KIND/KIND...' (those of its
-    kernels: dense, 4bit, int8, attention; layers of other kinds keep their own forwards)."""
+    kernels: dense, 4bit, int8, attention; layers of other kinds keep their own forwards); a
+    '+MODE' suffix (KERNEL_MODES) sets a kernel mode for this engine only, e.g.
+    'quantbench+prefetch'. Modes are read when the engine captures its step."""
+    from quantbench.kernels import config
+
+    spec, *modes = spec.split("+")
+    for setter, default in DEFAULT_MODES.items():
+        getattr(config, setter)(default)
+    for mode in modes:
+        setter, value = KERNEL_MODES[mode]
+        getattr(config, setter)(value)
     kernels, *kinds = spec.split("/")
     return {"kernels": kernels, "kernel_kinds": tuple(kinds) or None}
 

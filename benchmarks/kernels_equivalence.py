@@ -27,7 +27,8 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     """spec: a precision, or PRECISION:bitsandbytes for the 4-bit kernel with bitsandbytes'
     roundings (config.set_fourbit_numerics), PRECISION:bitsandbytes:registers with its register
     lookup (config.set_fourbit_gather); a "+pdl" or "+prefetch" suffix overlaps each launch with
-    the one before it (config.set_launch_overlap)."""
+    the one before it (config.set_launch_overlap), "+fp16" / "+bf16" sets the compute dtype (the
+    device's best, bf16 on an H100, otherwise)."""
     import torch
 
     import quantbench
@@ -40,6 +41,7 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     set_fourbit_gather(gather or default_gather)
     set_launch_overlap("prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else "off")
     precision, options = VARIANTS.get(precision_name, (precision_name, {}))
+    options = options | dict(("compute_dtype", dtype) for dtype in ("fp16", "bf16") if dtype in flags)
     loaded = quantbench.load("smollm2-135m", precision, **options)
     model = loaded.model
     ids = torch.tensor([loaded.tokenizer(PROMPT).input_ids], device=loaded.device)
