@@ -36,8 +36,9 @@ case "$stage" in
       quantbench tinyllama 60 ;;
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
     gemv 200 sweep --formats nf4 --sweep ;;
-  final-decode)
-    decode tinyllama-1.1b-arch fp16,nf4,nf4-dq,int8-t0,int8 bnb,quantbench tinyllama 95 ;;
+  final-decode)  # KERNELS adds kernel choices, e.g. bnb,quantbench,quantbench+prefetch
+    decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,nf4-dq,int8-t0,int8}" "${KERNELS:-bnb,quantbench}" tinyllama \
+      "${LIMIT:-95}" ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh; EQUIVALENCE narrows the list
     timeout 540 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
       --precisions "${EQUIVALENCE:-int8,int8-t0,nf4:bitsandbytes:registers,fp16,nf4}" 2>&1 \
@@ -45,7 +46,7 @@ case "$stage" in
   final-gemv)
     gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
-    decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" bnb,quantbench llama7b 150 \
-      --eager-tokens 4 ;;
+    decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" llama7b \
+      "${LIMIT:-150}" --eager-tokens 4 ;;
 esac
 tail -n 60 "$log"
