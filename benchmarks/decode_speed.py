@@ -37,6 +37,7 @@ KERNEL_MODES = {
     "pdl": ("set_launch_overlap", "launch"),
     "prefetch": ("set_launch_overlap", "prefetch"),
     "nopdl": ("set_launch_overlap", "off"),
+    "auto": ("set_launch_overlap", "auto"),
 }
 DEFAULT_MODES: dict[str, str] = {}  # setter -> mode before any kernels choice's own (measure sets it)
 FLAGS = {

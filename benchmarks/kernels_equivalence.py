@@ -39,7 +39,7 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     precision_name, numerics, gather = (base.split(":") + ["", ""])[:3]
     set_fourbit_numerics(numerics or "fp32")
     set_fourbit_gather(gather or default_gather)
-    set_launch_overlap("prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else "off")
+    set_launch_overlap("prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else "auto")
     precision, options = VARIANTS.get(precision_name, (precision_name, {}))
     options = options | dict(("compute_dtype", dtype) for dtype in ("fp16", "bf16") if dtype in flags)
     loaded = quantbench.load("smollm2-135m", precision, **options)

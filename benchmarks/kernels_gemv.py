@@ -164,7 +164,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     # int8-t6-masked: LLM.int8's outlier term by the pass without per-chunk tests; nf4-bnbmath:
     # the 4-bit kernel with bitsandbytes' roundings; nf4-bnbmath-regs: and its register lookup;
     # "-pdl" / "-prefetch": each launch overlapping the one before it (overlap.py)
-    set_launch_overlap("prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else "off")
+    set_launch_overlap("prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else "auto")
     set_int8_outlier_pass("masked" if "masked" in fmt else "skip")
     set_fourbit_numerics("bitsandbytes" if "bnbmath" in fmt else "fp32")
     default_gather = fourbit_gather()

@@ -80,7 +80,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     mask2 = mask2.view(torch.uint8) if mask2.dtype == torch.bool else mask2
     if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
         raise ValueError("decode_attention needs the last dimension contiguous")
-    pdl = min(mode_for(query.device), LAUNCH)  # the cache was just written: nothing to fetch early
+    pdl = min(mode_for(query.device, "attention"), LAUNCH)  # the cache was just written: nothing to fetch
     _decode_attention[(batch, heads)](
         query, key, value, mask2, out, length, float(scale), query.stride(0), query.stride(1),
         key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),

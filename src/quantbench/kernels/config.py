@@ -31,9 +31,9 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # in shared memory with the split activation layout was fastest over all eight shapes (sum of the
 # best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
-_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "skip", "overlap": "off"}
+_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "skip", "overlap": "auto"}
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers"), "4bit_numerics": ("fp32", "bitsandbytes"),
-            "int8_outliers": ("skip", "masked"), "overlap": ("off", "launch", "prefetch")}
+            "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch")}
 
 
 def _choose(key: str, mode: str) -> None:
@@ -89,10 +89,10 @@ def set_int8_outlier_pass(mode: str) -> None:
 
 
 def launch_overlap() -> str:
-    """How consecutive kernels overlap (overlap.py): "off" (plain launches), "launch"
-    (programmatic dependent launch: a kernel's programs start during the previous kernel and wait
-    for its results) or "prefetch" (and they ask L2 for their weights before waiting). Hopper and
-    newer only; not yet timed, so off by default."""
+    """How consecutive kernels overlap (overlap.py): "auto" (prefetch for the 4-bit GEMV only:
+    what measured faster on an H100), "off" (plain launches), "launch" (programmatic dependent
+    launch: a kernel's programs start during the previous kernel and wait for its results) or
+    "prefetch" (and they ask L2 for their weights before waiting). Hopper and newer only."""
     return _GATHER["overlap"]
 
 

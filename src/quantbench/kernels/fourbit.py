@@ -28,7 +28,7 @@ import triton.language as tl
 
 from quantbench.kernels.config import config_for, fourbit_gather, fourbit_numerics, fourbit_pairs, interpreted
 from quantbench.kernels.nibbles import nibble_codes, register_code
-from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, prefetch_rows, wait_for_inputs
+from quantbench.kernels.overlap import launch_options, mode_for, prefetch_rows, wait_for_inputs
 from quantbench.kernels.prologue import (
     add_residual,
     fused_args,
@@ -225,7 +225,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     code = code_table(code, lookup)
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
-    pdl = mode_for(x.device, k // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
+    pdl = mode_for(x.device, "4bit", k // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
@@ -234,8 +234,9 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         **launch_options(pdl))
     if split > 1:
         block = 1024
+        after = mode_for(x.device, "sum")
         _sum_splits[(triton.cdiv(n, block), rows)](target, bias_arg, res, out, n, stride_r, out.stride(0),
                                                     HAS_BIAS=bias is not None, RES=residual is not None,
-                                                    SPLIT=split, BLOCK=block, BNB=bnb_numerics, PDL=min(pdl, LAUNCH),
-                                                    num_warps=4, **launch_options(pdl))
+                                                    SPLIT=split, BLOCK=block, BNB=bnb_numerics, PDL=after,
+                                                    num_warps=4, **launch_options(after))
     return out.reshape(*x.shape[:-1], n)

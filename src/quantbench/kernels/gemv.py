@@ -68,7 +68,7 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     out = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x.device)
     nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
     block_n, block_k, warps, _ = config_for("dense", n, k)
-    pdl = mode_for(x.device, k * weight.element_size(), weight.data_ptr())
+    pdl = mode_for(x.device, "dense", k * weight.element_size(), weight.data_ptr())
     _dense_kernel[(triton.cdiv(n, block_n), x2.shape[0])](
         x2, weight, bias if bias is not None else weight, nw, eps, res, out, n, k, x2.stride(0), stride_r,
         out.stride(0), HAS_BIAS=bias is not None, PRO=pro, RES=residual is not None, BLOCK_N=block_n,

@@ -171,7 +171,7 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     # fp32 products must round before they are added or rounded to integers, as in bitsandbytes:
     # no fused multiply-add in this kernel (its dot is integer arithmetic: this costs little).
     fusion = {} if interpreted() else {"enable_fp_fusion": False}
-    pdl = mode_for(x.device, k, weight.data_ptr())
+    pdl = mode_for(x.device, "int8", k, weight.data_ptr())
     _int8_kernel[(triton.cdiv(n, block_n), rows)](
         x2, weight, scb, bias if bias is not None else scb, nw, eps, res, float(threshold), out, n, k,
         x2.stride(0), stride_r, out.stride(0), HAS_BIAS=bias is not None, APPROX_DIV=not interpreted(), PRO=pro,
