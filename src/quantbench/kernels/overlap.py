@@ -61,8 +61,11 @@ def wait_for_inputs(PDL: tl.constexpr):
 # "auto": what measured faster end to end on an H100 (tinyllama, one run, ms/token, plain ->
 # every kernel with prefetch): nf4 1.26 -> 1.15, fp16 1.34 -> 1.45, int8 1.32 -> 1.41. The 4-bit
 # GEMV is bound by its decode and latency, not by DRAM, and gains from weights already in L2; the
-# dense and int8 GEMVs stream near bandwidth and lose to the extra L2 traffic.
-AUTO = {"4bit": PREFETCH, "sum": LAUNCH}
+# dense and int8 GEMVs stream near bandwidth and lose to the extra L2 traffic. The attention
+# launches dependently too, so the 4-bit o_proj after it can prefetch during it: in a 4-bit model
+# this is the measured configuration but for the lm_head (one plain launch per token); in an fp16
+# or int8 model, where the kernels around the attention launch plainly, it is plain launches.
+AUTO = {"4bit": PREFETCH, "sum": LAUNCH, "attention": LAUNCH}
 
 
 def mode_for(device: torch.device, kind: str, *aligned: int) -> int:
