@@ -31,7 +31,7 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # in shared memory with the split activation layout was fastest over all eight shapes (sum of the
 # best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
-_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "skip", "overlap": "auto"}
+_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto"}
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch")}
 
@@ -45,8 +45,9 @@ def _choose(key: str, mode: str) -> None:
 def fourbit_gather() -> str:
     """How the 4-bit kernel looks its codes up: "bytes" (a 256-entry pair table, tl.gather),
     "shared" (the 16 codes, tl.gather per nibble), "global" (the 16 codes from L1) or "registers"
-    (byte permutes, nibbles.py; compiled, with bitsandbytes' numerics and 16-bit activations
-    only, else "shared"; not yet timed)."""
+    (byte permutes, nibbles.py; with bitsandbytes' numerics and 16-bit activations only, else
+    "shared"; on an H100 as fast as "shared" with the same numerics, and its results equal
+    gemv_4bit's)."""
     return _GATHER["4bit"]
 
 
@@ -66,9 +67,10 @@ def set_fourbit_pairs(on: bool) -> None:
 
 def fourbit_numerics() -> str:
     """The 4-bit kernel's arithmetic: "fp32" (code x activation summed in fp32 per block, times
-    the block's absmax: closest to exact; timed on an H100) or "bitsandbytes" (gemv_4bit's: the
-    code, the absmax, each weight and each product rounded to the activation dtype, summed in
-    fp32; the split activation layout only; not yet timed)."""
+    the block's absmax: closest to exact) or "bitsandbytes" (gemv_4bit's: the code, the absmax,
+    each weight and each product rounded to the activation dtype, summed in fp32; the split
+    activation layout only). On an H100 both run at the same speed and both stay within KL 1e-5
+    of eager bitsandbytes over a decode with fp16 compute (benchmarks/results/h100/kernels/)."""
     return _GATHER["4bit_numerics"]
 
 
@@ -77,10 +79,12 @@ def set_fourbit_numerics(mode: str) -> None:
 
 
 def int8_outlier_pass() -> str:
-    """How the LLM.int8 kernel adds its outliers' term when a row has any: "skip" (each
-    256-column chunk tested block-wide, chunks without outliers skipped; timed on an H100: about
-    2x the kernel's time with 8 outliers) or "masked" (every chunk's masked loads, one reduction
-    at the end; not yet timed)."""
+    """How the LLM.int8 kernel adds its outliers' term when a row has any: "masked" (the default:
+    every chunk's masked loads, one reduction at the end) or "skip" (each 256-column chunk tested
+    block-wide, chunks without outliers skipped). With 8 outlier features, H100 CUDA-graph times
+    of the masked pass were 1-12 % lower on nine of the ten tinyllama and llama-2-7b shapes
+    (4 % higher on 7B down_proj; separate runs, benchmarks/results/h100/kernels/). A row without
+    outliers runs neither."""
     return _GATHER["int8_outliers"]
 
 
@@ -98,6 +102,12 @@ def launch_overlap() -> str:
 
 def set_launch_overlap(mode: str) -> None:
     _choose("overlap", mode)
+
+
+def modes() -> dict[str, str]:
+    """The kernels' modes as set now (a result records them beside its numbers)."""
+    return {"4bit_lookup": fourbit_gather(), "4bit_numerics": fourbit_numerics(),
+            "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap()}
 
 
 def interpreted() -> bool:

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantbench.kernels import config
+
 MAX_ROWS = 8  # decode batches up to this run the GEMVs; above, a GEMM (the layer's own) is faster
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # in the order blocks call them
 KINDS = ("dense", "4bit", "int8", "attention", "fuse")
@@ -134,7 +136,8 @@ class KernelPlan:
         if self.attention:
             how = "quantbench decode attention" if "attention" in kinds else "SDPA (attention kernel not chosen)"
             layers["attention"] = f"{how}, x{len(self.attention)}"
-        return {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers}
+        return {"kernels": "quantbench", "kinds": sorted(kinds), "max_rows": MAX_ROWS, "layers": layers,
+                "modes": config.modes()}
 
     def uninstall(self) -> None:
         for module, previous in self._restore:
