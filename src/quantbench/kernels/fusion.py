@@ -6,8 +6,9 @@ it, as
     qkv   = GEMV(RMSNorm_1(h))            the norm in the prologue (prologue.py)
     h'    = h + GEMV_o(attention(...))    the residual in o's epilogue
     out   = h' + GEMV_down(silu * up of GEMV_gate_up(RMSNorm_2(h')))
-so the block's two norm kernels, its two residual adds and its silu * mul are gone; what remains
-are the GEMVs, rotary + cache writes and the attention. An MLP alone (other blocks) still gets
+so the block's two norm kernels, its two residual adds and its silu * mul are gone, and the
+rotary embedding and the cache write are one kernel (rope.py) between the q/k/v GEMV and the
+attention, in place of five to seven. An MLP alone (other blocks) still gets
 silu(gate) * up in the down GEMV. The roundings are eager torch's (prologue.py), so the fused
 block computes the same function as the module's own forward up to the order of fp32 sums.
 Everything runs through the layers' own forwards when the plan does not serve (prefill, large
@@ -33,6 +34,7 @@ def fuse(model: nn.Module, plan: Any) -> None:
             continue
         if type(module).__name__ in BLOCKS and (parts := _block_parts(module, launch_of)):
             _override(plan, module, "block", _block_forward(plan, module, *parts))
+            _override(plan, module.self_attn, "rope", _rope_forward(plan, module.self_attn))
             done.add(id(module.mlp))
         elif parts := _mlp_parts(module, launch_of):
             _override(plan, module, "act_fn", _mlp_forward(plan, *parts))
@@ -108,3 +110,33 @@ def _block_forward(plan: Any, block: nn.Module, qkv: Any, o: Any, gate_up: Any, 
 
     return make
 
+
+
+def _static_layer(cache: Any, index: int) -> Any:
+    """The layer's transformers StaticLayer when rope.py can write it (full, initialized)."""
+    layers = getattr(cache, "layers", None)
+    layer = layers[index] if layers is not None and 0 <= index < len(layers) else None
+    if type(layer).__name__ != "StaticLayer" or not getattr(layer, "is_initialized", False):
+        return None
+    return layer
+
+
+def _rope_forward(plan: Any, attn: nn.Module) -> Callable:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+            from quantbench.kernels.attention import attention_forward
+            from quantbench.kernels.rope import rope_store_op
+
+            embeddings, mask = kwargs.get("position_embeddings"), kwargs.get("attention_mask")
+            layer = _static_layer(kwargs.get("past_key_values"), getattr(attn, "layer_idx", -1))
+            if (args or layer is None or embeddings is None or hidden_states.shape[1] != 1 or "fuse" not in plan.kinds
+                    or not plan.serves_attention(hidden_states)):
+                return original(hidden_states, *args, **kwargs)
+            q, k, v = attn.q_proj(hidden_states), attn.k_proj(hidden_states), attn.v_proj(hidden_states)
+            query = rope_store_op(q, k, v, *embeddings, layer.keys, layer.values, layer.cumulative_length)
+            out, weights = attention_forward(attn, query, layer.keys, layer.values, mask, scaling=attn.scaling)
+            return attn.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+        return forward
+
+    return make

@@ -36,6 +36,7 @@ KINDS = ("dense", "4bit", "int8", "attention", "fuse")
 FUSIONS = {  # fusion.py's kinds of fused modules, as describe() names them
     "block": "input and post-attention RMSNorms in the q/k/v and gate/up GEMVs, residual adds in o and down",
     "act_fn": "silu(gate) * up in the down GEMV's prologue",
+    "rope": "rotary embedding and KV-cache write in one kernel",
 }
 
 
@@ -132,7 +133,8 @@ class KernelPlan:
             left[key] = left.get(key, 0) + 1
         layers |= {key: f"own forward, x{n}" for key, n in left.items()}
         for what, modules in self.fused.items():
-            layers[what] = f"{FUSIONS[what]}{'' if 'fuse' in kinds else ' (fusion not chosen)'}, x{len(modules)}"
+            chosen = "fuse" in kinds and (what != "rope" or "attention" in kinds)  # rope feeds the attention kernel
+            layers[what] = f"{FUSIONS[what]}{'' if chosen else ' (fusion not chosen)'}, x{len(modules)}"
         if self.attention:
             how = "quantbench decode attention" if "attention" in kinds else "SDPA (attention kernel not chosen)"
             layers["attention"] = f"{how}, x{len(self.attention)}"

@@ -1,0 +1,89 @@
+"""The rotary embedding and the KV-cache write of a decode step in one kernel.
+
+transformers' attention step for one new token spends five to seven small kernels between the
+q/k/v GEMV and the attention: the rotary embedding of q and k, and StaticLayer.update (an arange
+and an add for the write position, an index_copy for the keys and one for the values). This
+kernel does all of it in one launch: it reads the layer's write position (its
+`cumulative_length`), stores k (rotated) and v at that slot of the static cache, returns q
+rotated as [B, heads, 1, head_dim], and advances the position by one, as StaticLayer.update does.
+
+Roundings are eager torch's (transformers' apply_rotary_pos_emb): q * cos and rotate_half(q) *
+sin each rounded to the activation dtype, then their sum rounded. One program serves the whole
+step (B rows x all heads: a few thousand elements), so reading and advancing the position need
+no coordination between programs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate(x_ptr, cos, sin, heads, d, D: tl.constexpr, HEADS: tl.constexpr):
+    """x [heads, D] at x_ptr rotated: x * cos + rotate_half(x) * sin, eager's roundings."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    ok = (heads[:, None] < HEADS) & (d[None, :] < D)  # full shape: the interpreter does not broadcast masks
+    at = x_ptr + heads[:, None] * D
+    x = tl.load(at + d[None, :], mask=ok, other=0.0)
+    half = tl.where(d < D // 2, d + D // 2, d - D // 2)
+    partner = tl.load(at + half[None, :], mask=ok, other=0.0).to(tl.float32)
+    rotated = tl.where((d < D // 2)[None, :], -partner, partner).to(DT)
+    first = (x.to(tl.float32) * cos[None, :]).to(DT)
+    second = (rotated.to(tl.float32) * sin[None, :]).to(DT)
+    return (first.to(tl.float32) + second.to(tl.float32)).to(DT), ok
+
+
+@triton.jit
+def _rope_store(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, length_ptr, out_ptr, B, stride_q,
+                stride_k, stride_v, stride_cos, stride_sin, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
+                H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, KVHP: tl.constexpr):
+    pos = tl.load(length_ptr)
+    d = tl.arange(0, D)
+    for b in range(B):
+        cos = tl.load(cos_ptr + b * stride_cos + d).to(tl.float32)
+        sin = tl.load(sin_ptr + b * stride_sin + d).to(tl.float32)
+        heads = tl.arange(0, HP)
+        q, ok = _rotate(q_ptr + b * stride_q, cos, sin, heads, d, D, H)
+        tl.store(out_ptr + (b * H + heads[:, None]) * D + d[None, :], q, mask=ok)
+        kv_heads = tl.arange(0, KVHP)
+        k, kv_ok = _rotate(k_ptr + b * stride_k, cos, sin, kv_heads, d, D, KVH)
+        tl.store(keys_ptr + b * sk_b + kv_heads[:, None] * sk_h + pos * sk_l + d[None, :], k, mask=kv_ok)
+        v = tl.load(v_ptr + b * stride_v + kv_heads[:, None] * D + d[None, :], mask=kv_ok, other=0.0)
+        tl.store(values_ptr + b * sv_b + kv_heads[:, None] * sv_h + pos * sv_l + d[None, :], v, mask=kv_ok)
+    tl.debug_barrier()  # every thread has read the position before any advances it
+    tl.store(length_ptr, pos + 1)
+
+
+def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """q [B, 1, H*D], k and v [B, 1, KVH*D] (the projections' outputs), cos / sin [B, 1, D];
+    keys / values the layer's static cache [B, KVH, L, D], length its write position [1]. Writes
+    the cache slot, advances `length`, returns q rotated as [B, H, 1, D]."""
+    batch, kv_heads, _, dim = keys.shape
+    heads = q.shape[-1] // dim
+    rows = [t.reshape(batch, -1) for t in (q, k, v, cos, sin)]
+    rows = [t if t.stride(-1) == 1 else t.contiguous() for t in rows]
+    if keys.stride(-1) != 1 or values.stride(-1) != 1 or dim & (dim - 1):
+        raise ValueError("rope_store needs contiguous head dimensions of a power-of-two size")
+    out = torch.empty(batch, heads, 1, dim, dtype=q.dtype, device=q.device)
+    q2, k2, v2, cos2, sin2 = rows
+    _rope_store[(1,)](q2, k2, v2, cos2, sin2, keys, values, length, out, batch, q2.stride(0), k2.stride(0),
+                      v2.stride(0), cos2.stride(0), sin2.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
+                      values.stride(0), values.stride(1), values.stride(2), H=heads, KVH=kv_heads, D=dim,
+                      HP=triton.next_power_of_2(heads), KVHP=triton.next_power_of_2(kv_heads), num_warps=4)
+    return out
+
+
+@torch.library.custom_op("quantbench::rope_store", mutates_args=("keys", "values", "length"))
+def rope_store_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    return rope_store(q, k, v, cos, sin, keys, values, length)
+
+
+@rope_store_op.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+      keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    dim = keys.shape[-1]
+    return q.new_empty(keys.shape[0], q.shape[-1] // dim, 1, dim)

@@ -1,0 +1,110 @@
+"""The rotary embedding and cache write kernel (kernels/rope.py), run by Triton's interpreter,
+against transformers' own apply_rotary_pos_emb and StaticLayer.update."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton sees a kernel: CPU tensors
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from quantbench.kernels.rope import rope_store  # noqa: E402
+
+
+class _Layer:
+    """What rope_store writes: a StaticLayer's tensors, after its prefill wrote `filled` slots."""
+
+    def __init__(self, batch: int, kv_heads: int, length: int, dim: int, filled: int, dtype: torch.dtype):
+        self.keys = torch.randn(batch, kv_heads, length, dim).to(dtype)
+        self.values = torch.randn(batch, kv_heads, length, dim).to(dtype)
+        self.cumulative_length = torch.tensor([filled])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(9, 3), (4, 4)])  # grouped (and a non-power-of-2 count)
+def test_rope_store_is_transformers_rotary_and_cache_update(dtype, heads, kv_heads):
+    from transformers import StaticCache
+    from transformers.models.llama.modeling_llama import LlamaConfig, apply_rotary_pos_emb
+
+    batch, dim, length, filled = 2, 16, 12, 7
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch, 1, n * dim, generator=gen).to(dtype) for n in (heads, kv_heads, kv_heads))
+    angle = torch.randn(batch, 1, dim, generator=gen) * 3
+    cos, sin = angle.cos().to(dtype), angle.sin().to(dtype)
+    ours = _Layer(batch, kv_heads, length, dim, filled, dtype)
+    config = LlamaConfig(hidden_size=heads * dim, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         num_hidden_layers=1)
+    cache = StaticCache(config=config, max_cache_len=length)
+    layer = cache.layers[0]
+    layer.lazy_initialization(ours.keys, ours.values)
+    layer.keys.copy_(ours.keys)
+    layer.values.copy_(ours.values)
+    layer.cumulative_length.fill_(filled)
+
+    def heads_of(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, 1, -1, dim).transpose(1, 2)
+
+    q_ref, k_ref = apply_rotary_pos_emb(heads_of(q), heads_of(k), cos, sin)
+    layer.update(k_ref, heads_of(v))
+    got = rope_store(q, k, v, cos, sin, ours.keys, ours.values, ours.cumulative_length)
+    if dtype == torch.bfloat16:  # the interpreter's own bf16 conversions: a step or two apart
+        assert torch.allclose(got.float(), q_ref.float(), rtol=2**-6, atol=2**-8)
+        assert torch.allclose(ours.keys.float(), layer.keys.float(), rtol=2**-6, atol=2**-8)
+        assert torch.equal(ours.values, layer.values)
+    else:
+        assert torch.equal(got, q_ref)  # eager's three roundings, bit for bit
+        assert torch.equal(ours.keys, layer.keys) and torch.equal(ours.values, layer.values)
+    untouched = torch.ones(length, dtype=torch.bool)
+    untouched[filled] = False  # every other slot as it was
+    assert torch.equal(ours.keys[:, :, untouched], layer.keys[:, :, untouched])
+    assert int(ours.cumulative_length) == int(layer.cumulative_length) == filled + 1
+
+
+def test_a_fused_block_writes_the_cache_as_transformers_does():
+    """Real SmolLM2 (two blocks) on a StaticCache: with the plan serving, each layer's attention
+    step goes through rope_store, and the logits and the cache after the step are eager's."""
+    from transformers import StaticCache
+
+    import quantbench
+    from quantbench.kernels import install, rope
+
+    model = quantbench.load("smollm2-135m", "fp32", device="cpu").model
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 3, 7, 9, 11]])
+    plan = install(model, allow_cpu=True, kinds=("dense", "attention", "fuse"))
+    calls = []
+    original = rope.rope_store
+    rope.rope_store = lambda *a: calls.append(1) or original(*a)
+
+    def step(enabled: bool) -> tuple[torch.Tensor, StaticCache]:
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        mask = torch.zeros(1, 16, dtype=torch.long)
+        mask[:, :10] = 1
+        with torch.no_grad():
+            model(ids[:, :-1], attention_mask=mask, cache_position=torch.arange(9), past_key_values=cache)
+            plan.enabled = enabled
+            try:
+                return model(ids[:, -1:], attention_mask=mask, cache_position=torch.tensor([9]),
+                             past_key_values=cache).logits, cache
+            finally:
+                plan.enabled = False
+
+    try:
+        expected, eager_cache = step(False)
+        assert not calls
+        got, fused_cache = step(True)
+    finally:
+        rope.rope_store = original
+    assert len(calls) == 2
+    assert plan.describe()["layers"]["rope"] == "rotary embedding and KV-cache write in one kernel, x2"
+    for ours, theirs in zip(fused_cache.layers, eager_cache.layers, strict=True):
+        assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 10
+        assert torch.allclose(ours.keys, theirs.keys, rtol=1e-5, atol=1e-5)  # the GEMVs' fp32 sums
+        assert torch.allclose(ours.values, theirs.values, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    plan.uninstall()
