@@ -81,16 +81,20 @@ def test_a_fused_block_writes_the_cache_as_transformers_does():
     original = rope.rope_store
     rope.rope_store = lambda *a: calls.append(1) or original(*a)
 
-    def step(enabled: bool) -> tuple[torch.Tensor, StaticCache]:
+    def step(enabled: bool, compiled: bool = False) -> tuple[torch.Tensor, StaticCache]:
         cache = StaticCache(config=model.config, max_cache_len=16)
         mask = torch.zeros(1, 16, dtype=torch.long)
         mask[:, :10] = 1
         with torch.no_grad():
             model(ids[:, :-1], attention_mask=mask, cache_position=torch.arange(9), past_key_values=cache)
             plan.enabled = enabled
+            decode = model
+            if compiled:  # as the fast engine steps it: the cache mutation through the custom op
+                decode = torch.compile(lambda *a, **kw: model(*a, **kw).logits, backend="aot_eager")
             try:
-                return model(ids[:, -1:], attention_mask=mask, cache_position=torch.tensor([9]),
-                             past_key_values=cache).logits, cache
+                out = decode(ids[:, -1:], attention_mask=mask, cache_position=torch.tensor([9]),
+                             past_key_values=cache)
+                return (out if compiled else out.logits), cache
             finally:
                 plan.enabled = False
 
@@ -98,9 +102,13 @@ def test_a_fused_block_writes_the_cache_as_transformers_does():
         expected, eager_cache = step(False)
         assert not calls
         got, fused_cache = step(True)
+        compiled, compiled_cache = step(True, compiled=True)
     finally:
         rope.rope_store = original
-    assert len(calls) == 2
+    assert len(calls) >= 4  # two layers, eager and compiled
+    assert torch.equal(compiled, got)
+    for ours, theirs in zip(compiled_cache.layers, fused_cache.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and int(ours.cumulative_length) == 10
     assert plan.describe()["layers"]["rope"] == "rotary embedding and KV-cache write in one kernel, x2"
     for ours, theirs in zip(fused_cache.layers, eager_cache.layers, strict=True):
         assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 10
