@@ -32,12 +32,14 @@ POINTERS = {
     "int8": {"x_ptr": "*fp16", "w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "nw_ptr": "*fp16",
              "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "attention": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "mask_ptr": "*u8", "out_ptr": "*fp16"},
+    "rope": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "cos_ptr": "*fp16", "sin_ptr": "*fp16",
+             "keys_ptr": "*fp16", "values_ptr": "*fp16", "length_ptr": "*i64", "out_ptr": "*fp16"},
 }
 
 
 def variants() -> list[tuple[str, str, object, dict, int]]:
     """(name, family, kernel, constexprs, warps) for every variant the engine can launch."""
-    from quantbench.kernels import attention, fourbit, gemv, int8
+    from quantbench.kernels import attention, fourbit, gemv, int8, rope
 
     out = []
     for pro in (0, 1, 2):
@@ -68,6 +70,12 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
                          "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": skip}, 4))
     out.append(("decode attention", "attention", attention._decode_attention,
                 {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256}, 4))
+    for pdl, label in ((1, "dependent launch"), (2, "dependent launch + L2 prefetch")):  # overlap.py
+        out.append((f"4bit split shared pro=2, {label}", "4bit", fourbit._fourbit_kernel,
+                    {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2, "RES": True,
+                     "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "PDL": pdl}, 4))
+    out.append(("rotary + cache write", "rope", rope._rope_store,
+                {"H": 32, "KVH": 4, "D": 64, "HP": 32, "KVHP": 4}, 4))
     return out
 
 
