@@ -72,6 +72,31 @@ def loaded_model():
     return get
 
 
+DECODE_IDS = [[1, 504, 3458, 282, 4649, 314, 3, 7, 9, 11]]
+
+
+def static_cache_step(model, plan, enabled: bool, decode=None):  # noqa: ANN001, ANN201
+    """Prefill all but the last of DECODE_IDS into a fresh StaticCache (16 slots), then decode the
+    last token with plan.enabled = `enabled`, through `decode` (default: the model itself; a
+    callable returning logits). Returns (logits, cache), as the fast engine steps a model."""
+    import torch
+    from transformers import StaticCache
+
+    ids = torch.tensor(DECODE_IDS)
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    mask = torch.zeros(1, 16, dtype=torch.long)
+    mask[:, :ids.shape[1]] = 1
+    with torch.no_grad():
+        model(ids[:, :-1], attention_mask=mask, cache_position=torch.arange(ids.shape[1] - 1), past_key_values=cache)
+        plan.enabled = enabled
+        try:
+            step = decode or (lambda *a, **kw: model(*a, **kw).logits)
+            return step(ids[:, -1:], attention_mask=mask, cache_position=torch.tensor([ids.shape[1] - 1]),
+                        past_key_values=cache), cache
+        finally:
+            plan.enabled = False
+
+
 def _main(*args: str) -> int:
     """The real CLI entry point, in process; its exit code."""
     from quantbench.cli import main

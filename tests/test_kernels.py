@@ -15,6 +15,8 @@ pytest.importorskip("triton")
 bnb = pytest.importorskip("bitsandbytes")
 bnbf = bnb.functional
 
+from conftest import static_cache_step  # noqa: E402
+
 from quantbench.kernels import gemv  # noqa: E402
 from quantbench.kernels.config import (  # noqa: E402
     fourbit_gather,
@@ -306,36 +308,19 @@ def test_decode_attention_matches_sdpa_on_a_masked_cache():
 def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypatch):
     """Real SmolLM2 (two blocks) on transformers' StaticCache, as the fast engine steps it: the
     installed attention serves each layer's decode call and the logits stay SDPA's."""
-    from transformers import StaticCache
-
     import quantbench
     from quantbench.kernels import attention, install
 
     model = quantbench.load("smollm2-135m", "fp32", device="cpu").model
     model.model.layers = model.model.layers[:2]
     model.config.num_hidden_layers = 2
-    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 3, 7, 9, 11]])
     plan = install(model, allow_cpu=True, kinds=("attention",))
     calls = []
     original = attention.decode_attention
     monkeypatch.setattr(attention, "decode_attention", lambda *a, **kw: calls.append(1) or original(*a, **kw))
-
-    def step(enabled: bool) -> torch.Tensor:
-        cache = StaticCache(config=model.config, max_cache_len=16)
-        mask = torch.zeros(1, 16, dtype=torch.long)
-        mask[:, :10] = 1
-        with torch.no_grad():
-            model(ids[:, :-1], attention_mask=mask, cache_position=torch.arange(9), past_key_values=cache)
-            plan.enabled = enabled
-            try:
-                return model(ids[:, -1:], attention_mask=mask, cache_position=torch.tensor([9]),
-                             past_key_values=cache).logits
-            finally:
-                plan.enabled = False
-
-    expected = step(False)
+    expected, _ = static_cache_step(model, plan, False)
     assert not calls
-    got = step(True)
+    got, _ = static_cache_step(model, plan, True)
     assert len(calls) == 2 and plan.describe()["layers"]["attention"] == "quantbench decode attention, x2"
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
     plan.uninstall()

@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("triton")
 
+from conftest import static_cache_step  # noqa: E402
+
 from quantbench.kernels.rope import rope_store  # noqa: E402
 
 
@@ -66,53 +68,34 @@ def test_rope_store_is_transformers_rotary_and_cache_update(dtype, heads, kv_hea
 
 def test_a_fused_block_writes_the_cache_as_transformers_does():
     """Real SmolLM2 (two blocks) on a StaticCache: with the plan serving, each layer's attention
-    step goes through rope_store, and the logits and the cache after the step are eager's."""
-    from transformers import StaticCache
-
+    step goes through rope_store, and the logits and the cache after the step are eager's, also
+    when the step is compiled (the cache mutation through the custom op)."""
     import quantbench
     from quantbench.kernels import install, rope
 
     model = quantbench.load("smollm2-135m", "fp32", device="cpu").model
     model.model.layers = model.model.layers[:2]
     model.config.num_hidden_layers = 2
-    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314, 3, 7, 9, 11]])
     plan = install(model, allow_cpu=True, kinds=("dense", "attention", "fuse"))
     calls = []
     original = rope.rope_store
     rope.rope_store = lambda *a: calls.append(1) or original(*a)
-
-    def step(enabled: bool, compiled: bool = False) -> tuple[torch.Tensor, StaticCache]:
-        cache = StaticCache(config=model.config, max_cache_len=16)
-        mask = torch.zeros(1, 16, dtype=torch.long)
-        mask[:, :10] = 1
-        with torch.no_grad():
-            model(ids[:, :-1], attention_mask=mask, cache_position=torch.arange(9), past_key_values=cache)
-            plan.enabled = enabled
-            decode = model
-            if compiled:  # as the fast engine steps it: the cache mutation through the custom op
-                decode = torch.compile(lambda *a, **kw: model(*a, **kw).logits, backend="aot_eager")
-            try:
-                out = decode(ids[:, -1:], attention_mask=mask, cache_position=torch.tensor([9]),
-                             past_key_values=cache)
-                return (out if compiled else out.logits), cache
-            finally:
-                plan.enabled = False
-
     try:
-        expected, eager_cache = step(False)
+        expected, eager_cache = static_cache_step(model, plan, False)
         assert not calls
-        got, fused_cache = step(True)
-        compiled, compiled_cache = step(True, compiled=True)
+        got, fused_cache = static_cache_step(model, plan, True)
+        compiled = torch.compile(lambda *a, **kw: model(*a, **kw).logits, backend="aot_eager")
+        compiled_logits, compiled_cache = static_cache_step(model, plan, True, compiled)
     finally:
         rope.rope_store = original
     assert len(calls) >= 4  # two layers, eager and compiled
-    assert torch.equal(compiled, got)
-    for ours, theirs in zip(compiled_cache.layers, fused_cache.layers, strict=True):
-        assert torch.equal(ours.keys, theirs.keys) and int(ours.cumulative_length) == 10
     assert plan.describe()["layers"]["rope"] == "rotary embedding and KV-cache write in one kernel, x2"
     for ours, theirs in zip(fused_cache.layers, eager_cache.layers, strict=True):
         assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 10
         assert torch.allclose(ours.keys, theirs.keys, rtol=1e-5, atol=1e-5)  # the GEMVs' fp32 sums
         assert torch.allclose(ours.values, theirs.values, rtol=1e-5, atol=1e-5)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(compiled_logits, got)
+    for ours, theirs in zip(compiled_cache.layers, fused_cache.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and int(ours.cumulative_length) == 10
     plan.uninstall()
