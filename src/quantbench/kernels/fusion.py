@@ -118,6 +118,8 @@ def _static_layer(cache: Any, index: int) -> Any:
     layer = layers[index] if layers is not None and 0 <= index < len(layers) else None
     if type(layer).__name__ != "StaticLayer" or not getattr(layer, "is_initialized", False):
         return None
+    if layer.keys.shape[-1] not in (32, 64, 128, 256):  # the head sizes the attention kernel serves
+        return None
     return layer
 
 
