@@ -207,6 +207,7 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
             fast._slot = None  # free its cache and graph before the next engine
     target = result["target_ms_per_token"]
     result["meets_target"] = target is not None and result["fast_ms_per_token"] <= target
+    result["profiled_kernels"] = choices[-1]  # the profile and the batch curve run on the last engine
     save(result)
     # An uncaptured step is host-bound and slow: a few batch sizes tell its story.
     batches = args.batches if fast.capture else [b for b in args.batches if b in (1, 8, 64)]
@@ -328,7 +329,8 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         if p := r.get("profile_b1"):
             lines.append(
-                f"- {r['precision']}: kernels {p['kernel_ms_per_token']:.2f} ms in "
+                f"- {r['precision']} ({r.get('profiled_kernels', 'quantbench')}): kernels "
+                f"{p['kernel_ms_per_token']:.2f} ms in "
                 f"{p['kernels_per_token']:.0f} kernels, wall {p['wall_ms_per_token']:.2f} ms; top: "
                 + "; ".join(f"{k['name'][:36]} {k['ms_per_token']:.3f}"
                             for k in p["top_kernels"][:3])
