@@ -20,7 +20,7 @@ CUDA = torch.device("cuda", 0)
 def hopper(monkeypatch):
     """A compiled (not interpreted) launch on a compute capability 9.0 device."""
     monkeypatch.setattr(overlap, "interpreted", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(overlap, "_major", lambda index: 9)
     yield
     config.set_launch_overlap("auto")
 
@@ -41,10 +41,10 @@ def test_explicit_modes_apply_to_every_kernel(hopper, mode, expected):
 def test_no_overlap_where_it_cannot_run(hopper, monkeypatch):
     config.set_launch_overlap("prefetch")
     assert mode_for(torch.device("cpu"), "4bit") == OFF
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(overlap, "_major", lambda index: 8)
     assert mode_for(CUDA, "4bit") == OFF
     monkeypatch.setattr(overlap, "interpreted", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(overlap, "_major", lambda index: 9)
     assert mode_for(CUDA, "4bit") == OFF
     with pytest.raises(ValueError, match="overlap"):
         config.set_launch_overlap("sometimes")

@@ -24,6 +24,8 @@ Modes (config.set_launch_overlap): "auto" (the default: prefetch for the 4-bit G
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -73,12 +75,18 @@ def mode_for(device: torch.device, kind: str, *aligned: int) -> int:
     "dense", "int8", "attention") on `device`; `aligned` are byte counts and addresses the bulk
     prefetch needs in 16-byte multiples (else dependent launch without prefetch)."""
     mode = launch_overlap()
-    if mode == "off" or interpreted() or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+    if mode == "off" or interpreted() or device.type != "cuda" or _major(device.index) < 9:
         return OFF
     wanted = {"auto": AUTO.get(kind, OFF), "launch": LAUNCH, "prefetch": PREFETCH}[mode]
     if wanted == PREFETCH and any(v % 16 for v in aligned):
         return LAUNCH
     return wanted
+
+
+@functools.cache
+def _major(index: int | None) -> int:
+    """Compute capability major of a CUDA device, asked once (mode_for runs at every launch)."""
+    return torch.cuda.get_device_capability(index)[0]
 
 
 def launch_options(pdl: int) -> dict:
