@@ -76,7 +76,7 @@ def test_a_fused_block_writes_the_cache_as_transformers_does():
     model = quantbench.load("smollm2-135m", "fp32", device="cpu").model
     model.model.layers = model.model.layers[:2]
     model.config.num_hidden_layers = 2
-    plan = install(model, allow_cpu=True, kinds=("dense", "attention", "fuse"))
+    plan = install(model, allow_cpu=True, kinds=("dense", "attention", "fuse", "rope"))
     calls = []
     original = rope.rope_store
     rope.rope_store = lambda *a: calls.append(1) or original(*a)

@@ -6,9 +6,9 @@ it, as
     qkv   = GEMV(RMSNorm_1(h))            the norm in the prologue (prologue.py)
     h'    = h + GEMV_o(attention(...))    the residual in o's epilogue
     out   = h' + GEMV_down(silu * up of GEMV_gate_up(RMSNorm_2(h')))
-so the block's two norm kernels, its two residual adds and its silu * mul are gone, and the
-rotary embedding and the cache write are one kernel (rope.py) between the q/k/v GEMV and the
-attention, in place of five to seven. An MLP alone (other blocks) still gets
+so the block's two norm kernels, its two residual adds and its silu * mul are gone. With the
+"rope" kind too, the rotary embedding and the cache write are one kernel (rope.py) between the
+q/k/v GEMV and the attention kernel, in place of five to seven. An MLP alone (other blocks) still gets
 silu(gate) * up in the down GEMV. The roundings are eager torch's (prologue.py), so the fused
 block computes the same function as the module's own forward up to the order of fp32 sums.
 Everything runs through the layers' own forwards when the plan does not serve (prefill, large
@@ -131,7 +131,7 @@ def _rope_forward(plan: Any, attn: nn.Module) -> Callable:
 
             embeddings, mask = kwargs.get("position_embeddings"), kwargs.get("attention_mask")
             layer = _static_layer(kwargs.get("past_key_values"), getattr(attn, "layer_idx", -1))
-            if (args or layer is None or embeddings is None or hidden_states.shape[1] != 1 or "fuse" not in plan.kinds
+            if (args or layer is None or embeddings is None or hidden_states.shape[1] != 1 or "rope" not in plan.kinds
                     or not plan.serves_attention(hidden_states)):
                 return original(hidden_states, *args, **kwargs)
             q, k, v = attn.q_proj(hidden_states), attn.k_proj(hidden_states), attn.v_proj(hidden_states)

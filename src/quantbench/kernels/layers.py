@@ -32,7 +32,7 @@ from quantbench.kernels import config
 
 MAX_ROWS = 8  # decode batches up to this run the GEMVs; above, a GEMM (the layer's own) is faster
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # in the order blocks call them
-KINDS = ("dense", "4bit", "int8", "attention", "fuse")
+KINDS = ("dense", "4bit", "int8", "attention", "fuse", "rope")
 FUSIONS = {  # fusion.py's kinds of fused modules, as describe() names them
     "block": "input and post-attention RMSNorms in the q/k/v and gate/up GEMVs, residual adds in o and down",
     "act_fn": "silu(gate) * up in the down GEMV's prologue",
@@ -133,7 +133,7 @@ class KernelPlan:
             left[key] = left.get(key, 0) + 1
         layers |= {key: f"own forward, x{n}" for key, n in left.items()}
         for what, modules in self.fused.items():
-            chosen = "fuse" in kinds and (what != "rope" or "attention" in kinds)  # rope feeds the attention kernel
+            chosen = {"attention", "rope"} <= kinds if what == "rope" else "fuse" in kinds  # rope feeds the attention
             layers[what] = f"{FUSIONS[what]}{'' if chosen else ' (fusion not chosen)'}, x{len(modules)}"
         if self.attention:
             how = "quantbench decode attention" if "attention" in kinds else "SDPA (attention kernel not chosen)"
