@@ -7,7 +7,9 @@ storage exactly as it is, so a model's checkpoint and numerics stay its library'
 
 KERNELS names the choices the fast engine offers: "quantbench" (these) or "bnb" (the layers' own
 forwards: bitsandbytes' kernels, cuBLAS). gemv.py holds the kernels and their numerics, layers.py
-the routing and the merged q/k/v and gate/up launches, storage.py the weight formats.
+the routing and the merged q/k/v and gate/up launches, storage.py the weight formats, fusion.py
+and prologue.py the block fusion, attention.py and rope.py the attention step, overlap.py how
+launches overlap on Hopper, config.py the launch shapes and modes.
 """
 
 from __future__ import annotations
