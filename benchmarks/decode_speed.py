@@ -242,6 +242,8 @@ def kernel_options(spec: str) -> dict:
     from quantbench.kernels import config
 
     spec, *modes = spec.split("+")
+    if "regs" in modes:  # the lookup's tables are built once per model, at the first install
+        raise SystemExit("the register lookup is set per precision (nf4+bnbmath+regs), not per kernels choice")
     for setter, default in DEFAULT_MODES.items():
         getattr(config, setter)(default)
     for mode in modes:

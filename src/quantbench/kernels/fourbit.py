@@ -125,7 +125,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     count = tl.minimum(BLOCK_N, N - first)
     prefetch_rows(w_ptr, first, count, row_bytes, start * (BLOCKSIZE // 2), (end - start) * (BLOCKSIZE // 2), PDL,
                   BLOCK_N)
-    prefetch_rows(absmax_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first * row_blocks * 4,
+    prefetch_rows(absmax_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first.to(tl.int64) * row_blocks * 4,
                   count * row_blocks * 4, PDL, 1)
     # LOOKUP 0: the 16 fp32 codes from L1; 1: gathered from shared memory; 2: a 256-entry table
     # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64);
@@ -225,7 +225,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     code = code_table(code, lookup)
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
-    pdl = mode_for(x.device, "4bit", k // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
+    pdl = mode_for(x.device, "4bit", k // 2, blocksize // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,

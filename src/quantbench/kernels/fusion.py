@@ -113,7 +113,10 @@ def _block_forward(plan: Any, block: nn.Module, qkv: Any, o: Any, gate_up: Any, 
 
 
 def _static_layer(cache: Any, index: int) -> Any:
-    """The layer's transformers StaticLayer when rope.py can write it (full, initialized)."""
+    """The layer's transformers StaticLayer when rope.py can write it (full, initialized, not
+    offloaded: Cache.update would move an offloaded layer first)."""
+    if getattr(cache, "offloading", False):
+        return None
     layers = getattr(cache, "layers", None)
     layer = layers[index] if layers is not None and 0 <= index < len(layers) else None
     if type(layer).__name__ != "StaticLayer" or not getattr(layer, "is_initialized", False):
@@ -132,7 +135,7 @@ def _rope_forward(plan: Any, attn: nn.Module) -> Callable:
             embeddings, mask = kwargs.get("position_embeddings"), kwargs.get("attention_mask")
             layer = _static_layer(kwargs.get("past_key_values"), getattr(attn, "layer_idx", -1))
             if (args or layer is None or embeddings is None or hidden_states.shape[1] != 1 or "rope" not in plan.kinds
-                    or not plan.serves_attention(hidden_states)):
+                    or getattr(attn, "quantbench_plan", None) is not plan or not plan.serves_attention(hidden_states)):
                 return original(hidden_states, *args, **kwargs)
             q, k, v = attn.q_proj(hidden_states), attn.k_proj(hidden_states), attn.v_proj(hidden_states)
             query = rope_store_op(q, k, v, *embeddings, layer.keys, layer.values, layer.cumulative_length)

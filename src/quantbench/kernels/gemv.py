@@ -37,7 +37,7 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
     row_ok = rows < N
     ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
     first = pid_n * BLOCK_N
-    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first * K * ELEM,
+    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first.to(tl.int64) * K * ELEM,
                   tl.minimum(BLOCK_N, N - first) * K * ELEM, PDL, 1)
     wait_for_inputs(PDL)
     r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)

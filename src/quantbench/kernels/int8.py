@@ -52,7 +52,8 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
     first = pid_n * BLOCK_N
-    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first * K, tl.minimum(BLOCK_N, N - first) * K,
+    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first.to(tl.int64) * K,
+                  tl.minimum(BLOCK_N, N - first) * K,
                   PDL, 1)
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x

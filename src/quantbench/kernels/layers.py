@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantbench.kernels import config
+from quantbench.kernels import DEFAULT_KINDS, config
 
 MAX_ROWS = 8  # decode batches up to this run the GEMVs; above, a GEMM (the layer's own) is faster
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # in the order blocks call them
@@ -88,7 +88,7 @@ class KernelPlan:
     launches: list[_Launch] = field(default_factory=list)
     left: dict[str, str] = field(default_factory=dict)  # linear name -> why its own forward stays
     enabled: bool = False
-    kinds: frozenset[str] = frozenset(KINDS)  # which kernels serve while enabled
+    kinds: frozenset[str] = frozenset(DEFAULT_KINDS)  # which kernels serve while enabled
     installed: set[str] = field(default_factory=set)  # kinds whose layers install() has set up
     allow_cpu: bool = False  # tests run the kernels on CPU tensors under Triton's interpreter
     _restore: list[tuple[nn.Module, Any]] = field(default_factory=list)
@@ -164,7 +164,7 @@ def _short(name: str) -> str:
 
 
 def install(model: nn.Module, allow_cpu: bool = False, skip: tuple[str, ...] = (),
-            kinds: tuple[str, ...] = KINDS, plan: KernelPlan | None = None) -> KernelPlan:
+            kinds: tuple[str, ...] = DEFAULT_KINDS, plan: KernelPlan | None = None) -> KernelPlan:
     """Give every linear of `model` that one of `kinds` serves a kernel forward (disabled until
     plan.enabled); linears whose name ends with one of `skip` keep their own. With `plan`, adds
     to it (layers already served stay as they are). Only installed kinds touch their weights."""

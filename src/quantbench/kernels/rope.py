@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from quantbench.kernels.config import interpreted
+
 
 @triton.jit
 def _rotate(x_ptr, cos, sin, heads, d, D: tl.constexpr, HEADS: tl.constexpr):
@@ -36,11 +38,12 @@ def _rotate(x_ptr, cos, sin, heads, d, D: tl.constexpr, HEADS: tl.constexpr):
 
 
 @triton.jit
-def _rope_store(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, length_ptr, out_ptr, B, stride_q,
+def _rope_store(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, length_ptr, out_ptr, B, L, stride_q,
                 stride_k, stride_v, stride_cos, stride_sin, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
                 H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, KVHP: tl.constexpr):
     pos = tl.load(length_ptr)
     d = tl.arange(0, D)
+    room = (pos + 0 * d[None, :]) < L  # a full cache is left as it is (eager's index_copy_ raises there)
     for b in range(B):
         cos = tl.load(cos_ptr + b * stride_cos + d).to(tl.float32)
         sin = tl.load(sin_ptr + b * stride_sin + d).to(tl.float32)
@@ -49,30 +52,39 @@ def _rope_store(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, len
         tl.store(out_ptr + (b * H + heads[:, None]) * D + d[None, :], q, mask=ok)
         kv_heads = tl.arange(0, KVHP)
         k, kv_ok = _rotate(k_ptr + b * stride_k, cos, sin, kv_heads, d, D, KVH)
-        tl.store(keys_ptr + b * sk_b + kv_heads[:, None] * sk_h + pos * sk_l + d[None, :], k, mask=kv_ok)
+        tl.store(keys_ptr + b * sk_b + kv_heads[:, None] * sk_h + pos * sk_l + d[None, :], k, mask=kv_ok & room)
         v = tl.load(v_ptr + b * stride_v + kv_heads[:, None] * D + d[None, :], mask=kv_ok, other=0.0)
-        tl.store(values_ptr + b * sv_b + kv_heads[:, None] * sv_h + pos * sv_l + d[None, :], v, mask=kv_ok)
+        tl.store(values_ptr + b * sv_b + kv_heads[:, None] * sv_h + pos * sv_l + d[None, :], v, mask=kv_ok & room)
     tl.debug_barrier()  # every thread has read the position before any advances it
     tl.store(length_ptr, pos + 1)
 
 
 def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """q [B, 1, H*D], k and v [B, 1, KVH*D] (the projections' outputs), cos / sin [B, 1, D];
-    keys / values the layer's static cache [B, KVH, L, D], length its write position [1]. Writes
-    the cache slot, advances `length`, returns q rotated as [B, H, 1, D]."""
-    batch, kv_heads, _, dim = keys.shape
+    """q [B, 1, H*D], k and v [B, 1, KVH*D] (the projections' outputs), cos / sin [B or 1, 1, D]
+    (transformers builds them from cache_position alone: one row for the whole batch); keys /
+    values the layer's static cache [B, KVH, L, D], length its write position [1]. Writes the
+    cache slot, advances `length`, returns q rotated as [B, H, 1, D]."""
+    batch = q.shape[0]
+    _, kv_heads, slots, dim = keys.shape
     heads = q.shape[-1] // dim
-    rows = [t.reshape(batch, -1) for t in (q, k, v, cos, sin)]
-    rows = [t if t.stride(-1) == 1 else t.contiguous() for t in rows]
+    if keys.shape[0] != batch or cos.shape[-1] != dim or cos.shape[0] not in (1, batch):
+        raise ValueError(f"rope_store: q {tuple(q.shape)}, cos {tuple(cos.shape)} and cache "
+                         f"{tuple(keys.shape)} do not match")
     if keys.stride(-1) != 1 or values.stride(-1) != 1 or dim & (dim - 1):
         raise ValueError("rope_store needs contiguous head dimensions of a power-of-two size")
+    q2, k2, v2 = (t.reshape(batch, -1) for t in (q, k, v))
+    cos2, sin2 = (t.reshape(t.shape[0], dim) for t in (cos, sin))
+    q2, k2, v2, cos2, sin2 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q2, k2, v2, cos2, sin2))
+    per_row = [t.stride(0) if t.shape[0] == batch else 0 for t in (cos2, sin2)]  # one row: all rows read it
     out = torch.empty(batch, heads, 1, dim, dtype=q.dtype, device=q.device)
-    q2, k2, v2, cos2, sin2 = rows
-    _rope_store[(1,)](q2, k2, v2, cos2, sin2, keys, values, length, out, batch, q2.stride(0), k2.stride(0),
-                      v2.stride(0), cos2.stride(0), sin2.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
+    # eager's roundings: two rounded products, then their rounded sum (no fused multiply-add)
+    fusion = {} if interpreted() else {"enable_fp_fusion": False}
+    _rope_store[(1,)](q2, k2, v2, cos2, sin2, keys, values, length, out, batch, slots, q2.stride(0), k2.stride(0),
+                      v2.stride(0), *per_row, keys.stride(0), keys.stride(1), keys.stride(2),
                       values.stride(0), values.stride(1), values.stride(2), H=heads, KVH=kv_heads, D=dim,
-                      HP=triton.next_power_of_2(heads), KVHP=triton.next_power_of_2(kv_heads), num_warps=4)
+                      HP=triton.next_power_of_2(heads), KVHP=triton.next_power_of_2(kv_heads), num_warps=4,
+                      **fusion)
     return out
 
 
