@@ -54,34 +54,50 @@ COMPILE = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from quantbench.kernels import fourbit
-constexprs = {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2, "RES": True,
-              "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 512, "BNB": False, "PDL": int(sys.argv[1])}
-pointers = {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}
-signature = {name: "constexpr" if name in constexprs else pointers.get(name, "*fp16") if name.endswith("_ptr")
-             else "fp32" if name == "eps" else "i32" for name in fourbit._fourbit_kernel.arg_names}
-source = ASTSource(fn=fourbit._fourbit_kernel, signature=signature, constexprs=constexprs)
-print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
+from quantbench.kernels import fourbit, gemv, int8
+pdl = int(sys.argv[1])
+kernels = {  # kernel, constexprs, pointer types other than fp16
+    "4bit": (fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2,
+             "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 512, "BNB": False},
+             {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}),
+    "dense": (gemv._dense_kernel, {"HAS_BIAS": False, "PRO": 2, "RES": True, "BLOCK_N": 4, "BLOCK_K": 1024}, {}),
+    "int8": (int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 2, "RES": True, "OUTLIERS": True,
+             "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False}, {"w_ptr": "*i8", "scb_ptr": "*fp32",
+             "bias_ptr": "*fp32"}),
+}
+for name, (kernel, constexprs, pointers) in kernels.items():
+    constexprs = constexprs | {"PDL": pdl}
+    signature = {arg: "constexpr" if arg in constexprs else pointers.get(arg, "*fp16") if arg.endswith("_ptr")
+                 else "fp32" if arg in ("eps", "threshold") else "i32" for arg in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    print("//// " + name)
+    print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
 """
 
 
-def _ptx(pdl: int) -> str:
-    """The 4-bit GEMV with the RMSNorm prologue and the residual epilogue, compiled for sm_90 (in
-    a process of its own: other tests run the kernels under Triton's interpreter)."""
+def _ptx(pdl: int) -> dict[str, str]:
+    """The 4-bit, dense and LLM.int8 GEMVs with the RMSNorm prologue and the residual epilogue,
+    compiled for sm_90 (in a process of its own: other tests run the kernels under Triton's
+    interpreter): kernel name -> PTX."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", COMPILE, str(pdl)], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return dict(part.split("\n", 1) for part in done.stdout.split("//// ")[1:])
 
 
-def test_compiled_kernel_prefetches_weights_before_it_waits_and_stores_after():
+def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after():
     pytest.importorskip("triton.backends.nvidia")
     plain, overlapped = _ptx(OFF), _ptx(PREFETCH)
-    assert "griddepcontrol" not in plain and "cp.async.bulk.prefetch" not in plain
-    wait = overlapped.index("griddepcontrol.wait")
-    assert overlapped.count("griddepcontrol.wait") == 1
-    assert overlapped.index("griddepcontrol.launch_dependents") > wait
-    prefetches = [i for i in range(len(overlapped)) if overlapped.startswith("cp.async.bulk.prefetch", i)]
-    assert prefetches and max(prefetches) < wait  # weight rows and absmax, asked for early
-    assert overlapped.index("st.global") > wait  # nothing written before the inputs are final
+    assert set(overlapped) == {"4bit", "dense", "int8"}
+    for name, ptx in overlapped.items():
+        assert "griddepcontrol" not in plain[name] and "cp.async.bulk.prefetch" not in plain[name]
+        wait = ptx.index("griddepcontrol.wait")
+        assert ptx.count("griddepcontrol.wait") == 1
+        assert ptx.index("griddepcontrol.launch_dependents") > wait
+        prefetches = [i for i in range(len(ptx)) if ptx.startswith("cp.async.bulk.prefetch", i)]
+        assert prefetches and max(prefetches) < wait, name  # weight rows (and absmax), asked for early
+        assert ptx.index("st.global") > wait, name  # nothing written before the inputs are final
+        # nothing read before the wait but constants: the 4-bit code table (16 floats), else nothing
+        loads_before = ptx[:wait].count("ld.global")
+        assert loads_before <= (1 if name == "4bit" else 0), (name, loads_before)
