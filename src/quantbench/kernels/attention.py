@@ -25,6 +25,7 @@ import triton.language as tl
 from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, wait_for_inputs
 
 NAME = "quantbench_sdpa"
+HEAD_DIMS = (32, 64, 128, 256)  # the head sizes the kernel serves (others go to SDPA)
 
 
 @triton.jit
@@ -110,7 +111,7 @@ def attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value
     plan = getattr(module, "quantbench_plan", None)
     serves = (plan is not None and plan.serves_attention(query) and query.shape[2] == 1 and dropout == 0.0
               and attention_mask is not None and attention_mask.dtype == torch.bool
-              and attention_mask.shape[-2] == 1 and query.shape[-1] in (32, 64, 128, 256))
+              and attention_mask.shape[-2] == 1 and query.shape[-1] in HEAD_DIMS)
     if not serves:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)

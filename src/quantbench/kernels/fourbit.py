@@ -28,7 +28,7 @@ import triton.language as tl
 
 from quantbench.kernels.config import config_for, fourbit_gather, fourbit_numerics, fourbit_pairs, interpreted
 from quantbench.kernels.nibbles import nibble_codes, register_code
-from quantbench.kernels.overlap import launch_options, mode_for, prefetch_rows, wait_for_inputs
+from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, prefetch_rows, wait_for_inputs
 from quantbench.kernels.prologue import (
     add_residual,
     fused_args,
@@ -125,8 +125,8 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     count = tl.minimum(BLOCK_N, N - first)
     prefetch_rows(w_ptr, first, count, row_bytes, start * (BLOCKSIZE // 2), (end - start) * (BLOCKSIZE // 2), PDL,
                   BLOCK_N)
-    prefetch_rows(absmax_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first.to(tl.int64) * row_blocks * 4,
-                  count * row_blocks * 4, PDL, 1)
+    prefetch_range(absmax_ptr.to(tl.pointer_type(tl.uint8)), first.to(tl.int64) * row_blocks * 4,
+                   count * row_blocks * 4, PDL)  # the rows' absmax, end to end
     # LOOKUP 0: the 16 fp32 codes from L1; 1: gathered from shared memory; 2: a 256-entry table
     # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64);
     # 3: byte permutes over register_code's words (no table here)

@@ -8,8 +8,8 @@ it, as
     out   = h' + GEMV_down(silu * up of GEMV_gate_up(RMSNorm_2(h')))
 so the block's two norm kernels, its two residual adds and its silu * mul are gone. With the
 "rope" kind too, the rotary embedding and the cache write are one kernel (rope.py) between the
-q/k/v GEMV and the attention kernel, in place of five to seven. An MLP alone (other blocks) still gets
-silu(gate) * up in the down GEMV. The roundings are eager torch's (prologue.py), so the fused
+q/k/v GEMV and the attention kernel, in place of five to seven. An MLP alone (other blocks)
+still gets silu(gate) * up in the down GEMV. The roundings are eager torch's (prologue.py), so the fused
 block computes the same function as the module's own forward up to the order of fp32 sums.
 Everything runs through the layers' own forwards when the plan does not serve (prefill, large
 batches, the "fuse" kind not chosen).
@@ -111,7 +111,6 @@ def _block_forward(plan: Any, block: nn.Module, qkv: Any, o: Any, gate_up: Any, 
     return make
 
 
-
 def _static_layer(cache: Any, index: int) -> Any:
     """The layer's transformers StaticLayer when rope.py can write it (full, initialized, not
     offloaded: Cache.update would move an offloaded layer first)."""
@@ -121,9 +120,9 @@ def _static_layer(cache: Any, index: int) -> Any:
     layer = layers[index] if layers is not None and 0 <= index < len(layers) else None
     if type(layer).__name__ != "StaticLayer" or not getattr(layer, "is_initialized", False):
         return None
-    if layer.keys.shape[-1] not in (32, 64, 128, 256):  # the head sizes the attention kernel serves
-        return None
-    return layer
+    from quantbench.kernels.attention import HEAD_DIMS
+
+    return layer if layer.keys.shape[-1] in HEAD_DIMS else None
 
 
 def _rope_forward(plan: Any, attn: nn.Module) -> Callable:

@@ -22,7 +22,7 @@ import triton.language as tl
 from quantbench.kernels.config import config_for
 from quantbench.kernels.fourbit import gemv_4bit
 from quantbench.kernels.int8 import gemv_int8
-from quantbench.kernels.overlap import launch_options, mode_for, prefetch_rows, wait_for_inputs
+from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, wait_for_inputs
 from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 
@@ -37,8 +37,8 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
     row_ok = rows < N
     ELEM: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth // 8
     first = pid_n * BLOCK_N
-    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first.to(tl.int64) * K * ELEM,
-                  tl.minimum(BLOCK_N, N - first) * K * ELEM, PDL, 1)
+    prefetch_range(w_ptr.to(tl.pointer_type(tl.uint8)), first.to(tl.int64) * K * ELEM,
+                   tl.minimum(BLOCK_N, N - first) * K * ELEM, PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
     r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted
-from quantbench.kernels.overlap import launch_options, mode_for, prefetch_rows, wait_for_inputs
+from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, wait_for_inputs
 from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
@@ -52,9 +52,8 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
     first = pid_n * BLOCK_N
-    prefetch_rows(w_ptr.to(tl.pointer_type(tl.uint8)), first, 1, 0, first.to(tl.int64) * K,
-                  tl.minimum(BLOCK_N, N - first) * K,
-                  PDL, 1)
+    prefetch_range(w_ptr.to(tl.pointer_type(tl.uint8)), first.to(tl.int64) * K, tl.minimum(BLOCK_N, N - first) * K,
+                   PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
     r = row_rsqrt(xm, K, eps, PRO)

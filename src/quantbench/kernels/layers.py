@@ -32,7 +32,6 @@ from quantbench.kernels import DEFAULT_KINDS, config
 
 MAX_ROWS = 8  # decode batches up to this run the GEMVs; above, a GEMM (the layer's own) is faster
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # in the order blocks call them
-KINDS = ("dense", "4bit", "int8", "attention", "fuse", "rope")
 FUSIONS = {  # fusion.py's kinds of fused modules, as describe() names them
     "block": "input and post-attention RMSNorms in the q/k/v and gate/up GEMVs, residual adds in o and down",
     "act_fn": "silu(gate) * up in the down GEMV's prologue",

@@ -37,18 +37,25 @@ OFF, LAUNCH, PREFETCH = 0, 1, 2
 
 
 @triton.jit
+def prefetch_range(byte_ptr, offset, nbytes, PDL: tl.constexpr):
+    """Ask L2 for `nbytes` at byte `offset` of `byte_ptr` (16-byte multiples), one thread
+    issuing one bulk prefetch. No-op unless PDL is PREFETCH."""
+    if PDL == 2:
+        tl.inline_asm_elementwise(
+            "{ .reg .u32 t; .reg .pred p; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+            "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,r", [byte_ptr + offset, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def prefetch_rows(base_ptr, first_row, rows, row_stride, offset, nbytes, PDL: tl.constexpr,
                   BLOCK_N: tl.constexpr):
-    """Ask L2 for `nbytes` at `offset` of each of the program's rows (bytes; 16-byte multiples),
-    one thread issuing a bulk prefetch per row. No-op unless PDL is PREFETCH."""
+    """prefetch_range of `nbytes` at `offset` of each of the program's `rows` rows (at most
+    BLOCK_N), `row_stride` bytes apart: a program's columns of a split row range."""
     if PDL == 2:
         for i in tl.static_range(BLOCK_N):
             if i < rows:
-                at = base_ptr + (first_row + i).to(tl.int64) * row_stride + offset
-                tl.inline_asm_elementwise(
-                    "{ .reg .u32 t; .reg .pred p; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
-                    "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-                    "=r,l,r", [at, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+                prefetch_range(base_ptr, (first_row + i).to(tl.int64) * row_stride + offset, nbytes, PDL)
 
 
 @triton.jit
@@ -94,4 +101,5 @@ def launch_options(pdl: int) -> dict:
     return {"launch_pdl": True} if pdl != OFF else {}
 
 
-__all__ = ["LAUNCH", "OFF", "PREFETCH", "launch_options", "mode_for", "prefetch_rows", "wait_for_inputs"]
+__all__ = ["LAUNCH", "OFF", "PREFETCH", "launch_options", "mode_for", "prefetch_range", "prefetch_rows",
+           "wait_for_inputs"]
