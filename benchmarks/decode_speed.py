@@ -31,15 +31,16 @@ VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> p
 # (KERNEL_MODES): "nf4+bnbmath" the 4-bit kernel with bitsandbytes' roundings, "+regs" its
 # register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py).
 KERNEL_MODES = {
-    "bnbmath": ("set_fourbit_numerics", "bitsandbytes"),
-    "regs": ("set_fourbit_gather", "registers"),
-    "masked": ("set_int8_outlier_pass", "masked"),
-    "pdl": ("set_launch_overlap", "launch"),
-    "prefetch": ("set_launch_overlap", "prefetch"),
-    "nopdl": ("set_launch_overlap", "off"),
-    "auto": ("set_launch_overlap", "auto"),
+    "bnbmath": ("4bit_numerics", "bitsandbytes"),
+    "regs": ("4bit_lookup", "registers"),
+    "masked": ("int8_outlier_pass", "masked"),
+    "skip": ("int8_outlier_pass", "skip"),
+    "pdl": ("launch_overlap", "launch"),
+    "prefetch": ("launch_overlap", "prefetch"),
+    "nopdl": ("launch_overlap", "off"),
+    "auto": ("launch_overlap", "auto"),
 }
-DEFAULT_MODES: dict[str, str] = {}  # setter -> mode before any kernels choice's own (measure sets it)
+DEFAULT_MODES: dict[str, str] = {}  # config.modes() before any kernels choice's own (measure sets it)
 FLAGS = {
     "exact": {"exact_casts": True},
     "autotune": {"compile_mode": "max-autotune-no-cudagraphs"},
@@ -150,12 +151,8 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
     base, *flags = name.split("+")
     from quantbench.kernels import config
 
-    for flag in flags:
-        if flag in KERNEL_MODES:
-            setter, mode = KERNEL_MODES[flag]
-            getattr(config, setter)(mode)
-    DEFAULT_MODES.update({setter: getattr(config, setter.removeprefix("set_"))() for setter, _ in
-                          KERNEL_MODES.values()})
+    config.set_modes(dict(KERNEL_MODES[flag] for flag in flags if flag in KERNEL_MODES))
+    DEFAULT_MODES.update(config.modes())
     precision, options = VARIANTS.get(base, (base, {}))
     engine_options = {"compile_mode": args.compile_mode}
     for flag in flags:
@@ -244,11 +241,9 @@ def kernel_options(spec: str) -> dict:
     spec, *modes = spec.split("+")
     if "regs" in modes:  # the lookup's tables are built once per model, at the first install
         raise SystemExit("the register lookup is set per precision (nf4+bnbmath+regs), not per kernels choice")
-    for setter, default in DEFAULT_MODES.items():
-        getattr(config, setter)(default)
-    for mode in modes:
-        setter, value = KERNEL_MODES[mode]
-        getattr(config, setter)(value)
+    if unknown := [mode for mode in modes if mode not in KERNEL_MODES]:
+        raise SystemExit(f"unknown kernel mode(s) {', '.join(unknown)}: one of {', '.join(KERNEL_MODES)}")
+    config.set_modes(DEFAULT_MODES | dict(KERNEL_MODES[mode] for mode in modes))
     kernels, *kinds = spec.split("/")
     return {"kernels": kernels, "kernel_kinds": tuple(kinds) or None}
 

@@ -153,23 +153,23 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         config_for,
         fourbit_gather,
         fourbit_pairs,
+        modes,
         set_config,
         set_fourbit_gather,
-        set_fourbit_numerics,
         set_fourbit_pairs,
-        set_int8_outlier_pass,
-        set_launch_overlap,
+        set_modes,
     )
 
-    # int8-t6-masked: LLM.int8's outlier term by the pass without per-chunk tests; nf4-bnbmath:
-    # the 4-bit kernel with bitsandbytes' roundings; nf4-bnbmath-regs: and its register lookup;
-    # "-pdl" / "-prefetch": each launch overlapping the one before it (overlap.py)
-    set_launch_overlap("prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else "auto")
-    set_int8_outlier_pass("masked" if "masked" in fmt else "skip")
-    set_fourbit_numerics("bitsandbytes" if "bnbmath" in fmt else "fp32")
-    default_gather = fourbit_gather()
-    if "regs" in fmt:
-        set_fourbit_gather("registers")
+    # int8-t6-skip: LLM.int8's outlier term by the pass that tests each chunk (the default is the
+    # masked pass); nf4-bnbmath: the 4-bit kernel with bitsandbytes' roundings; nf4-bnbmath-regs:
+    # and its register lookup; "-pdl" / "-prefetch": each launch overlapping the one before it
+    defaults = modes()
+    set_modes({
+        "launch_overlap": "prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else "auto",
+        "int8_outlier_pass": "skip" if "skip" in fmt else "masked",
+        "4bit_numerics": "bitsandbytes" if "bnbmath" in fmt else "fp32",
+        "4bit_lookup": "registers" if "regs" in fmt else defaults["4bit_lookup"],
+    })
     items: list[dict] = []
 
     def make(role: str):  # noqa: ANN202
@@ -217,9 +217,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         row["best"] = min(ok, key=ok.get) if ok else None
         row["best_us"] = ok[row["best"]] if ok else None
     items.clear()
-    set_int8_outlier_pass("skip")
-    set_fourbit_numerics("fp32")
-    set_fourbit_gather(default_gather)
+    set_modes(defaults)
     torch.cuda.empty_cache()
     return row
 

@@ -42,6 +42,16 @@ def test_explicit_modes_apply_to_every_kernel(hopper, mode, expected):
     assert {mode_for(CUDA, kind, 2048) for kind in ("4bit", "dense", "int8")} == {expected}
 
 
+def test_set_modes_takes_what_modes_reports_and_restores_a_snapshot(hopper):
+    saved = config.modes()
+    config.set_modes({"launch_overlap": "off", "int8_outlier_pass": "skip"})
+    assert mode_for(CUDA, "4bit") == OFF and config.int8_outlier_pass() == "skip"
+    config.set_modes(saved)
+    assert config.modes() == saved and mode_for(CUDA, "4bit") == PREFETCH
+    with pytest.raises(ValueError, match="kernel mode"):
+        config.set_modes({"overlap": "off"})  # the internal key, not the reported name
+
+
 def test_no_overlap_where_it_cannot_run(hopper, monkeypatch):
     config.set_launch_overlap("prefetch")
     assert mode_for(torch.device("cpu"), "4bit") == OFF

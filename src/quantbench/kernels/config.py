@@ -110,6 +110,18 @@ def modes() -> dict[str, str]:
             "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap()}
 
 
+_MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
+              "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap"}
+
+
+def set_modes(chosen: dict[str, str]) -> None:
+    """Set modes by the names modes() gives them: set_modes(saved) restores a modes() snapshot."""
+    for name, mode in chosen.items():
+        if name not in _MODE_KEYS:
+            raise ValueError(f"kernel mode: one of {', '.join(_MODE_KEYS)}, not {name!r}")
+        _choose(_MODE_KEYS[name], mode)
+
+
 def interpreted() -> bool:
     """True under Triton's CPU interpreter (TRITON_INTERPRET=1): no inline PTX there."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
