@@ -28,11 +28,13 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     roundings (config.set_fourbit_numerics), PRECISION:bitsandbytes:registers with its register
     lookup (config.set_fourbit_gather); a "+pdl" or "+prefetch" suffix overlaps each launch with
     the one before it (config.set_launch_overlap), "+fp16" / "+bf16" sets the compute dtype (the
-    device's best, bf16 on an H100, otherwise)."""
+    device's best, bf16 on an H100, otherwise), "+rope" adds the rotary + cache-write kernel to
+    the default kinds."""
     import torch
 
     import quantbench
     from quantbench.engine.fast import FastEngine
+    from quantbench.kernels import DEFAULT_KINDS
     from quantbench.kernels.config import set_fourbit_gather, set_fourbit_numerics, set_launch_overlap
 
     base, *flags = spec.split("+")
@@ -52,7 +54,9 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
                                output_logits=True, return_dict_in_generate=True)
     tokens = eager.sequences[:, ids.shape[1]:]
     eager_logits = torch.stack(eager.logits, dim=1).float()  # [1, steps, vocab]
-    fast = FastEngine(model, 1, ids.shape[1] + new_tokens + 1, kernels=kernels, keep_logits=True)
+    kinds = (*DEFAULT_KINDS, "rope") if "rope" in flags else None
+    fast = FastEngine(model, 1, ids.shape[1] + new_tokens + 1, kernels=kernels, kernel_kinds=kinds,
+                      keep_logits=True)
     fast.warmup(ids, 4)
     forced = fast.teacher_forced_logits(ids, tokens)
     steps = slice(1, new_tokens)  # step 0 is the prefill, eager in both

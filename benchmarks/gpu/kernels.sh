@@ -48,7 +48,7 @@ case "$stage" in
   final-gemv)
     gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean ;;
   next)
-    decode tinyllama-1.1b-arch fp16,nf4,int8,int8-t0,nf4-dq \
+    decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,int8,int8-t0,nf4-dq}" \
       bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse/rope tinyllama 110 ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" llama7b \
