@@ -47,7 +47,7 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     loaded = quantbench.load("smollm2-135m", precision, **options)
     model = loaded.model
     ids = torch.tensor([loaded.tokenizer(PROMPT).input_ids], device=loaded.device)
-    with torch.inference_mode():
+    with torch.no_grad():
         eager = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                min_new_tokens=new_tokens, do_sample=False, num_beams=1,
                                pad_token_id=model.generation_config.eos_token_id,

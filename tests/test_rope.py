@@ -80,7 +80,7 @@ def test_a_fused_block_writes_the_cache_as_transformers_does():
     model.config.num_hidden_layers = 2
     kinds = ("dense", "attention", "fuse", "rope")
     plan = install(model, allow_cpu=True, kinds=kinds)
-    plan.kinds = frozenset(kinds)  # "rope" is no default kind: chosen as the fast engine chooses kinds
+    plan.kinds = frozenset(kinds)  # as the fast engine chooses kinds (no GEMV kinds on the CPU)
     calls = []
     original = rope.rope_store
     rope.rope_store = lambda *a: calls.append(1) or original(*a)

@@ -39,7 +39,7 @@ case "$stage" in
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
     gemv 200 sweep --formats nf4 --sweep ;;
   final-decode)  # KERNELS adds kernel choices, e.g. bnb,quantbench,quantbench+prefetch
-    decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,nf4-dq,int8-t0,int8}" "${KERNELS:-bnb,quantbench}" tinyllama \
+    decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,nf4-dq,int8-t0,int8}" "${KERNELS:-bnb,quantbench}" "${NAME:-tinyllama}" \
       "${LIMIT:-95}" ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh; EQUIVALENCE narrows the list
     timeout 540 python3 benchmarks/kernels_equivalence.py --out "$OUT" \

@@ -15,7 +15,10 @@ class EagerEngine(Engine):
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
         input_ids = self._check(input_ids, new_tokens)
         pad = self._pad_token_id()
-        with torch.inference_mode():
+        # no_grad, never inference_mode, in every forward quantbench runs: backends that keep
+        # state made on their first forward (compressed-tensors' decompressed weights, quanto's
+        # int4 repacking) fail when a later forward outside inference_mode uses those tensors
+        with torch.no_grad():
             out = self.model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),

@@ -92,7 +92,7 @@ def measure_prefill(model: Any, ids_for: Callable[[int, int], torch.Tensor], len
         ids = ids_for(1, length).to(device)
 
         def forward(ids: torch.Tensor = ids) -> None:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: engine/eager.py says why
                 model(ids, use_cache=True)
 
         timing = time_ms(forward, device, repeats, warmup)

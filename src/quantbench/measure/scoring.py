@@ -65,7 +65,7 @@ def _forward_rows(model: torch.nn.Module, docs: list[torch.Tensor], group: list[
         batch[i, : len(x)] = x
     # only the rows some window scores go through the LM head (the later windows' first half never does)
     skip = min(first - begin - 1 for _, begin, _, first in group)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: engine/eager.py says why
         try:
             logits = model(batch.to(device), logits_to_keep=width - skip).logits
         except TypeError:  # a model without logits_to_keep
@@ -88,7 +88,7 @@ def score_windows(model: torch.nn.Module, docs: list[torch.Tensor], spans: list[
     for group in _batches(spans, batch_size, longest, vocab, budget):
         rows, targets = _forward_rows(model, docs, group, device)
         for start in range(0, len(rows), chunk):
-            with torch.inference_mode():
+            with torch.no_grad():
                 lp = torch.log_softmax(rows[start : start + chunk].float(), dim=-1)
                 target = targets[start : start + chunk]
                 target_lp = lp.gather(1, target.unsqueeze(1)).squeeze(1)
