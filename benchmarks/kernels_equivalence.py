@@ -28,8 +28,8 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     roundings (config.set_fourbit_numerics), PRECISION:bitsandbytes:registers with its register
     lookup (config.set_fourbit_gather); a "+pdl" or "+prefetch" suffix overlaps each launch with
     the one before it (config.set_launch_overlap), "+fp16" / "+bf16" sets the compute dtype (the
-    device's best, bf16 on an H100, otherwise), "+rope" adds the rotary + cache-write kernel to
-    the default kinds."""
+    device's best, bf16 on an H100, otherwise), "+norope" leaves the rotary + cache-write kernel
+    out of the default kinds."""
     import torch
 
     import quantbench
@@ -54,7 +54,7 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
                                output_logits=True, return_dict_in_generate=True)
     tokens = eager.sequences[:, ids.shape[1]:]
     eager_logits = torch.stack(eager.logits, dim=1).float()  # [1, steps, vocab]
-    kinds = (*DEFAULT_KINDS, "rope") if "rope" in flags else None
+    kinds = tuple(kind for kind in DEFAULT_KINDS if kind != "rope") if "norope" in flags else None
     fast = FastEngine(model, 1, ids.shape[1] + new_tokens + 1, kernels=kernels, kernel_kinds=kinds,
                       keep_logits=True)
     fast.warmup(ids, 4)
