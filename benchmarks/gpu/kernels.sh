@@ -15,7 +15,7 @@
 #   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
 #   next          the defaults timed as such, beside plain launches and without the "rope" kind
 #                 (tinyllama; PRECISIONS, five by default, about 9 minutes; 110 s per precision
-#                 held three of the four choices on an H100, so narrow KERNELS or raise the limit)
+#                 held three of the four choices on an H100, so narrow PRECISIONS or raise LIMIT)
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
 # still run, and its output is kept in $OUT even when the limit stops it.
 set -u
@@ -50,7 +50,7 @@ case "$stage" in
     gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean ;;
   next)
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,int8,int8-t0,nf4-dq}" \
-      bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama 110 ;;
+      bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama "${LIMIT:-110}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" llama7b \
       "${LIMIT:-150}" --eager-tokens 4 ;;
