@@ -15,7 +15,7 @@
 #   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
 #   next          the defaults timed as such, beside plain launches and without the "rope" kind
 #                 (tinyllama; PRECISIONS, five by default, about 9 minutes; 110 s per precision
-#                 held three of the four choices on an H100, so narrow PRECISIONS or raise LIMIT)
+#                 held three of the four choices on an H100: raise LIMIT, narrow PRECISIONS to fit)
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
 # still run, and its output is kept in $OUT even when the limit stops it.
 set -u
