@@ -23,11 +23,11 @@ PROMPT = ("The history of the printing press begins in the fifteenth century, wh
           "made books cheaper than ever before. Within fifty years")
 
 
-def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
+def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> dict:
     """spec: a precision, or PRECISION:bitsandbytes for the 4-bit kernel with bitsandbytes'
-    roundings (config.set_fourbit_numerics), PRECISION:bitsandbytes:registers with its register
-    lookup (config.set_fourbit_gather); a "+pdl" or "+prefetch" suffix overlaps each launch with
-    the one before it (config.set_launch_overlap), "+fp16" / "+bf16" sets the compute dtype (the
+    roundings, PRECISION:bitsandbytes:registers with its register lookup; a "+pdl" or "+prefetch"
+    suffix overlaps each launch with the one before it (modes not given are `defaults`, a
+    config.modes() snapshot), "+fp16" / "+bf16" sets the compute dtype (the
     device's best, bf16 on an H100, otherwise), "+norope" leaves the rotary + cache-write kernel
     out of the default kinds."""
     import torch
@@ -35,13 +35,15 @@ def one(spec: str, new_tokens: int, kernels: str, default_gather: str) -> dict:
     import quantbench
     from quantbench.engine.fast import FastEngine
     from quantbench.kernels import DEFAULT_KINDS
-    from quantbench.kernels.config import set_fourbit_gather, set_fourbit_numerics, set_launch_overlap
+    from quantbench.kernels.config import set_modes
 
     base, *flags = spec.split("+")
     precision_name, numerics, gather = (base.split(":") + ["", ""])[:3]
-    set_fourbit_numerics(numerics or "fp32")
-    set_fourbit_gather(gather or default_gather)
-    set_launch_overlap("prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else "auto")
+    set_modes(defaults | {
+        "4bit_numerics": numerics or defaults["4bit_numerics"],
+        "4bit_lookup": gather or defaults["4bit_lookup"],
+        "launch_overlap": "prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else "auto",
+    })
     precision, options = VARIANTS.get(precision_name, (precision_name, {}))
     options = options | dict(("compute_dtype", dtype) for dtype in ("fp16", "bf16") if dtype in flags)
     loaded = quantbench.load("smollm2-135m", precision, **options)
@@ -90,17 +92,17 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from quantbench.kernels.config import fourbit_gather
+    from quantbench.kernels.config import modes
     from quantbench.results import library_versions, now_iso
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"model": "smollm2-135m", "device": torch.cuda.get_device_name(), "timestamp": now_iso(),
               "versions": library_versions(), "kernels": args.kernels, "rows": []}
-    default_gather = fourbit_gather()
+    defaults = modes()
     for name in args.precisions.split(","):
         try:
-            row = one(name, args.new_tokens, args.kernels, default_gather)
+            row = one(name, args.new_tokens, args.kernels, defaults)
         except Exception as err:  # one precision's failure is a result; the others still run
             row = {"precision": name, "error": f"{type(err).__name__}: {str(err)[:300]}"}
         report["rows"].append(row)
