@@ -39,11 +39,9 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
 
     base, *flags = spec.split("+")
     precision_name, numerics, gather = (base.split(":") + ["", ""])[:3]
-    set_modes(defaults | {
-        "4bit_numerics": numerics or defaults["4bit_numerics"],
-        "4bit_lookup": gather or defaults["4bit_lookup"],
-        "launch_overlap": "prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else "auto",
-    })
+    overlap = "prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else defaults["launch_overlap"]
+    set_modes(defaults | {"4bit_numerics": numerics or defaults["4bit_numerics"],
+                          "4bit_lookup": gather or defaults["4bit_lookup"], "launch_overlap": overlap})
     precision, options = VARIANTS.get(precision_name, (precision_name, {}))
     options = options | dict(("compute_dtype", dtype) for dtype in ("fp16", "bf16") if dtype in flags)
     loaded = quantbench.load("smollm2-135m", precision, **options)

@@ -165,9 +165,9 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     # and its register lookup; "-pdl" / "-prefetch": each launch overlapping the one before it
     defaults = modes()
     set_modes({
-        "launch_overlap": "prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else "auto",
-        "int8_outlier_pass": "skip" if "skip" in fmt else "masked",
-        "4bit_numerics": "bitsandbytes" if "bnbmath" in fmt else "fp32",
+        "launch_overlap": "prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else defaults["launch_overlap"],
+        "int8_outlier_pass": "skip" if "skip" in fmt else defaults["int8_outlier_pass"],
+        "4bit_numerics": "bitsandbytes" if "bnbmath" in fmt else defaults["4bit_numerics"],
         "4bit_lookup": "registers" if "regs" in fmt else defaults["4bit_lookup"],
     })
     items: list[dict] = []
