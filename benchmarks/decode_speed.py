@@ -3,8 +3,9 @@
     python benchmarks/decode_speed.py --model tinyllama-1.1b-arch \
         --precisions fp16,bf16,int8,int8-t0,nf4 --out DIR
 
-Per precision, in one process each (measured in that one run): eager ms/token, fast ms/token
-with each of --kernels (quantbench's GEMVs; bitsandbytes' and cuBLAS kernels), the bandwidth
+Per precision and kernels choice, in one process each (a kernels choice never runs after
+another's engine in the same process: one left its mark on the next's timing): eager ms/token,
+fast ms/token with each of --kernels (quantbench's GEMVs; bitsandbytes' and cuBLAS kernels), the bandwidth
 limit (weights footprint bytes / measured copy bandwidth), the ratios fast/eager and limit/fast,
 greedy-token equality with eager, where the time goes per token (profile), and a tokens/s curve
 over batch sizes for the fast engine. `int8-t0` is LLM.int8 with outlier threshold 0. Decode
@@ -177,35 +178,26 @@ def measure(args: argparse.Namespace, name: str, save) -> dict:  # noqa: ANN001
         "bandwidth_limit_ms_per_token": limit_ms, "checked_tokens": check,
         "target_ms_per_token": TARGETS.get(args.model, {}).get(base), "by_kernels": {},
     }
-    # bitsandbytes' kernels first: quantbench's install re-points the layers' weights at merged
-    # buffers (same bytes), which the other engine then reads through the layers' own forwards.
-    choices = args.kernels.split(",")
-    for kernels in choices:
-        fast = FastEngine(model, max_batch, max_seq, **kernel_options(kernels), **engine_options)
-        start = time.perf_counter()
-        fast.warmup(ids, 4)
-        warmup_s = time.perf_counter() - start
-        fast_tokens = fast.generate(ids, check)
-        same = bool(torch.equal(eager_tokens.cpu(), fast_tokens.cpu()))
-        mismatch = None if same else int((eager_tokens != fast_tokens).nonzero()[0, 1])
-        gap = None if same else near_tie(fast, ids, eager_tokens, fast_tokens, mismatch)
-        fast_ms, fast_first = decode_ms(fast, ids, args.new_tokens, args.repeats)
-        result["by_kernels"][kernels] = {
-            "engine": fast.describe(), "fast_ms_per_token": fast_ms,
-            "fast_over_eager": fast_ms / eager_ms, "limit_over_fast": limit_ms / fast_ms,
-            "fast_generate1_ms": fast_first, "fast_warmup_s": warmup_s, "same_tokens": same,
-            "first_mismatch": mismatch, "mismatch_gap": gap,
-        }
-        # the row's headline: quantbench's default kernels, else the last choice
-        if kernels == "quantbench" or "quantbench" not in choices:
-            result |= {k: v for k, v in result["by_kernels"][kernels].items()}
-        save(result)  # a later failure or timeout keeps the numbers so far
-        if kernels != choices[-1]:
-            fast._slot = None  # free its cache and graph before the next engine
-    target = result["target_ms_per_token"]
-    result["meets_target"] = target is not None and result["fast_ms_per_token"] <= target
-    result["profiled_kernels"] = choices[-1]  # the profile and the batch curve run on the last engine
-    save(result)
+    kernels = args.kernels  # one choice: the parent runs each in a process of its own
+    fast = FastEngine(model, max_batch, max_seq, **kernel_options(kernels), **engine_options)
+    start = time.perf_counter()
+    fast.warmup(ids, 4)
+    warmup_s = time.perf_counter() - start
+    fast_tokens = fast.generate(ids, check)
+    same = bool(torch.equal(eager_tokens.cpu(), fast_tokens.cpu()))
+    mismatch = None if same else int((eager_tokens != fast_tokens).nonzero()[0, 1])
+    gap = None if same else near_tie(fast, ids, eager_tokens, fast_tokens, mismatch)
+    fast_ms, fast_first = decode_ms(fast, ids, args.new_tokens, args.repeats)
+    result["by_kernels"][kernels] = {
+        "engine": fast.describe(), "fast_ms_per_token": fast_ms,
+        "fast_over_eager": fast_ms / eager_ms, "limit_over_fast": limit_ms / fast_ms,
+        "fast_generate1_ms": fast_first, "fast_warmup_s": warmup_s, "same_tokens": same,
+        "first_mismatch": mismatch, "mismatch_gap": gap,
+    }
+    save(result)  # a later failure or timeout keeps the numbers so far
+    if not args.profile:
+        return result
+    result["profiled_kernels"] = kernels
     # An uncaptured step is host-bound and slow: a few batch sizes tell its story.
     batches = args.batches if fast.capture else [b for b in args.batches if b in (1, 8, 64)]
     for key, work in (
@@ -248,12 +240,33 @@ def kernel_options(spec: str) -> dict:
     return {"kernels": kernels, "kernel_kinds": tuple(kinds) or None}
 
 
-def run_child(args: argparse.Namespace, name: str) -> dict:
-    """One precision in its own process, so memory and failures never leak between them."""
+def measure_precision(args: argparse.Namespace, name: str) -> dict:
+    """One precision's row: each kernels choice measured in a child process of its own, merged.
+    The row's headline is quantbench's default kernels, else the last choice; the profile and the
+    batch curve come from the last choice."""
+    choices = [c for c in args.kernels.split(",") if c]
+    row: dict = {"precision": name, "by_kernels": {}}
+    for i, kernels in enumerate(choices):
+        part = run_child(args, name, kernels, profile=i == len(choices) - 1)
+        measured = part.get("by_kernels", {}).get(kernels)
+        row["by_kernels"][kernels] = measured or {"error": part.get("error", "no result")}
+        row |= {k: v for k, v in part.items() if k != "by_kernels" and k not in row}  # eager: the first's
+    measured = [k for k, v in row["by_kernels"].items() if "fast_ms_per_token" in v]
+    if measured:
+        row |= row["by_kernels"]["quantbench" if "quantbench" in measured else measured[-1]]
+        target = row.get("target_ms_per_token")
+        row["meets_target"] = target is not None and row["fast_ms_per_token"] <= target
+    return row
+
+
+def run_child(args: argparse.Namespace, name: str, kernels: str, profile: bool) -> dict:
+    """One precision with one kernels choice in its own process, so memory, failures and what an
+    engine leaves behind never reach the next."""
     out = Path(args.parts) / f"{name}.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", name, "--bandwidth", str(args.bandwidth)]
     cmd += [f"--{k.replace('_', '-')}={v}" for k, v in _forwarded(args).items()]
+    cmd += [f"--kernels={kernels}"] + (["--profile"] if profile else [])
     try:
         proc = subprocess.run(cmd, timeout=args.timeout_s, capture_output=True, text=True)
     except subprocess.TimeoutExpired:
@@ -270,7 +283,7 @@ def run_child(args: argparse.Namespace, name: str) -> dict:
 
 def _forwarded(args: argparse.Namespace) -> dict:
     keys = ("model", "parts", "prompt_len", "new_tokens", "eager_tokens", "curve_tokens",
-            "repeats", "compile_mode", "kernels", "fourbit_table")
+            "repeats", "compile_mode", "fourbit_table")
     forwarded = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     forwarded["batches"] = ",".join(map(str, args.batches))
     return forwarded
@@ -294,14 +307,18 @@ def markdown(report: dict) -> str:
         by = r.get("by_kernels", {})
 
         def ms(kernels: str, by: dict = by) -> str:
+            if "error" in by.get(kernels, {}):
+                return "error"
             return f"{by[kernels]['fast_ms_per_token']:.2f}" if kernels in by else "-"
 
         def same(kernels: str, by: dict = by) -> str:
-            return ("yes" if by[kernels]["same_tokens"] else f"from {by[kernels]['first_mismatch']}") \
-                if kernels in by else "-"
+            if "same_tokens" not in by.get(kernels, {}):
+                return "-"
+            return "yes" if by[kernels]["same_tokens"] else f"from {by[kernels]['first_mismatch']}"
 
         ours = by.get("quantbench", {})
-        share = f"{r['bandwidth_limit_ms_per_token'] / ours['fast_ms_per_token']:.0%}" if ours else "-"
+        share = f"{r['bandwidth_limit_ms_per_token'] / ours['fast_ms_per_token']:.0%}" \
+            if "fast_ms_per_token" in ours else "-"
         lines.append(
             f"| {r['precision']} | {r['eager_ms_per_token']:.2f} | {ms('bnb')} | {ms('quantbench')} "
             f"| {r['bandwidth_limit_ms_per_token']:.2f} | {share} | {same('bnb')} / {same('quantbench')} "
@@ -311,9 +328,9 @@ def markdown(report: dict) -> str:
     extra = [(r["precision"], k, v) for r in report["results"] for k, v in r.get("by_kernels", {}).items()
              if k not in ("bnb", "quantbench")]
     if extra:
-        lines += ["", "Other kernel choices (same run):", ""]
+        lines += ["", "Other kernel choices (same run, a process each):", ""]
         lines += [f"- {p} {k}: {v['fast_ms_per_token']:.2f} ms/token, same tokens: {v['same_tokens']}"
-                  for p, k, v in extra]
+                  if "fast_ms_per_token" in v else f"- {p} {k}: {v.get('error')}" for p, k, v in extra]
     lines += ["", "Fast engine tokens/s by batch:", ""]
     for r in report["results"]:
         if "curve" in r:
@@ -352,7 +369,7 @@ def main() -> None:
     args.bandwidth = copy_bandwidth()
     results = []
     for name in [n.strip() for n in args.precisions.split(",") if n.strip()]:
-        results.append(run_child(args, name))
+        results.append(measure_precision(args, name))
         brief = {k: v for k, v in results[-1].items() if k not in ("curve", "profile_b1")}
         print(json.dumps(brief), flush=True)
     report = {
@@ -388,10 +405,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--compile-mode", default=None, help="torch.compile mode of the decode step")
     p.add_argument("--kernels", default="bnb,quantbench", help="fast engine kernels to compare, in order")
-    p.add_argument("--timeout-s", type=int, default=300, help="per precision")
+    p.add_argument("--timeout-s", type=int, default=150, help="per precision and kernels choice")
     p.add_argument("--fourbit-table", default=None,
                    help="4-bit launch shapes from kernels_gemv.py --sweep (its fourbit_table.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bandwidth", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parts", default=None, help=argparse.SUPPRESS)
     return p.parse_args()

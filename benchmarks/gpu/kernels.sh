@@ -14,16 +14,18 @@
 #                 outlier in the activation)
 #   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
 #   next          the defaults timed as such, beside plain launches and without the "rope" kind
-#                 (tinyllama; PRECISIONS, five by default, about 9 minutes; 110 s per precision
-#                 held three of the four choices on an H100: raise LIMIT, narrow PRECISIONS to fit)
+#                 (tinyllama; PRECISIONS, five by default)
+# LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
+# in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
+# Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
 # Output lands in $OUT (JSON, Markdown, logs); each step has its own time limit so the others
 # still run, and its output is kept in $OUT even when the limit stops it.
 set -u
 stage=$1
 log=$OUT/kernels_$stage.log
-decode() {  # model precisions kernels name limit_s_per_precision [extra args]
+decode() {  # model precisions kernels name limit_s_per_process [extra args]
   local n
-  n=$(echo "$2" | tr ',' '\n' | wc -l)
+  n=$(( $(echo "$2" | tr ',' '\n' | wc -l) * $(echo "$3" | tr ',' '\n' | wc -l) ))  # one process each
   timeout "$(( n * $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
     --name "$4" --out "$OUT" --batches 1 --eager-tokens 32 --new-tokens 64 --repeats 2 --timeout-s "$5" \
     "${@:6}" 2>&1 | grep -v MatMul8bitLt >> "$log"
@@ -41,7 +43,7 @@ case "$stage" in
     gemv 200 sweep --formats nf4 --sweep ;;
   final-decode)  # KERNELS adds kernel choices, e.g. bnb,quantbench,quantbench+prefetch
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,nf4-dq,int8-t0,int8}" "${KERNELS:-bnb,quantbench}" "${NAME:-tinyllama}" \
-      "${LIMIT:-95}" ;;
+      "${LIMIT:-60}" ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh; EQUIVALENCE narrows the list
     timeout 540 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
       --precisions "${EQUIVALENCE:-int8,int8-t0,nf4:bitsandbytes:registers,fp16,nf4}" 2>&1 \
@@ -50,9 +52,9 @@ case "$stage" in
     gemv 100 gemv --formats fp16,nf4,nf4-dq,int8-t0,int8-t6,int8-t6-clean ;;
   next)
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,int8,int8-t0,nf4-dq}" \
-      bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama "${LIMIT:-110}" ;;
+      bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama "${LIMIT:-60}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" llama7b \
-      "${LIMIT:-150}" --eager-tokens 4 ;;
+      "${LIMIT:-100}" --eager-tokens 4 ;;
 esac
 tail -n 60 "$log"
