@@ -367,21 +367,21 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("error: decode_speed needs a CUDA GPU")
     args.bandwidth = copy_bandwidth()
-    results = []
-    for name in [n.strip() for n in args.precisions.split(",") if n.strip()]:
-        results.append(measure_precision(args, name))
-        brief = {k: v for k, v in results[-1].items() if k not in ("curve", "profile_b1")}
-        print(json.dumps(brief), flush=True)
     report = {
         "model": args.model, "device": torch.cuda.get_device_name(), "timestamp": now_iso(),
         "versions": library_versions(), "bandwidth_bytes_per_s": args.bandwidth,
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "eager_tokens": args.eager_tokens, "repeats": args.repeats,
-        "compile_mode": args.compile_mode, "results": results,
+        "compile_mode": args.compile_mode, "results": [],
     }
     stem = Path(args.out) / args.name
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    stem.with_suffix(".md").write_text(markdown(report))
+    for name in [n.strip() for n in args.precisions.split(",") if n.strip()]:
+        report["results"].append(measure_precision(args, name))
+        brief = {k: v for k, v in report["results"][-1].items() if k not in ("curve", "profile_b1")}
+        print(json.dumps(brief), flush=True)
+        # rewritten after every precision: a run stopped by its time limit keeps the rows it has
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+        stem.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -54,7 +54,7 @@ case "$stage" in
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,int8,int8-t0,nf4-dq}" \
       bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama "${LIMIT:-60}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
-    decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" llama7b \
+    decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;
 esac
 tail -n 60 "$log"
