@@ -3,7 +3,8 @@
     python benchmarks/kernels_gemv.py --out DIR [--models tinyllama,llama7b] [--sweep]
 
 For every linear shape of the models (q/k/v and gate/up merged as the engine merges them) and
-every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6):
+every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; nf4-mma and nf4-dq-mma:
+the tensor-core prototype fourbit_mma.py, "-nibble" / "-xfirst" its lookup and operand order):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -31,11 +32,13 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "dense": [(*s, 1) for s in itertools.product((2, 4, 8), (512, 1024, 2048), (4, 8))],
     "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
+    # fourbit_mma: (BLOCK_N, quantization blocks per step, warps, stages, SPLIT)
+    "4bit-mma": list(itertools.product((64, 128), (2, 4, 8), (4, 8), (2, 3), (0,))),
 }
 # 4-bit variants: code lookup (per byte / per nibble from shared memory) x activation as int32 pairs
 # (True: no layout exchange, 2-6 barriers per K-step in the machine code) or split (False: 20-24);
 # the lookup from L1 ("global") only with pairs (split, it compiled to the most instructions)
-GATHERS = {"dense": (None,), "int8": (None,),
+GATHERS = {"dense": (None,), "int8": (None,), "4bit-mma": (None,),
            "4bit": (("bytes", False), ("shared", False), ("bytes", True), ("shared", True), ("global", True))}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8")
 
@@ -98,6 +101,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels import gemv
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
+    from quantbench.kernels.fourbit_mma import gemv_4bit_mma
 
     fmt = fmt.removesuffix("-prefetch").removesuffix("-pdl")  # launch modes: one_shape sets them
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
@@ -116,8 +120,12 @@ def build(fmt: str, n: int, k: int) -> dict:
         if state.nested:  # expanded once, as the engine does at install
             absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
         code = code_table(state.code, LOOKUPS[fourbit_gather()])  # built once, as the engine does
-        item |= {"kind": "4bit", "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
-                 "ours": lambda: gemv.gemv_4bit(x, packed, absmax, code, n, 64),
+        lookup, x_first = "nibble" if "nibble" in fmt else "byte", "xfirst" in fmt
+        mma = "mma" in fmt
+        item |= {"kind": "4bit-mma" if mma else "4bit",
+                 "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
+                 "ours": (lambda: gemv_4bit_mma(x, packed, absmax, state.code, n, 64, lookup=lookup, x_first=x_first))
+                 if mma else lambda: gemv.gemv_4bit(x, packed, absmax, code, n, 64),
                  "theirs": lambda: bnb.matmul_4bit(x, packed, state)}  # gemv_4bit at one row
         ref = x.double() @ bnbf.dequantize_4bit(packed, state).to(dtype).double().T
         for key, fn in (("rel_err", item["ours"]), ("bnb_rel_err", item["theirs"])):
@@ -149,6 +157,7 @@ def build(fmt: str, n: int, k: int) -> dict:
 def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     import torch
 
+    from quantbench.kernels import fourbit_mma
     from quantbench.kernels.config import (
         config_for,
         fourbit_gather,
@@ -183,7 +192,8 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     items.append(first)
     kind, nbytes = first["kind"], first["bytes"]
     row: dict = {"format": fmt, "N": n, "K": k, **first["check"], "weight_bytes": nbytes,
-                 "config": config_for(kind if kind != "4bit" else "4bit64", n, k)}
+                 "config": fourbit_mma.launch_shape(n, k) if kind == "4bit-mma"
+                 else config_for(kind if kind != "4bit" else "4bit64", n, k)}
     with torch.no_grad():
         row["ours_us"] = graph_us(make("ours"), nbytes)
         if first.get("capturable", True):
@@ -198,10 +208,11 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         row["bnb_tb_s"] = nbytes / row["bnb_us"] / 1e6
     if sweep:
         before = fourbit_gather(), fourbit_pairs()
+        force = fourbit_mma.set_shape if kind == "4bit-mma" else lambda shape: set_config(kind, shape)
         times = {}
         with torch.no_grad():
             for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
-                set_config(kind, shape)
+                force(shape)
                 set_fourbit_gather(gather[0] if gather else before[0])
                 set_fourbit_pairs(gather[1] if gather else before[1])
                 key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
@@ -209,7 +220,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
                     times[key] = graph_us(make("ours"), nbytes, calls=32)
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
-        set_config(kind, None)
+        force(None)
         set_fourbit_gather(before[0])
         set_fourbit_pairs(before[1])
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
@@ -270,7 +281,7 @@ def suggest(rows: list[dict], path: Path, show: bool = True) -> None:
     Also written to `path`, which decode_speed.py --fourbit-table applies before it measures."""
     import ast
 
-    swept = [r for r in rows if r.get("sweep_us") and r["format"].startswith("nf4")]
+    swept = [r for r in rows if r.get("sweep_us") and r["format"].startswith("nf4") and "mma" not in r["format"]]
     if not swept:
         return
     modes = {key.split(")")[1].strip() for r in swept for key in r["sweep_us"]}
