@@ -18,9 +18,10 @@ to one tl.dot per K-step:
     as per-weight loads, and every activation row (1-16 at decode) rides in the same instruction;
   - the absmax multiplies the dot's fp32 result once per (output row, block, activation row),
     not once per weight.
-Compiled for sm_90 by Triton 3.9 (a static count, not a timing), the K-loop's machine code takes
-3.2 instructions per weight at the default shape (byte lookup; 6.6 with the nibble lookup)
-against 8.2 for fourbit.py's default (per-nibble lookup, split activation, its table's shape).
+Compiled for sm_90 by Triton 3.6 (a static count of the K-loop's machine code, not a timing):
+3.0 instructions per weight at the default shape with the byte lookup, 6.4 with the nibble
+lookup, 4.3 with X_FIRST, against 9.0 for fourbit.py's default (per-nibble lookup, split
+activation, BLOCK_N 4, BLOCK_K 1024).
 Instructions are not the whole story: random bytes meet shared-memory bank conflicts in the
 256-entry table (about 3-4 ways per warp) and none in the 16 codes, which is why fourbit.py's H100
 sweep kept its per-nibble lookup; both lookups are here, for the GPU to choose between.
@@ -67,8 +68,8 @@ from quantbench.kernels.prologue import rows_of
 
 # (BLOCK_N, NB, warps, stages, SPLIT). BLOCK_N 64 with 4 warps: one warpgroup, one wgmma M-tile.
 # Four blocks (128 packed bytes per row) per step keep 8 KB of weights per program in flight per
-# stage; compiled by Triton 3.9 for sm_90 that takes 162 registers and 72 KB of shared memory at
-# three stages, three programs per SM. The tinyllama shapes with few rows and K 2048 take two
+# stage; compiled by Triton 3.6 for sm_90 that takes 160 registers and 72 KB of shared memory at
+# three stages: three programs per SM. The tinyllama shapes with few rows and K 2048 take two
 # blocks per step, so that their split-K programs keep two steps each.
 DEFAULT: tuple[int, int, int, int, int] = (64, 4, 4, 3, 0)
 SHAPES: dict[tuple[int, int], tuple[int, int, int, int, int]] = {
