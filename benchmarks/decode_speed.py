@@ -30,7 +30,8 @@ TARGETS = {  # fast ms/token, batch 1, by model
 VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> precision, options
 # Suffixes that change how the fast engine runs: "fp16+exact+autotune"; or the kernels' modes
 # (KERNEL_MODES): "nf4+bnbmath" the 4-bit kernel with bitsandbytes' roundings, "+regs" its
-# register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py).
+# register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py),
+# "+once" each GEMV's row work (norm, silu * up, LLM.int8's quantization) in a kernel before it.
 KERNEL_MODES = {
     "bnbmath": ("4bit_numerics", "bitsandbytes"),
     "regs": ("4bit_lookup", "registers"),
@@ -40,6 +41,8 @@ KERNEL_MODES = {
     "prefetch": ("launch_overlap", "prefetch"),
     "nopdl": ("launch_overlap", "off"),
     "auto": ("launch_overlap", "auto"),
+    "once": ("row_prologue", "once"),
+    "inline": ("row_prologue", "inline"),
 }
 DEFAULT_MODES: dict[str, str] = {}  # config.modes() before any kernels choice's own (measure sets it)
 FLAGS = {

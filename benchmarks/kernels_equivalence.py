@@ -29,7 +29,7 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     suffix overlaps each launch with the one before it (modes not given are `defaults`, a
     config.modes() snapshot), "+fp16" / "+bf16" sets the compute dtype (the
     device's best, bf16 on an H100, otherwise), "+norope" leaves the rotary + cache-write kernel
-    out of the default kinds."""
+    out of the default kinds, "+once" / "+inline" sets where each GEMV's row work runs."""
     import torch
 
     import quantbench
@@ -40,8 +40,10 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     base, *flags = spec.split("+")
     precision_name, numerics, gather = (base.split(":") + ["", ""])[:3]
     overlap = "prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else defaults["launch_overlap"]
+    rows = "once" if "once" in flags else "inline" if "inline" in flags else defaults["row_prologue"]
     set_modes(defaults | {"4bit_numerics": numerics or defaults["4bit_numerics"],
-                          "4bit_lookup": gather or defaults["4bit_lookup"], "launch_overlap": overlap})
+                          "4bit_lookup": gather or defaults["4bit_lookup"], "launch_overlap": overlap,
+                          "row_prologue": rows})
     precision, options = VARIANTS.get(precision_name, (precision_name, {}))
     options = options | dict(("compute_dtype", dtype) for dtype in ("fp16", "bf16") if dtype in flags)
     loaded = quantbench.load("smollm2-135m", precision, **options)

@@ -3,8 +3,9 @@
     python benchmarks/kernels_gemv.py --out DIR [--models tinyllama,llama7b] [--sweep]
 
 For every linear shape of the models (q/k/v and gate/up merged as the engine merges them) and
-every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; nf4-mma and nf4-dq-mma:
-the tensor-core prototype fourbit_mma.py, "-nibble" / "-xfirst" its lookup and operand order):
+every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; "-norm": the kernel
+reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-once": that row work
+done in a kernel of its own first, config.row_prologue "once"):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -32,13 +33,11 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "dense": [(*s, 1) for s in itertools.product((2, 4, 8), (512, 1024, 2048), (4, 8))],
     "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
-    # fourbit_mma: (BLOCK_N, quantization blocks per step, warps, stages, SPLIT)
-    "4bit-mma": list(itertools.product((64, 128), (2, 4, 8), (4, 8), (2, 3), (0,))),
 }
 # 4-bit variants: code lookup (per byte / per nibble from shared memory) x activation as int32 pairs
 # (True: no layout exchange, 2-6 barriers per K-step in the machine code) or split (False: 20-24);
 # the lookup from L1 ("global") only with pairs (split, it compiled to the most instructions)
-GATHERS = {"dense": (None,), "int8": (None,), "4bit-mma": (None,),
+GATHERS = {"dense": (None,), "int8": (None,),
            "4bit": (("bytes", False), ("shared", False), ("bytes", True), ("shared", True), ("global", True))}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8")
 
@@ -101,15 +100,25 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels import gemv
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
-    from quantbench.kernels.fourbit_mma import gemv_4bit_mma
 
-    fmt = fmt.removesuffix("-prefetch").removesuffix("-pdl")  # launch modes: one_shape sets them
+    fmt = fmt.removesuffix("-prefetch").removesuffix("-pdl").removesuffix("-once")  # modes: one_shape sets them
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
+    # "-norm": ours reads x RMSNorm-ed (weight 1, so the torch row below is the kernel's exactly
+    # but for the rsqrt's last bit); the references read that row
+    norm = {"norm": (torch.ones(k, device="cuda", dtype=dtype), 1e-5)} if fmt.endswith("-norm") else {}
+    fmt = fmt.removesuffix("-norm")
+    xin = x
+
+    def normed(row):  # noqa: ANN001, ANN202
+        return (row.float() * torch.rsqrt(row.float().pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+
+    if norm:
+        x = normed(xin)
     item: dict = {"cublas": lambda: torch.nn.functional.linear(x, w), "check": {}}
     if fmt in ("fp16", "bf16"):
-        item |= {"kind": "dense", "bytes": w.numel() * 2, "ours": lambda: gemv.gemv_dense(x, w),
+        item |= {"kind": "dense", "bytes": w.numel() * 2, "ours": lambda: gemv.gemv_dense(xin, w, **norm),
                  "theirs": item["cublas"]}
         ref = x.double() @ w.double().T
         item["check"]["rel_err"] = float((item["ours"]().double() - ref).norm() / ref.norm())
@@ -120,12 +129,8 @@ def build(fmt: str, n: int, k: int) -> dict:
         if state.nested:  # expanded once, as the engine does at install
             absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
         code = code_table(state.code, LOOKUPS[fourbit_gather()])  # built once, as the engine does
-        lookup, x_first = "nibble" if "nibble" in fmt else "byte", "xfirst" in fmt
-        mma = "mma" in fmt
-        item |= {"kind": "4bit-mma" if mma else "4bit",
-                 "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
-                 "ours": (lambda: gemv_4bit_mma(x, packed, absmax, state.code, n, 64, lookup=lookup, x_first=x_first))
-                 if mma else lambda: gemv.gemv_4bit(x, packed, absmax, code, n, 64),
+        item |= {"kind": "4bit", "bytes": packed.numel() + state.absmax.numel() * state.absmax.element_size(),
+                 "ours": lambda: gemv.gemv_4bit(xin, packed, absmax, code, n, 64, **norm),
                  "theirs": lambda: bnb.matmul_4bit(x, packed, state)}  # gemv_4bit at one row
         ref = x.double() @ bnbf.dequantize_4bit(packed, state).to(dtype).double().T
         for key, fn in (("rel_err", item["ours"]), ("bnb_rel_err", item["theirs"])):
@@ -141,9 +146,10 @@ def build(fmt: str, n: int, k: int) -> dict:
             layer(x)  # moves CB/SCB into the state
         cb, scb = layer.state.CB, layer.state.SCB
         if threshold and "clean" not in fmt:  # int8-t6-clean: the threshold's cost without outliers
-            x[0, torch.randperm(k, device="cuda")[:8]] = 8.0  # a few outlier features
+            xin[0, torch.randperm(k, device="cuda")[:8]] = 8.0  # a few outlier features (~7.5 normed)
+            x = normed(xin) if norm else xin
         item |= {"kind": "int8", "bytes": cb.numel() + scb.numel() * 4, "capturable": not threshold,
-                 "ours": lambda: gemv.gemv_int8(x, cb, scb, threshold),
+                 "ours": lambda: gemv.gemv_int8(xin, cb, scb, threshold, **norm),
                  "theirs": lambda: layer(x)}
         with torch.no_grad():
             expected = item["theirs"]()
@@ -157,7 +163,6 @@ def build(fmt: str, n: int, k: int) -> dict:
 def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     import torch
 
-    from quantbench.kernels import fourbit_mma
     from quantbench.kernels.config import (
         config_for,
         fourbit_gather,
@@ -178,6 +183,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "int8_outlier_pass": "skip" if "skip" in fmt else defaults["int8_outlier_pass"],
         "4bit_numerics": "bitsandbytes" if "bnbmath" in fmt else defaults["4bit_numerics"],
         "4bit_lookup": "registers" if "regs" in fmt else defaults["4bit_lookup"],
+        "row_prologue": "once" if fmt.endswith("-once") else defaults["row_prologue"],
     })
     items: list[dict] = []
 
@@ -192,8 +198,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     items.append(first)
     kind, nbytes = first["kind"], first["bytes"]
     row: dict = {"format": fmt, "N": n, "K": k, **first["check"], "weight_bytes": nbytes,
-                 "config": fourbit_mma.launch_shape(n, k) if kind == "4bit-mma"
-                 else config_for(kind if kind != "4bit" else "4bit64", n, k)}
+                 "config": config_for(kind if kind != "4bit" else "4bit64", n, k)}
     with torch.no_grad():
         row["ours_us"] = graph_us(make("ours"), nbytes)
         if first.get("capturable", True):
@@ -208,11 +213,10 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         row["bnb_tb_s"] = nbytes / row["bnb_us"] / 1e6
     if sweep:
         before = fourbit_gather(), fourbit_pairs()
-        force = fourbit_mma.set_shape if kind == "4bit-mma" else lambda shape: set_config(kind, shape)
         times = {}
         with torch.no_grad():
             for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
-                force(shape)
+                set_config(kind, shape)
                 set_fourbit_gather(gather[0] if gather else before[0])
                 set_fourbit_pairs(gather[1] if gather else before[1])
                 key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
@@ -220,7 +224,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
                     times[key] = graph_us(make("ours"), nbytes, calls=32)
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
-        force(None)
+        set_config(kind, None)
         set_fourbit_gather(before[0])
         set_fourbit_pairs(before[1])
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
@@ -281,7 +285,7 @@ def suggest(rows: list[dict], path: Path, show: bool = True) -> None:
     Also written to `path`, which decode_speed.py --fourbit-table applies before it measures."""
     import ast
 
-    swept = [r for r in rows if r.get("sweep_us") and r["format"].startswith("nf4") and "mma" not in r["format"]]
+    swept = [r for r in rows if r.get("sweep_us") and r["format"].startswith("nf4")]
     if not swept:
         return
     modes = {key.split(")")[1].strip() for r in swept for key in r["sweep_us"]}

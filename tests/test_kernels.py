@@ -208,12 +208,76 @@ def test_int8_gemv_outliers_match_linear8bitlt(dtype, spread, outlier_pass, monk
         assert error_plain > 3 * max(error, steps)
 
 
-def test_plan_merges_projections_and_gives_the_layers_results():
+def test_int8_row_codes_are_bitsandbytes_activation_quantization(monkeypatch):
+    """quantize_rows (the "once" prologue) writes what bitsandbytes' int8_vectorwise_quant
+    computes: the same codes with outlier columns zeroed, the same absmax, and the outlier
+    columns with their values, listed in column order; a row with more outliers than the list
+    holds keeps its full count (the GEMV then takes the pass over the row)."""
+    from quantbench.kernels import int8
+
+    torch.manual_seed(5)
+    x = torch.randn(1, K, dtype=torch.float16)
+    at = torch.tensor([5, 17, 64, 100, 191])
+    x[0, at] = torch.tensor([4.0, -5.5, 7.0, -3.5, 9.0], dtype=torch.float16)
+    codes, absmax, outlier_cols = bnbf.int8_vectorwise_quant(x.clone(), threshold=3.0)
+    q, stat, idx, val, count = int8.quantize_rows(x, K, 3.0)
+    assert torch.equal(q, codes) and torch.equal(stat, absmax.float())
+    assert torch.equal(idx[0, :5].long(), outlier_cols.long()) and int(count[0]) == 5
+    assert torch.equal(val[0, :5], x[0, at].float())
+    monkeypatch.setattr(int8, "OUTLIER_SLOTS", 2)
+    q2, _, idx2, _, count2 = int8.quantize_rows(x, K, 3.0)
+    assert int(count2[0]) == 5 and torch.equal(idx2[0].long(), outlier_cols[:2].long())
+    assert torch.equal(q2, codes)
+
+
+@pytest.mark.parametrize("kind", ["dense", "nf4", "int8-t0", "int8-t3", "int8-t3-overflow"])
+@pytest.mark.parametrize("fusion", ["none", "act", "norm"])
+def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch):
+    """The row's work done once before the GEMV (config "once") against every program doing it:
+    the same results, with the blocks' fusions, with LLM.int8 outliers taken from the list and
+    from the pass over the row (more outliers than the list holds)."""
+    from quantbench.kernels import int8
+    from quantbench.kernels.config import set_row_prologue
+
+    torch.manual_seed(6)
+    x = torch.randn(2, 2 * K if fusion == "act" else K, dtype=torch.float16) * 2
+    x[1, :24] = 5.0  # 24 outliers of |x| >= 3 in the second row; the first has a few
+    options = {"act": {"act": True}, "norm": {"norm": (torch.rand(K, dtype=torch.float16) + 0.5, 1e-5),
+                                              "residual": torch.randn(2, N, dtype=torch.float16)}}.get(fusion, {})
+    w = torch.randn(N, K, dtype=torch.float16)
+    if kind == "dense":
+        run = lambda: gemv.gemv_dense(x, w, **options)  # noqa: E731
+    elif kind == "nf4":
+        packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        run = lambda: gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **options)  # noqa: E731
+    else:
+        layer = _int8_layer(w, 0.0)
+        threshold = 0.0 if kind == "int8-t0" else 3.0
+        if kind.endswith("overflow"):
+            monkeypatch.setattr(int8, "OUTLIER_SLOTS", 4)
+        run = lambda: gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, threshold, **options)  # noqa: E731
+    try:
+        inline = run()
+        set_row_prologue("once")
+        once = run()
+    finally:
+        set_row_prologue("inline")
+    if kind.startswith("int8-t3"):  # the outlier term's fp32 sum in another order: one output step
+        assert float((once.float() - inline.float()).abs().max()) <= torch.finfo(torch.float16).eps * float(
+            inline.float().abs().max())
+    else:
+        assert torch.equal(once, inline)
+
+
+@pytest.mark.parametrize("rows", ["inline", "once"])
+def test_plan_merges_projections_and_gives_the_layers_results(rows):
     """Real SmolLM2 (NF4, two blocks): a decode step through the kernels, compiled, equals the
     layers' own step; q/k/v and gate/up are one launch each, the blocks' norms, residual adds and
-    silu(gate) * up run inside the GEMVs (no kernels of their own), the weights are not copied."""
+    silu(gate) * up run inside the GEMVs (no kernels of their own; "once": in a row kernel before
+    each), the weights are not copied."""
     import quantbench
     from quantbench.kernels import install
+    from quantbench.kernels.config import set_row_prologue
 
     model = quantbench.load("smollm2-135m", "nf4", device="cpu").model
     model.model.layers = model.model.layers[:2]
@@ -244,6 +308,7 @@ def test_plan_merges_projections_and_gives_the_layers_results():
         launches = []
         original = gemv.gemv_4bit
         gemv.gemv_4bit = lambda *a, **kw: launches.append(1) or original(*a, **kw)
+        set_row_prologue(rows)
         try:
             plan.enabled = True
             step = torch.compile(lambda i, c: model(i, past_key_values=c, use_cache=True).logits,
@@ -252,16 +317,20 @@ def test_plan_merges_projections_and_gives_the_layers_results():
         finally:
             plan.enabled = False
             gemv.gemv_4bit = original
+            set_row_prologue("inline")
     assert len(launches) == 2 * 4  # per block: q/k/v, o, gate/up, down
     assert not norms  # the norms ran inside the GEMVs
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
-def test_int8_outliers_op_compiled_equals_eager():
+@pytest.mark.parametrize("rows", ["inline", "once"])
+def test_int8_outliers_op_compiled_equals_eager(rows):
     """The installed LLM.int8 launch with outliers (a custom op), compiled as the fast engine
-    compiles its step: the same output as uncompiled, and close to the layer's own."""
+    compiles its step: the same output as uncompiled, and close to the layer's own; with the
+    row's quantization in the GEMV or in a kernel before it."""
     from quantbench.kernels import install
+    from quantbench.kernels.config import set_row_prologue
 
     torch.manual_seed(4)
     layer = _int8_layer(torch.randn(N, K, dtype=torch.float16), 3.0)
@@ -273,11 +342,14 @@ def test_int8_outliers_op_compiled_equals_eager():
     plan = install(model, allow_cpu=True)
     assert "outliers>=3" in next(iter(plan.describe()["layers"].values()))
     plan.enabled = True
+    set_row_prologue(rows)
     try:
+        assert plan.describe()["modes"]["row_prologue"] == rows
         eager = model(x)
         compiled = torch.compile(model, backend="aot_eager")(x)
     finally:
         plan.enabled = False
+        set_row_prologue("inline")
     assert torch.equal(eager, compiled)
     assert float((eager.double() - own).abs().max()) <= 2 * torch.finfo(torch.float16).eps * float(own.abs().max())
 

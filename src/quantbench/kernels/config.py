@@ -31,9 +31,11 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # in shared memory with the split activation layout was fastest over all eight shapes (sum of the
 # best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
-_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto"}
+_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
+           "rows": "inline"}
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers"), "4bit_numerics": ("fp32", "bitsandbytes"),
-            "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch")}
+            "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
+            "rows": ("inline", "once")}
 
 
 def _choose(key: str, mode: str) -> None:
@@ -104,14 +106,29 @@ def set_launch_overlap(mode: str) -> None:
     _choose("overlap", mode)
 
 
+def row_prologue() -> str:
+    """Where a GEMV's per-row work happens: "inline" (every program redoes it: the RMSNorm's sum
+    of squares, silu(gate) * up, and for LLM.int8 the activation's absmax, quantization and
+    outlier test, over the whole row) or "once" (a one-program-per-row kernel before the GEMV
+    writes the prepared row, or for LLM.int8 its int8 codes, scale and outlier list, which every
+    program then reads). The same arithmetic either way, and the same results but for the order
+    in which LLM.int8's outlier term is summed."""
+    return _GATHER["rows"]
+
+
+def set_row_prologue(mode: str) -> None:
+    _choose("rows", mode)
+
+
 def modes() -> dict[str, str]:
     """The kernels' modes as set now (a result records them beside its numbers)."""
     return {"4bit_lookup": fourbit_gather(), "4bit_numerics": fourbit_numerics(),
-            "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap()}
+            "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap(),
+            "row_prologue": row_prologue()}
 
 
 _MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
-              "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap"}
+              "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows"}
 
 
 def set_modes(chosen: dict[str, str]) -> None:

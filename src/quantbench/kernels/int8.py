@@ -18,6 +18,14 @@ pays a compare per element and one branch: threshold 0's speed. With outliers th
 the chunks that hold them; there is no capacity to run over and no fallback. bitsandbytes takes
 the union of the batch's outlier columns; here each activation row has its own (identical at
 batch 1).
+
+With config.row_prologue() "once" the row's work is done once per launch instead of in every
+program: `_quantize_rows` (one program per row) writes the int8 codes, the row's absmax and a
+list of its outlier columns and values (up to OUTLIER_SLOTS), and the GEMV's programs read the
+codes and take the outlier term from the list: a gather of those columns' weights. A row with
+more outliers than the list holds takes the masked pass above, from the row itself (no
+capacity to run over here either). Same codes, same epilogue; only the outlier term's fp32 sum
+runs in another order.
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted
-from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, wait_for_inputs
+from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted, row_prologue
+from quantbench.kernels.overlap import LAUNCH, OFF, launch_options, mode_for, prefetch_range, wait_for_inputs
 from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
+OUTLIER_SLOTS = 64  # outlier columns a row's list holds ("once"); more take the masked pass
 
 
 @triton.jit
@@ -42,10 +51,68 @@ def _divide(num, den, APPROX: tl.constexpr):
 
 
 @triton.jit
+def _row_scale(xm, nw_ptr, r, threshold, K, PRO: tl.constexpr, OUTLIERS: tl.constexpr, APPROX_DIV: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """The row's absmax in fp16 (bitsandbytes quantizes A.to(float16)), outlier columns left out;
+    127 / absmax as a [BLOCK_K] vector; and the outliers counted."""
+    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+    seen = tl.zeros([BLOCK_K], dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        a = tl.abs(load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32))
+        if OUTLIERS:
+            seen += (a >= threshold).to(tl.int32)
+            a = tl.where(a < threshold, a, 0.0)
+        amax = tl.maximum(amax, a)
+    row_stat = tl.max(amax, axis=0)
+    scale = _divide(tl.full([BLOCK_K], 127.0, tl.float32), tl.zeros([BLOCK_K], tl.float32) + row_stat,
+                    APPROX_DIV)
+    return row_stat, scale, tl.sum(seen, axis=0)
+
+
+@triton.jit
+def _codes(x, scale, threshold, OUTLIERS: tl.constexpr):
+    """The activation's int8 codes (as fp32): round(x16 * 127 / absmax), 0 at outlier columns."""
+    x16 = x.to(tl.float16).to(tl.float32)
+    q = _rint(x16 * scale)
+    if OUTLIERS:
+        q = tl.where(tl.abs(x16) >= threshold, 0.0, q)
+    return q
+
+
+@triton.jit
+def _quantize_rows(x_ptr, nw_ptr, eps, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, K, stride_x,
+                   APPROX_DIV: tl.constexpr, PRO: tl.constexpr, OUTLIERS: tl.constexpr, SLOTS: tl.constexpr,
+                   BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
+    """Row m's int8 codes, absmax and outlier list (columns and values, in column order; the
+    count may exceed SLOTS, the list stops there), for the GEMV's programs to read."""
+    m = tl.program_id(0)
+    wait_for_inputs(PDL)
+    xm = x_ptr + m * stride_x
+    r = row_rsqrt(xm, K, eps, PRO)
+    row_stat, scale, _ = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
+    count = tl.sum(tl.zeros([BLOCK_K], dtype=tl.int32), axis=0)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x = load_x(xm, k, k < K, K, PRO, nw_ptr, r)
+        tl.store(q_ptr + m * K + k, _codes(x, scale, threshold, OUTLIERS).to(tl.int8), mask=k < K)
+        if OUTLIERS:
+            outlier = (tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold) & (k < K)
+            slot = count + tl.cumsum(outlier.to(tl.int32), axis=0) - 1
+            listed = outlier & (slot < SLOTS)
+            tl.store(idx_ptr + m * SLOTS + slot, k, mask=listed)
+            tl.store(val_ptr + m * SLOTS + slot, x.to(tl.float32), mask=listed)
+            count += tl.sum(outlier.to(tl.int32), axis=0)
+    tl.store(stat_ptr + m, row_stat)
+    tl.store(count_ptr + m, count)
+
+
+@triton.jit
 def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshold, out_ptr, N, K, stride_x,
-                 stride_r, stride_o, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr, PRO: tl.constexpr,
-                 RES: tl.constexpr, OUTLIERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SKIP_CHUNKS: tl.constexpr = True, PDL: tl.constexpr = 0):
+                 stride_r, stride_o, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, HAS_BIAS: tl.constexpr,
+                 APPROX_DIV: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr, OUTLIERS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SKIP_CHUNKS: tl.constexpr = True,
+                 CODES: tl.constexpr = False, SLOTS: tl.constexpr = 64, PDL: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -56,43 +123,60 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
                    PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
-    r = row_rsqrt(xm, K, eps, PRO)
-    # 1. The row's absmax in fp16 (bitsandbytes quantizes A.to(float16)), outlier columns left out
-    # and counted.
-    amax = tl.zeros([BLOCK_K], dtype=tl.float32)
-    seen = tl.zeros([BLOCK_K], dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + cols
-        a = tl.abs(load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32))
-        if OUTLIERS:
-            seen += (a >= threshold).to(tl.int32)
-            a = tl.where(a < threshold, a, 0.0)
-        amax = tl.maximum(amax, a)
-    row_stat = tl.max(amax, axis=0)
-    scale = _divide(tl.full([BLOCK_K], 127.0, tl.float32), tl.zeros([BLOCK_K], tl.float32) + row_stat,
-                    APPROX_DIV)
-    # 2. Quantize the activation chunk, exact int8 x int8 -> int32 dot.
+    if CODES:  # _quantize_rows did the row's work
+        row_stat = tl.load(stat_ptr + m)
+        seen = tl.load(count_ptr + m)
+        r = 1.0
+    else:  # 1. the row's absmax and scale, outliers counted
+        r = row_rsqrt(xm, K, eps, PRO)
+        row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
+    # 2. exact int8 x int8 -> int32 dot
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        x16 = load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32)
-        q = _rint(x16 * scale)
+        if CODES:
+            q = tl.load(q_ptr + m * K + k, mask=k < K, other=0)
+        else:
+            q = _codes(load_x(xm, k, k < K, K, PRO, nw_ptr, r), scale, threshold, OUTLIERS)
         w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
                     other=0, eviction_policy="evict_first")
-        if OUTLIERS:
-            q = tl.where(tl.abs(x16) >= threshold, 0.0, q)
         acc += w.to(tl.int32) * q.to(tl.int32)[None, :]
     # 3. bitsandbytes' epilogue: fp16 result, then the activation dtype; the outlier term is added
     # to that rounded result, as bitsandbytes adds its fp16 outlier matmul.
     out = _epilogue(tl.sum(acc, axis=1), row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS, APPROX_DIV)
     out = out.to(out_ptr.dtype.element_ty)
     if OUTLIERS:  # noqa: SIM102 (a compile-time branch around a run-time one)
-        if tl.sum(seen, axis=0) > 0:
-            extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO, BLOCK_N,
-                                  SKIP_CHUNKS)
+        if seen > 0:
+            if CODES:
+                extra = _listed_or_passed(xm, idx_ptr + m * SLOTS, val_ptr + m * SLOTS, seen, w_ptr, scb_ptr,
+                                          nw_ptr, eps, threshold, rows, row_ok, K, PRO, BLOCK_N, SKIP_CHUNKS,
+                                          SLOTS)
+            else:
+                extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO, BLOCK_N,
+                                      SKIP_CHUNKS)
             out = (out.to(tl.float32) + extra).to(out_ptr.dtype.element_ty)
     out = add_residual(out, res_ptr + m * stride_r, rows, row_ok, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
+
+
+@triton.jit
+def _listed_or_passed(xm, idx_ptr, val_ptr, count, w_ptr, scb_ptr, nw_ptr, eps, threshold, rows, row_ok, K,
+                      PRO: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_CHUNKS: tl.constexpr, SLOTS: tl.constexpr):
+    """The outlier term from a row's list (its columns' weights gathered, dequantized as in
+    _outlier_term, times the listed values, summed in fp32); a row with more outliers than the
+    list holds takes _outlier_term's pass over the row."""
+    if count <= SLOTS:
+        j = tl.arange(0, SLOTS)
+        listed = j < count
+        idx = tl.load(idx_ptr + j, mask=listed, other=0)
+        val = tl.load(val_ptr + j, mask=listed, other=0.0)
+        col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
+        w = tl.load(w_ptr + rows[:, None] * K + idx[None, :], mask=row_ok[:, None] & listed[None, :], other=0)
+        extra = tl.sum(_dequant(w, col, xm.dtype.element_ty) * val[None, :], axis=1)
+    else:
+        extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, row_rsqrt(xm, K, eps, PRO), threshold, rows, row_ok, K,
+                              PRO, BLOCK_N, SKIP_CHUNKS)
+    return extra
 
 
 @triton.jit
@@ -156,6 +240,27 @@ def _rint(v):
     return (v + 12582912.0) - 12582912.0
 
 
+def quantize_rows(x2: torch.Tensor, k: int, threshold: float, pro: int = 0, nw: torch.Tensor | None = None,
+                  eps: float = 0.0, pdl: int = OFF) -> tuple[torch.Tensor, ...]:
+    """LLM.int8's activation quantization of rows x2 (read through prologue PRO): int8 codes
+    [rows, k] (0 at outlier columns), absmax [rows] fp32, outlier columns and values [rows,
+    OUTLIER_SLOTS] (int32, fp32; in column order, the first OUTLIER_SLOTS) and the outlier count
+    [rows] int32. pdl: the launch mode of the GEMV that reads them."""
+    rows = x2.shape[0]
+    q = torch.empty(rows, k, dtype=torch.int8, device=x2.device)
+    stat = torch.empty(rows, dtype=torch.float32, device=x2.device)
+    count = torch.empty(rows, dtype=torch.int32, device=x2.device)
+    idx = torch.empty(rows, OUTLIER_SLOTS, dtype=torch.int32, device=x2.device)
+    val = torch.empty(rows, OUTLIER_SLOTS, dtype=torch.float32, device=x2.device)
+    mode = OFF if pdl == OFF else LAUNCH
+    fusion = {} if interpreted() else {"enable_fp_fusion": False}
+    _quantize_rows[(rows,)](x2, x2 if nw is None else nw, eps, float(threshold), q, stat, idx, val, count, k,
+                            x2.stride(0), APPROX_DIV=not interpreted(), PRO=pro, OUTLIERS=threshold > 0,
+                            SLOTS=OUTLIER_SLOTS, BLOCK_K=1024, PDL=mode, num_warps=4, **fusion,
+                            **launch_options(mode))
+    return q, stat, idx, val, count
+
+
 def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshold: float = 0.0,
               bias: torch.Tensor | None = None, act: bool = False, norm: tuple[torch.Tensor, float] | None = None,
               residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,10 +277,15 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     # no fused multiply-add in this kernel (its dot is integer arithmetic: this costs little).
     fusion = {} if interpreted() else {"enable_fp_fusion": False}
     pdl = mode_for(x.device, "int8", k, weight.data_ptr())
+    once = row_prologue() == "once"
+    if once:
+        q, stat, idx, val, count = quantize_rows(x2, k, threshold, pro, nw, eps, pdl)
+    else:
+        q = stat = count = idx = val = scb  # placeholders, never read
     _int8_kernel[(triton.cdiv(n, block_n), rows)](
         x2, weight, scb, bias if bias is not None else scb, nw, eps, res, float(threshold), out, n, k,
-        x2.stride(0), stride_r, out.stride(0), HAS_BIAS=bias is not None, APPROX_DIV=not interpreted(), PRO=pro,
-        RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n, BLOCK_K=block_k,
-        SKIP_CHUNKS=int8_outlier_pass() == "skip", PDL=pdl, num_warps=warps,
-        **fusion, **launch_options(pdl))
+        x2.stride(0), stride_r, out.stride(0), q, stat, idx, val, count, HAS_BIAS=bias is not None,
+        APPROX_DIV=not interpreted(), PRO=pro, RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n,
+        BLOCK_K=block_k, SKIP_CHUNKS=int8_outlier_pass() == "skip", CODES=once, SLOTS=OUTLIER_SLOTS, PDL=pdl,
+        num_warps=warps, **fusion, **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)

@@ -10,6 +10,10 @@ Epilogue (RES): the result rounded to the activation dtype, plus a residual row,
 (the block's residual adds).
 Roundings are those of eager fp16/bf16 torch (transformers' LlamaRMSNorm and LlamaMLP): silu in
 fp32 rounded, then the product rounded; the normalised row rounded, then times the weight rounded.
+
+Inline, every program of a GEMV computes the prologue over the whole row it reads; with
+config.row_prologue() "once", `prepare_rows` computes it in a kernel of its own first (one
+program per row) and the GEMV reads the result as a plain row.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from quantbench.kernels.overlap import LAUNCH, OFF, launch_options, wait_for_inputs
 
 
 @triton.jit
@@ -65,6 +71,31 @@ def load_x(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
     elif PRO == 2:
         x = _rms(x, _load(nw_ptr + offsets, mask), r)
     return x
+
+
+@triton.jit
+def _prepare_rows_kernel(x_ptr, nw_ptr, eps, out_ptr, K, stride_x, PRO: tl.constexpr, BLOCK: tl.constexpr,
+                         PDL: tl.constexpr):
+    m = tl.program_id(0)
+    wait_for_inputs(PDL)
+    xm = x_ptr + m * stride_x
+    r = row_rsqrt(xm, K, eps, PRO)
+    for k0 in range(0, K, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        tl.store(out_ptr + m * K + k, load_x(xm, k, k < K, K, PRO, nw_ptr, r), mask=k < K)
+
+
+def prepare_rows(x2: torch.Tensor, k: int, pro: int, nw: torch.Tensor, eps: float, pdl: int) -> torch.Tensor:
+    """The rows as a PRO kernel would read them ([rows, k], x2's dtype); x2 itself for PRO 0.
+    pdl: the launch mode of the GEMV that reads them (OFF: this one launches plainly too; else
+    it launches dependently and lets that GEMV prefetch its weights meanwhile)."""
+    if pro == 0:
+        return x2
+    out = torch.empty(x2.shape[0], k, dtype=x2.dtype, device=x2.device)
+    mode = OFF if pdl == OFF else LAUNCH
+    _prepare_rows_kernel[(x2.shape[0],)](x2, nw, eps, out, k, x2.stride(0), PRO=pro, BLOCK=1024, PDL=mode,
+                                         num_warps=4, **launch_options(mode))
+    return out
 
 
 @triton.jit
