@@ -31,6 +31,16 @@ from quantbench.kernels.config import (  # noqa: E402
 N, K = 40, 192  # N is no multiple of a program's rows, K three 64-blocks: masks are exercised
 
 
+@pytest.fixture
+def row_mode():
+    """config.set_row_prologue for one test, the mode before it restored after."""
+    from quantbench.kernels.config import row_prologue, set_row_prologue
+
+    before = row_prologue()
+    yield set_row_prologue
+    set_row_prologue(before)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -232,12 +242,11 @@ def test_int8_row_codes_are_bitsandbytes_activation_quantization(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["dense", "nf4", "int8-t0", "int8-t3", "int8-t3-overflow"])
 @pytest.mark.parametrize("fusion", ["none", "act", "norm"])
-def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch):
+def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch, row_mode):
     """The row's work done once before the GEMV (config "once") against every program doing it:
     the same results, with the blocks' fusions, with LLM.int8 outliers taken from the list and
     from the pass over the row (more outliers than the list holds)."""
     from quantbench.kernels import int8
-    from quantbench.kernels.config import set_row_prologue
 
     torch.manual_seed(6)
     x = torch.randn(2, 2 * K if fusion == "act" else K, dtype=torch.float16) * 2
@@ -256,12 +265,10 @@ def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch):
         if kind.endswith("overflow"):
             monkeypatch.setattr(int8, "OUTLIER_SLOTS", 4)
         run = lambda: gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, threshold, **options)  # noqa: E731
-    try:
-        inline = run()
-        set_row_prologue("once")
-        once = run()
-    finally:
-        set_row_prologue("inline")
+    row_mode("inline")
+    inline = run()
+    row_mode("once")
+    once = run()
     if kind.startswith("int8-t3"):  # the outlier term's fp32 sum in another order: one output step
         assert float((once.float() - inline.float()).abs().max()) <= torch.finfo(torch.float16).eps * float(
             inline.float().abs().max())
@@ -270,14 +277,13 @@ def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch):
 
 
 @pytest.mark.parametrize("rows", ["inline", "once"])
-def test_plan_merges_projections_and_gives_the_layers_results(rows):
+def test_plan_merges_projections_and_gives_the_layers_results(rows, row_mode):
     """Real SmolLM2 (NF4, two blocks): a decode step through the kernels, compiled, equals the
     layers' own step; q/k/v and gate/up are one launch each, the blocks' norms, residual adds and
     silu(gate) * up run inside the GEMVs (no kernels of their own; "once": in a row kernel before
     each), the weights are not copied."""
     import quantbench
     from quantbench.kernels import install
-    from quantbench.kernels.config import set_row_prologue
 
     model = quantbench.load("smollm2-135m", "nf4", device="cpu").model
     model.model.layers = model.model.layers[:2]
@@ -308,7 +314,7 @@ def test_plan_merges_projections_and_gives_the_layers_results(rows):
         launches = []
         original = gemv.gemv_4bit
         gemv.gemv_4bit = lambda *a, **kw: launches.append(1) or original(*a, **kw)
-        set_row_prologue(rows)
+        row_mode(rows)
         try:
             plan.enabled = True
             step = torch.compile(lambda i, c: model(i, past_key_values=c, use_cache=True).logits,
@@ -317,7 +323,6 @@ def test_plan_merges_projections_and_gives_the_layers_results(rows):
         finally:
             plan.enabled = False
             gemv.gemv_4bit = original
-            set_row_prologue("inline")
     assert len(launches) == 2 * 4  # per block: q/k/v, o, gate/up, down
     assert not norms  # the norms ran inside the GEMVs
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -325,12 +330,11 @@ def test_plan_merges_projections_and_gives_the_layers_results(rows):
 
 
 @pytest.mark.parametrize("rows", ["inline", "once"])
-def test_int8_outliers_op_compiled_equals_eager(rows):
+def test_int8_outliers_op_compiled_equals_eager(rows, row_mode):
     """The installed LLM.int8 launch with outliers (a custom op), compiled as the fast engine
     compiles its step: the same output as uncompiled, and close to the layer's own; with the
     row's quantization in the GEMV or in a kernel before it."""
     from quantbench.kernels import install
-    from quantbench.kernels.config import set_row_prologue
 
     torch.manual_seed(4)
     layer = _int8_layer(torch.randn(N, K, dtype=torch.float16), 3.0)
@@ -342,14 +346,13 @@ def test_int8_outliers_op_compiled_equals_eager(rows):
     plan = install(model, allow_cpu=True)
     assert "outliers>=3" in next(iter(plan.describe()["layers"].values()))
     plan.enabled = True
-    set_row_prologue(rows)
+    row_mode(rows)
     try:
         assert plan.describe()["modes"]["row_prologue"] == rows
         eager = model(x)
         compiled = torch.compile(model, backend="aot_eager")(x)
     finally:
         plan.enabled = False
-        set_row_prologue("inline")
     assert torch.equal(eager, compiled)
     assert float((eager.double() - own).abs().max()) <= 2 * torch.finfo(torch.float16).eps * float(own.abs().max())
 
@@ -430,3 +433,17 @@ def test_fused_norm_and_residual_equal_the_separate_steps(kind, monkeypatch):
     for got, expected in pairs:
         scale = float(expected.abs().max())
         assert float((got.double() - expected.double()).abs().max()) / scale <= 2 * torch.finfo(torch.float16).eps
+
+
+def test_auto_row_prologue_is_once_for_long_int8_rows_only(row_mode):
+    """"auto" does the row work once where it measured faster (LLM.int8, K >= 4096) and inline
+    elsewhere; "once" and "inline" override it for every kernel."""
+    from quantbench.kernels.config import rows_once
+
+    row_mode("auto")
+    assert rows_once("int8", 4096) and rows_once("int8", 11008)
+    assert not rows_once("int8", 2048) and not rows_once("4bit", 4096) and not rows_once("dense", 11008)
+    row_mode("once")
+    assert rows_once("dense", 64) and rows_once("4bit", 64)
+    row_mode("inline")
+    assert not rows_once("int8", 11008)

@@ -32,7 +32,7 @@ from quantbench.kernels.config import (
     fourbit_numerics,
     fourbit_pairs,
     interpreted,
-    row_prologue,
+    rows_once,
 )
 from quantbench.kernels.nibbles import nibble_codes, register_code
 from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, prefetch_rows, wait_for_inputs
@@ -234,7 +234,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
     pdl = mode_for(x.device, "4bit", k // 2, blocksize // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
-    if row_prologue() == "once":
+    if rows_once("4bit", k):
         x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl), 0
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),

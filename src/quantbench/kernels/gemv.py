@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, row_prologue
+from quantbench.kernels.config import config_for, rows_once
 from quantbench.kernels.fourbit import gemv_4bit
 from quantbench.kernels.int8 import gemv_int8
 from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, wait_for_inputs
@@ -77,7 +77,7 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
     block_n, block_k, warps, _ = config_for("dense", n, k)
     pdl = mode_for(x.device, "dense", k * weight.element_size(), weight.data_ptr())
-    if row_prologue() == "once":
+    if rows_once("dense", k):
         x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl), 0
     _dense_kernel[(triton.cdiv(n, block_n), x2.shape[0])](
         x2, weight, bias if bias is not None else weight, nw, eps, res, out, n, k, x2.stride(0), stride_r,

@@ -19,13 +19,13 @@ the chunks that hold them; there is no capacity to run over and no fallback. bit
 the union of the batch's outlier columns; here each activation row has its own (identical at
 batch 1).
 
-With config.row_prologue() "once" the row's work is done once per launch instead of in every
-program: `_quantize_rows` (one program per row) writes the int8 codes, the row's absmax and a
-list of its outlier columns and values (up to OUTLIER_SLOTS), and the GEMV's programs read the
-codes and take the outlier term from the list: a gather of those columns' weights. A row with
-more outliers than the list holds takes the masked pass above, from the row itself (no
-capacity to run over here either). Same codes, same epilogue; only the outlier term's fp32 sum
-runs in another order.
+Where config.rows_once says so (by default for K >= 4096) the row's work is done once per
+launch instead of in every program: `_quantize_rows` (one program per row) writes the int8
+codes, the row's absmax and a list of its outlier columns and values (up to OUTLIER_SLOTS), and
+the GEMV's programs read the codes and take the outlier term from the list: a gather of those
+columns' weights. A row with more outliers than the list holds takes the masked pass above,
+from the row itself (no capacity to run over here either). Same codes, same epilogue; only the
+outlier term's fp32 sum runs in another order.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted, row_prologue
+from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted, rows_once
 from quantbench.kernels.overlap import LAUNCH, OFF, launch_options, mode_for, prefetch_range, wait_for_inputs
-from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_rsqrt, rows_of
+from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_block, row_rsqrt, rows_of
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
 OUTLIER_SLOTS = 64  # outlier columns a row's list holds ("once"); more take the masked pass
@@ -254,9 +254,10 @@ def quantize_rows(x2: torch.Tensor, k: int, threshold: float, pro: int = 0, nw: 
     val = torch.empty(rows, OUTLIER_SLOTS, dtype=torch.float32, device=x2.device)
     mode = OFF if pdl == OFF else LAUNCH
     fusion = {} if interpreted() else {"enable_fp_fusion": False}
+    block, warps = row_block(k)
     _quantize_rows[(rows,)](x2, x2 if nw is None else nw, eps, float(threshold), q, stat, idx, val, count, k,
                             x2.stride(0), APPROX_DIV=not interpreted(), PRO=pro, OUTLIERS=threshold > 0,
-                            SLOTS=OUTLIER_SLOTS, BLOCK_K=1024, PDL=mode, num_warps=4, **fusion,
+                            SLOTS=OUTLIER_SLOTS, BLOCK_K=block, PDL=mode, num_warps=warps, **fusion,
                             **launch_options(mode))
     return q, stat, idx, val, count
 
@@ -277,7 +278,7 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     # no fused multiply-add in this kernel (its dot is integer arithmetic: this costs little).
     fusion = {} if interpreted() else {"enable_fp_fusion": False}
     pdl = mode_for(x.device, "int8", k, weight.data_ptr())
-    once = row_prologue() == "once"
+    once = rows_once("int8", k)
     if once:
         q, stat, idx, val, count = quantize_rows(x2, k, threshold, pro, nw, eps, pdl)
     else:
