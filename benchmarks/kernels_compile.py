@@ -30,7 +30,9 @@ POINTERS = {
                    "bias_ptr": "*fp32", "nw_ptr": "*fp16", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "sum": {"part_ptr": "*fp32", "bias_ptr": "*fp32", "res_ptr": "*fp16", "out_ptr": "*fp16"},
     "int8": {"x_ptr": "*fp16", "w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "nw_ptr": "*fp16",
-             "res_ptr": "*fp16", "out_ptr": "*fp16"},
+             "res_ptr": "*fp16", "out_ptr": "*fp16", "q_ptr": "*i8", "stat_ptr": "*fp32", "idx_ptr": "*i32",
+             "val_ptr": "*fp32", "count_ptr": "*i32"},
+    "rows": {"x_ptr": "*fp16", "nw_ptr": "*fp16", "out_ptr": "*fp16"},
     "attention": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "mask_ptr": "*u8", "out_ptr": "*fp16"},
     "rope": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "cos_ptr": "*fp16", "sin_ptr": "*fp16",
              "keys_ptr": "*fp16", "values_ptr": "*fp16", "length_ptr": "*i64", "out_ptr": "*fp16"},
@@ -39,7 +41,7 @@ POINTERS = {
 
 def variants() -> list[tuple[str, str, object, dict, int]]:
     """(name, family, kernel, constexprs, warps) for every variant the engine can launch."""
-    from quantbench.kernels import attention, fourbit, gemv, int8, rope
+    from quantbench.kernels import attention, fourbit, gemv, int8, prologue, rope
 
     out = []
     for pro in (0, 1, 2):
@@ -68,6 +70,18 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
             out.append((f"int8 {label} pro={pro}", "int8", int8._int8_kernel,
                         {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": pro, "RES": pro == 2, "OUTLIERS": outliers,
                          "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": skip}, 4))
+    for outliers in (False, True):  # the row work done once (config.rows_once): its kernels
+        label = "outliers" if outliers else "t=0"
+        out.append((f"int8 {label}, reading the row's codes", "int8", int8._int8_kernel,
+                    {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 0, "RES": True, "OUTLIERS": outliers,
+                     "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False, "CODES": True, "SLOTS": 64}, 4))
+        for pro, block, warps in ((2, 4096, 8), (1, 16384, 16)):
+            out.append((f"int8 row codes {label} pro={pro}, {block} columns per step", "int8", int8._quantize_rows,
+                        {"APPROX_DIV": True, "PRO": pro, "OUTLIERS": outliers, "SLOTS": 64, "BLOCK_K": block},
+                        warps))
+    for pro, block, warps in ((2, 4096, 8), (1, 16384, 16)):
+        out.append((f"prepared row pro={pro}, {block} columns per step", "rows", prologue._prepare_rows_kernel,
+                    {"PRO": pro, "BLOCK": block}, warps))
     out.append(("decode attention", "attention", attention._decode_attention,
                 {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256}, 4))
     for pdl, label in ((1, "dependent launch"), (2, "dependent launch + L2 prefetch")):  # overlap.py
@@ -84,6 +98,8 @@ def compile_one(kernel, family: str, constexprs: dict, warps: int, folder: Path)
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    # constexpr parameters not named take their defaults, as a launch that leaves them out does
+    constexprs = {p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default} | constexprs
     signature, attrs = {}, {}
     for i, name in enumerate(kernel.arg_names):
         if name in constexprs:

@@ -240,12 +240,13 @@ def test_int8_row_codes_are_bitsandbytes_activation_quantization(monkeypatch):
     assert torch.equal(q2, codes)
 
 
-@pytest.mark.parametrize("kind", ["dense", "nf4", "int8-t0", "int8-t3", "int8-t3-overflow"])
+@pytest.mark.parametrize("kind", ["dense", "nf4", "nf4-steps", "int8-t0", "int8-t3", "int8-t3-overflow"])
 @pytest.mark.parametrize("fusion", ["none", "act", "norm"])
-def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch, row_mode):
+def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch, row_mode, request):
     """The row's work done once before the GEMV (config "once") against every program doing it:
-    the same results, with the blocks' fusions, with LLM.int8 outliers taken from the list and
-    from the pass over the row (more outliers than the list holds)."""
+    the same results, with the blocks' fusions, the 4-bit kernel's full and masked K-steps,
+    LLM.int8 outliers taken from the list and from the pass over the row (more outliers than the
+    list holds)."""
     from quantbench.kernels import int8
 
     torch.manual_seed(6)
@@ -256,7 +257,10 @@ def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch, r
     w = torch.randn(N, K, dtype=torch.float16)
     if kind == "dense":
         run = lambda: gemv.gemv_dense(x, w, **options)  # noqa: E731
-    elif kind == "nf4":
+    elif kind.startswith("nf4"):
+        if kind == "nf4-steps":  # two blocks per K-step: a full step, then the masked last one
+            set_config("4bit", (8, 128, 4, 1))
+            request.addfinalizer(lambda: set_config("4bit", None))
         packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
         run = lambda: gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **options)  # noqa: E731
     else:
