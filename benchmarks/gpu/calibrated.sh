@@ -45,7 +45,7 @@ fi
 if [ "$part" = smollm2-fast ] || [ "$part" = all ]; then
   # 2. the fast engine (static cache, compiled decode step) on the 4-bit and int8 rows
   timeout 420 python3 -m quantbench run smollm2-135m --results "$OUT/smollm2_fast.jsonl" --engine fast \
-    -p bf16,nf4,gptq-4bit,awq-4bit,torchao-int8,torchao-int4,hqq-4bit --no-quality \
+    -p bf16,nf4,gptq-4bit,awq-4bit,torchao-int8,torchao-int4,hqq-4bit,int8,nf4-dq,quanto-int8,quanto-int4 --no-quality \
     --batch-sizes 1 --prompt-lengths 128 --new-tokens 32 2>&1 | tail -20
   python3 -m quantbench inspect smollm2-135m -p torchao-int4 --json > "$OUT/inspect_torchao-int4.json" 2>&1
 fi
