@@ -15,6 +15,8 @@
 #   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
 #   next          the defaults timed as such, beside plain launches and without the "rope" kind
 #                 (tinyllama; PRECISIONS, five by default)
+#   rows          each GEMV's row work once (a row kernel first) against inline, per model
+#                 (MODEL: tinyllama or llama7b): int8 and nf4 decode, then the GEMVs alone
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
 # in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
 # Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
@@ -53,6 +55,13 @@ case "$stage" in
   next)
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,int8,int8-t0,nf4-dq}" \
       bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama "${LIMIT:-60}" ;;
+  rows)  # the defaults ("auto": once for LLM.int8 at K >= 4096) beside both fixed modes
+    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4); else
+      model=tinyllama-1.1b-arch extra=(); fi
+    decode "$model" int8 quantbench,quantbench+inline,quantbench+once "${MODEL:-tinyllama}_rows_int8" \
+      "${LIMIT:-60}" "${extra[@]}"
+    decode "$model" nf4 quantbench,quantbench+once "${MODEL:-tinyllama}_rows_nf4" "${LIMIT:-60}" "${extra[@]}"
+    gemv 60 gemv --models "${MODEL:-tinyllama}" --formats int8-t6,int8-t6-once,int8-t0,int8-t0-once,nf4-norm,nf4-norm-once ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;
