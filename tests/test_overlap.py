@@ -80,7 +80,9 @@ kernels = {  # kernel, constexprs, pointer types other than fp16
              "bias_ptr": "*fp32"}),
 }
 for name, (kernel, constexprs, pointers) in kernels.items():
-    constexprs = constexprs | {"PDL": pdl}
+    # constexprs not named take their defaults, as at launch
+    defaults = {p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}
+    constexprs = defaults | constexprs | {"PDL": pdl}
     signature = {arg: "constexpr" if arg in constexprs else pointers.get(arg, "*fp16") if arg.endswith("_ptr")
                  else "fp32" if arg in ("eps", "threshold") else "i32" for arg in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)

@@ -124,8 +124,8 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
     if CODES:  # _quantize_rows did the row's work
-        row_stat = tl.load(stat_ptr + m)
-        seen = tl.load(count_ptr + m)
+        row_stat = tl.load(stat_ptr + m).to(tl.float32)
+        seen = tl.load(count_ptr + m).to(tl.int32)
         r = 1.0
     else:  # 1. the row's absmax and scale, outliers counted
         r = row_rsqrt(xm, K, eps, PRO)
