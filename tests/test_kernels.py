@@ -352,7 +352,9 @@ def test_int8_outliers_op_compiled_equals_eager(rows, row_mode):
     plan.enabled = True
     row_mode(rows)
     try:
-        assert plan.describe()["modes"]["row_prologue"] == rows
+        described = plan.describe()
+        assert described["modes"]["row_prologue"] == rows
+        assert ("quantized once" in next(iter(described["layers"].values()))) == (rows == "once")
         eager = model(x)
         compiled = torch.compile(model, backend="aot_eager")(x)
     finally:

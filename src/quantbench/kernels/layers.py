@@ -119,7 +119,10 @@ class KernelPlan:
                     key = f"{_short(name)}: {launch.kind}, {launch.base} kernel not chosen"
                     counts[(key, "")] = counts.get((key, ""), 0) + 1
                 continue
-            key = ("+".join(_short(n) for n in launch.names), launch.kind)
+            kind = launch.kind
+            if launch.base == "int8" and config.rows_once("int8", launch.modules[0].in_features):
+                kind += ", activation quantized once per launch"
+            key = ("+".join(_short(n) for n in launch.names), kind)
             counts[key] = counts.get(key, 0) + 1
         layers = {
             names: (f"quantbench gemv {kind}{', merged' if '+' in names else ''}, x{n}" if kind
