@@ -111,20 +111,21 @@ def row_prologue() -> str:
     of squares, silu(gate) * up, and for LLM.int8 the activation's absmax, quantization and
     outlier test, over the whole row), "once" (a one-program-per-row kernel before the GEMV
     writes the prepared row, or for LLM.int8 its int8 codes, scale and outlier list, which every
-    program then reads) or "auto" (the default: once for LLM.int8 rows of K >= 4096, inline
-    otherwise; see rows_once). The same arithmetic either way, and the same results but for the
+    program then reads) or "auto" (the default: once for LLM.int8 launches of N and K >= 4096,
+    inline otherwise; see rows_once). The same arithmetic either way, and the same results but for the
     order in which LLM.int8's outlier term is summed."""
     return _GATHER["rows"]
 
 
-def rows_once(kind: str, k: int) -> bool:
-    """Whether a `kind` GEMV ("dense", "4bit", "int8") with rows of k does its row work once.
+def rows_once(kind: str, n: int, k: int) -> bool:
+    """Whether a `kind` GEMV ("dense", "4bit", "int8") of N = n, K = k does its row work once.
     "auto" is what measured faster: on an H100, llama-2-7b-arch LLM.int8 decode took 7.43 ms per
     token inline and 4.68 once (same machine, one process each); its int8 GEMVs' device time fell
-    from 6.38 to 2.99 ms with the row kernels adding 1.37. Not yet timed: smaller K (tinyllama's
-    2048), and the dense and 4-bit GEMVs' norm and silu * up done once."""
+    from 6.38 to 2.99 ms with the row kernels adding 1.37. Every 7B launch has N and K >= 4096;
+    no tinyllama launch has both, so its measured configuration (inline) stays until timed, as do
+    the dense and 4-bit GEMVs' norm and silu * up done once."""
     mode = _GATHER["rows"]
-    return mode == "once" or (mode == "auto" and kind == "int8" and k >= 4096)
+    return mode == "once" or (mode == "auto" and kind == "int8" and min(n, k) >= 4096)
 
 
 def set_row_prologue(mode: str) -> None:

@@ -77,7 +77,7 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
     block_n, block_k, warps, _ = config_for("dense", n, k)
     pdl = mode_for(x.device, "dense", k * weight.element_size(), weight.data_ptr())
-    if rows_once("dense", k):
+    if rows_once("dense", n, k):
         x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl), 0
     _dense_kernel[(triton.cdiv(n, block_n), x2.shape[0])](
         x2, weight, bias if bias is not None else weight, nw, eps, res, out, n, k, x2.stride(0), stride_r,

@@ -19,8 +19,8 @@ the chunks that hold them; there is no capacity to run over and no fallback. bit
 the union of the batch's outlier columns; here each activation row has its own (identical at
 batch 1).
 
-Where config.rows_once says so (by default for K >= 4096) the row's work is done once per
-launch instead of in every program: `_quantize_rows` (one program per row) writes the int8
+Where config.rows_once says so (by default for N and K >= 4096) the row's work is done once
+per launch instead of in every program: `_quantize_rows` (one program per row) writes the int8
 codes, the row's absmax and a list of its outlier columns and values (up to OUTLIER_SLOTS), and
 the GEMV's programs read the codes and take the outlier term from the list: a gather of those
 columns' weights. A row with more outliers than the list holds takes the masked pass above,
@@ -278,7 +278,7 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     # no fused multiply-add in this kernel (its dot is integer arithmetic: this costs little).
     fusion = {} if interpreted() else {"enable_fp_fusion": False}
     pdl = mode_for(x.device, "int8", k, weight.data_ptr())
-    once = rows_once("int8", k)
+    once = rows_once("int8", n, k)
     if once:
         q, stat, idx, val, count = quantize_rows(x2, k, threshold, pro, nw, eps, pdl)
     else:

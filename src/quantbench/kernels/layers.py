@@ -120,7 +120,7 @@ class KernelPlan:
                     counts[(key, "")] = counts.get((key, ""), 0) + 1
                 continue
             kind = launch.kind
-            if launch.base == "int8" and config.rows_once("int8", launch.modules[0].in_features):
+            if launch.base == "int8" and config.rows_once("int8", launch.splits[-1], launch.modules[0].in_features):
                 kind += ", activation quantized once per launch"
             key = ("+".join(_short(n) for n in launch.names), kind)
             counts[key] = counts.get(key, 0) + 1
