@@ -156,6 +156,12 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def unfused_products() -> dict:
+    """Launch keywords for a kernel whose fp32 products must round before they are added, as in
+    eager torch or bitsandbytes: no fused multiply-add (the interpreter has no such option)."""
+    return {} if interpreted() else {"enable_fp_fusion": False}
+
+
 def set_config(kind: str, shape: tuple[int, ...] | None) -> None:
     """Force a launch shape for one kind (the tuning benchmark uses this); None restores the table.
     A 3-tuple means SPLIT 1 for dense and int8 and the split rule for 4-bit."""

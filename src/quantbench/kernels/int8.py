@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted, rows_once
-from quantbench.kernels.overlap import LAUNCH, OFF, launch_options, mode_for, prefetch_range, wait_for_inputs
-from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_block, row_rsqrt, rows_of
+from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted, rows_once, unfused_products
+from quantbench.kernels.overlap import OFF, launch_options, mode_for, prefetch_range, wait_for_inputs
+from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_launch, row_rsqrt, rows_of
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
 OUTLIER_SLOTS = 64  # outlier columns a row's list holds ("once"); more take the masked pass
@@ -126,7 +126,6 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     if CODES:  # _quantize_rows did the row's work
         row_stat = tl.load(stat_ptr + m).to(tl.float32)
         seen = tl.load(count_ptr + m).to(tl.int32)
-        r = 1.0
     else:  # 1. the row's absmax and scale, outliers counted
         r = row_rsqrt(xm, K, eps, PRO)
         row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
@@ -252,13 +251,10 @@ def quantize_rows(x2: torch.Tensor, k: int, threshold: float, pro: int = 0, nw: 
     count = torch.empty(rows, dtype=torch.int32, device=x2.device)
     idx = torch.empty(rows, OUTLIER_SLOTS, dtype=torch.int32, device=x2.device)
     val = torch.empty(rows, OUTLIER_SLOTS, dtype=torch.float32, device=x2.device)
-    mode = OFF if pdl == OFF else LAUNCH
-    fusion = {} if interpreted() else {"enable_fp_fusion": False}
-    block, warps = row_block(k)
+    block, launch = row_launch(k, pdl)
     _quantize_rows[(rows,)](x2, x2 if nw is None else nw, eps, float(threshold), q, stat, idx, val, count, k,
                             x2.stride(0), APPROX_DIV=not interpreted(), PRO=pro, OUTLIERS=threshold > 0,
-                            SLOTS=OUTLIER_SLOTS, BLOCK_K=block, PDL=mode, num_warps=warps, **fusion,
-                            **launch_options(mode))
+                            SLOTS=OUTLIER_SLOTS, BLOCK_K=block, **unfused_products(), **launch)
     return q, stat, idx, val, count
 
 
@@ -274,9 +270,8 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     nw, eps, res, stride_r = fused_args(x2, norm, residual, n)
     block_n, block_k, warps, _ = config_for("int8", n, k)
-    # fp32 products must round before they are added or rounded to integers, as in bitsandbytes:
-    # no fused multiply-add in this kernel (its dot is integer arithmetic: this costs little).
-    fusion = {} if interpreted() else {"enable_fp_fusion": False}
+    # fp32 products round before they are added or rounded to integers, as in bitsandbytes (the
+    # dot is integer arithmetic: no fused multiply-add costs little)
     pdl = mode_for(x.device, "int8", k, weight.data_ptr())
     once = rows_once("int8", n, k)
     if once:
@@ -288,5 +283,5 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
         x2.stride(0), stride_r, out.stride(0), q, stat, idx, val, count, HAS_BIAS=bias is not None,
         APPROX_DIV=not interpreted(), PRO=pro, RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n,
         BLOCK_K=block_k, SKIP_CHUNKS=int8_outlier_pass() == "skip", CODES=once, SLOTS=OUTLIER_SLOTS, PDL=pdl,
-        num_warps=warps, **fusion, **launch_options(pdl))
+        num_warps=warps, **unfused_products(), **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.overlap import LAUNCH, OFF, launch_options, wait_for_inputs
+from quantbench.kernels.overlap import LAUNCH, launch_options, wait_for_inputs
 
 
 @triton.jit
@@ -92,19 +92,20 @@ def prepare_rows(x2: torch.Tensor, k: int, pro: int, nw: torch.Tensor, eps: floa
     if pro == 0:
         return x2
     out = torch.empty(x2.shape[0], k, dtype=x2.dtype, device=x2.device)
-    mode = OFF if pdl == OFF else LAUNCH
-    block, warps = row_block(k)
-    _prepare_rows_kernel[(x2.shape[0],)](x2, nw, eps, out, k, x2.stride(0), PRO=pro, BLOCK=block, PDL=mode,
-                                         num_warps=warps, **launch_options(mode))
+    block, launch = row_launch(k, pdl)
+    _prepare_rows_kernel[(x2.shape[0],)](x2, nw, eps, out, k, x2.stride(0), PRO=pro, BLOCK=block, **launch)
     return out
 
 
-def row_block(k: int) -> tuple[int, int]:
-    """(elements per step, warps) of a one-program-per-row kernel: the whole row in one step up
-    to 16k columns. One program per row is latency-bound, and each step is a round trip to L2
-    that the next one waits for (an H100 took ~10 us per row of 4096 in 1024-column steps)."""
+def row_launch(k: int, pdl: int) -> tuple[int, dict]:
+    """(elements per step, launch keywords with PDL) of a one-program-per-row kernel before a GEMV
+    launched in mode `pdl`: the whole row in one step up to 16k columns. One program per row is
+    latency-bound, and each step is a round trip to L2 that the next one waits for (an H100 took
+    ~10 us per row of 4096 in 1024-column steps). It launches dependently when the GEMV does."""
     block = min(triton.next_power_of_2(k), 16384)
-    return block, 4 if block <= 2048 else 8 if block <= 8192 else 16
+    mode = min(pdl, LAUNCH)  # nothing of its own to prefetch
+    return block, {"PDL": mode, "num_warps": 4 if block <= 2048 else 8 if block <= 8192 else 16,
+                   **launch_options(mode)}
 
 
 @triton.jit

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import interpreted
+from quantbench.kernels.config import unfused_products
 
 
 @triton.jit
@@ -79,12 +79,11 @@ def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Ten
     per_row = [t.stride(0) if t.shape[0] == batch else 0 for t in (cos2, sin2)]  # one row: all rows read it
     out = torch.empty(batch, heads, 1, dim, dtype=q.dtype, device=q.device)
     # eager's roundings: two rounded products, then their rounded sum (no fused multiply-add)
-    fusion = {} if interpreted() else {"enable_fp_fusion": False}
     _rope_store[(1,)](q2, k2, v2, cos2, sin2, keys, values, length, out, batch, slots, q2.stride(0), k2.stride(0),
                       v2.stride(0), *per_row, keys.stride(0), keys.stride(1), keys.stride(2),
                       values.stride(0), values.stride(1), values.stride(2), H=heads, KVH=kv_heads, D=dim,
                       HP=triton.next_power_of_2(heads), KVHP=triton.next_power_of_2(kv_heads), num_warps=4,
-                      **fusion)
+                      **unfused_products())
     return out
 
 
