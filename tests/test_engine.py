@@ -67,6 +67,57 @@ def test_fast_engine_resets_its_cache_between_calls_and_batch_sizes():
     assert "CPU" in fast.describe()["not_captured_because"]
 
 
+def test_fast_engine_calls_first_token_between_prefill_and_steps(monkeypatch):
+    loaded = _load("fp32")
+    fast = get_engine("fast", loaded.model, max_batch_size=2, max_seq_len=32)
+    ids = _ids(loaded)
+    steps, seen = [], []
+    step = fast._decode_step
+    monkeypatch.setattr(fast, "_decode_step", lambda slot: (steps.append(1), step(slot)))
+    tokens = fast.generate(ids, 5, first_token=lambda: seen.append((len(steps), fast._slot.out[:, 0].clone())))
+    assert len(seen) == 1 and seen[0][0] == 0 and len(steps) == 4  # after the prefill, before any step
+    assert torch.equal(seen[0][1], tokens[:, 0])
+
+
+class _Clock:
+    """A fake clock the fake engine below advances: the measurement sees exactly these times."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _JitteryEngine:
+    """Prefill 100 ms plus 0 or 60 ms of host noise on alternate calls; each later step 1 ms."""
+
+    def __init__(self, clock: _Clock, splits: bool) -> None:
+        self.clock, self.splits_first_token, self.calls = clock, splits, 0
+
+    def generate(self, ids, new_tokens, first_token=None):  # noqa: ANN001, ANN201
+        self.calls += 1
+        self.clock.now += (100 + 60 * (self.calls % 2)) / 1000
+        if first_token is not None:
+            first_token()
+        self.clock.now += (new_tokens - 1) / 1000
+        return ids
+
+
+@pytest.mark.parametrize("splits", [True, False])
+def test_decode_ms_per_token_from_the_steps_alone_where_the_engine_splits(monkeypatch, splits):
+    from quantbench.measure import latency
+
+    clock = _Clock()
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
+    measured = latency.measure_decode(_JitteryEngine(clock, splits), torch.zeros(1, 4), 17, "cpu", 3, 0)
+    if splits:  # the prefill's noise stays out of decode, and TTFT is the prefill's own time
+        assert measured["decode_ms_per_token"] == pytest.approx(1.0)
+        assert measured["ttft_ms"] == pytest.approx(160.0)
+    else:  # generate(N) - generate(1) carries the difference of two prefills into every token
+        assert measured["decode_ms_per_token"] == pytest.approx((17 - 1 - 60) / 16)
+
+
 def test_llm_int8_with_outlier_threshold_is_not_captured():
     reason = capture_blocker(_load("int8").model)  # default threshold 6.0
     assert reason is not None and "threshold" in reason

@@ -28,6 +28,8 @@ log=$OUT/kernels_$stage.log
 decode() {  # model precisions kernels name limit_s_per_process [extra args]
   local n
   n=$(( $(echo "$2" | tr ',' '\n' | wc -l) * $(echo "$3" | tr ',' '\n' | wc -l) ))  # one process each
+  # built once, outside any process's limit (random weights for a 7B architecture: ~30 s)
+  timeout 120 python3 -c "from quantbench.models import resolve; resolve('$1')" >> "$log" 2>&1
   timeout "$(( n * $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
     --name "$4" --out "$OUT" --batches 1 --eager-tokens 32 --new-tokens 64 --repeats 2 --timeout-s "$5" \
     "${@:6}" 2>&1 | grep -v MatMul8bitLt >> "$log"

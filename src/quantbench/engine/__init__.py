@@ -10,6 +10,7 @@ always return exactly `new_tokens` tokens and the fast engine's tokens equal the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +22,9 @@ class Engine:
     """Greedy generation of a fixed number of tokens; `generate` returns after CUDA finished."""
 
     name = "base"
+    # Whether generate calls its `first_token` hook between the prefill and the later steps (the
+    # latency module then times decode directly instead of as generate(N) - generate(1)).
+    splits_first_token = False
 
     def __init__(self, model: Any, max_batch_size: int, max_seq_len: int) -> None:
         if max_batch_size < 1 or max_seq_len < 2:
@@ -33,8 +37,11 @@ class Engine:
         self.max_seq_len = max_seq_len
         self.device = next(model.parameters()).device
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
-        """Greedy: the `new_tokens` next token ids, shape [batch, new_tokens]."""
+    def generate(self, input_ids: torch.Tensor, new_tokens: int,
+                 first_token: Callable[[], None] | None = None) -> torch.Tensor:
+        """Greedy: the `new_tokens` next token ids, shape [batch, new_tokens]. first_token: called
+        once the first token is issued, before the later steps, by engines that
+        `splits_first_token` (others ignore it)."""
         raise NotImplementedError
 
     def warmup(self, input_ids: torch.Tensor, new_tokens: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ from quantbench.engine import Engine, synchronize
 class EagerEngine(Engine):
     name = "eager"
 
-    def generate(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, new_tokens: int,
+                 first_token: Callable[[], None] | None = None) -> torch.Tensor:
         input_ids = self._check(input_ids, new_tokens)
         pad = self._pad_token_id()
         # no_grad, never inference_mode, in every forward quantbench runs: backends that keep

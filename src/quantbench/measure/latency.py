@@ -1,7 +1,9 @@
 """Prefill, time to first token, decode ms/token and tokens/s over batch sizes.
 
 The only place in quantbench that times anything. Decode is measured on generated tokens
-alone: (time for N tokens - time for 1 token) / (N - 1), so prefill never leaks into it.
+alone, so prefill never leaks into it: the fast engine's N - 1 steps after the first token are
+timed on their own; the eager engine's (model.generate) as (time for N tokens - time for 1
+token) / (N - 1).
 """
 
 from __future__ import annotations
@@ -103,24 +105,40 @@ def measure_prefill(model: Any, ids_for: Callable[[int, int], torch.Tensor], len
     return metrics
 
 
+def _first_and_rest(engine: Any, ids: torch.Tensor, new_tokens: int, device: str) -> tuple[float, float]:
+    """(ms to the first token, ms for the steps after it) inside one generate call."""
+    watch = Stopwatch(device)
+    laps: list[float] = []
+    engine.generate(ids, new_tokens, first_token=lambda: laps.append(watch.lap()))
+    return laps[0], watch.lap()
+
+
 def measure_decode(engine: Any, ids: torch.Tensor, new_tokens: int, device: str,
                    repeats: int, warmup: int) -> dict[str, float]:
     """TTFT and decode ms/token at one batch size; tokens/s counts generated tokens only.
 
-    Each repeat times one token and then `new_tokens` back to back, and decode is the difference
-    within that repeat: both sides see the same state of a busy machine, where subtracting one
-    median from another could even go negative."""
-    first_samples, full_samples = [], []
+    An engine that `splits_first_token` is timed inside one generate(N): the first token, then
+    the N - 1 steps after it, the device synchronized between. Otherwise each repeat times one
+    token and then N back to back, and decode is the difference within that repeat: both sides
+    see the same state of a busy machine, where subtracting one median from another could even
+    go negative."""
     for _ in range(warmup):
         engine.generate(ids, 1)
         engine.generate(ids, new_tokens)
+    first_samples, full_samples, per_token = [], [], []
     for _ in range(repeats):
+        if engine.splits_first_token:
+            first, rest = _first_and_rest(engine, ids, new_tokens, device)
+            first_samples.append(first)
+            full_samples.append(first + rest)
+            per_token.append(rest / (new_tokens - 1))
+            continue
         for tokens, samples in ((1, first_samples), (new_tokens, full_samples)):
             watch = Stopwatch(device)
             engine.generate(ids, tokens)
             samples.append(watch.lap())
+        per_token.append((full_samples[-1] - first_samples[-1]) / (new_tokens - 1))
     first, full = Timing(first_samples), Timing(full_samples)
-    per_token = [(f - o) / (new_tokens - 1) for o, f in zip(first_samples, full_samples, strict=True)]
     batch = ids.shape[0]
     return {
         "ttft_ms": first.median,
