@@ -118,6 +118,26 @@ def test_decode_ms_per_token_from_the_steps_alone_where_the_engine_splits(monkey
         assert measured["decode_ms_per_token"] == pytest.approx((17 - 1 - 60) / 16)
 
 
+def test_a_step_torch_compile_fails_on_runs_uncompiled_and_says_why(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    loaded = _load("fp32")
+    ids = _ids(loaded)
+    expected = get_engine("eager", loaded.model, max_batch_size=2, max_seq_len=32).generate(ids, 6)
+    fast = FastEngine(loaded.model, 2, 32)
+    fast.capture = fast.compile = True  # as on a GPU, where the warm-up before capture compiles
+
+    def failing_capture(slot):  # noqa: ANN001, ANN202
+        raise BackendCompilerFailed(lambda: None, AttributeError("'QBits' object has no attribute '_scale'"), None)
+
+    monkeypatch.setattr(fast, "_capture", failing_capture)
+    assert torch.equal(fast.generate(ids, 6), expected)
+    described = fast.describe()
+    assert described["mode"] == "static cache, eager step"
+    assert "torch.compile failed" in described["not_captured_because"]
+    assert "AttributeError" in described["not_captured_because"]
+
+
 def test_llm_int8_with_outlier_threshold_is_not_captured():
     reason = capture_blocker(_load("int8").model)  # default threshold 6.0
     assert reason is not None and "threshold" in reason

@@ -17,7 +17,8 @@ same static cache without a graph, so tokens never silently change:
     data-dependent shapes and a host sync in each of the model's linears; a CUDA graph cannot
     hold that. quantbench's int8 GEMV finds and adds the outliers inside its one kernel (static
     shapes, no sync), so with it the step is captured.
-  - modules offloaded to the CPU or disk.
+  - modules offloaded to the CPU or disk;
+  - a model torch.compile fails on (e.g. optimum-quanto's int4 weights): uncompiled too.
 Prefill runs eagerly (any prompt length, outside the graph).
 
 Kernels (`kernels=`, on CUDA): "quantbench" (default) routes the decode step's linears through
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
 
 from quantbench.engine import Engine, suppressed_tokens, synchronize
 from quantbench.errors import QuantbenchError
@@ -238,9 +240,23 @@ class FastEngine(Engine):
             slot = self._new_slot(batch)
             self._prefill(slot, input_ids)  # StaticCache allocates its tensors on first use
             if self.capture:
-                slot.graph = self._capture(slot)
+                try:
+                    slot.graph = self._capture(slot)  # the warm-up steps before it compile the step
+                except BackendCompilerFailed as err:
+                    self._run_uncompiled(err)
             self._slot = slot
         return self._slot
+
+    def _run_uncompiled(self, err: BackendCompilerFailed) -> None:
+        """torch.compile could not build the step (a backend's tensor subclass it cannot trace,
+        e.g. optimum-quanto's int4 weights): the same step runs uncompiled and uncaptured, and
+        describe() says why, rather than the row ending in an error."""
+        inner = err.inner_exception
+        self.blocker = (f"torch.compile failed on this model ({type(inner).__name__}: "
+                        f"{str(inner).splitlines()[0][:160] if str(inner) else ''}); the step runs uncompiled")
+        self.capture = self.compile = False
+        self._next = self._step_function()
+        synchronize(self.device)
 
     def _new_slot(self, batch: int) -> _Slot:
         from transformers import StaticCache
