@@ -119,11 +119,12 @@ def row_prologue() -> str:
 
 def rows_once(kind: str, n: int, k: int) -> bool:
     """Whether a `kind` GEMV ("dense", "4bit", "int8") of N = n, K = k does its row work once.
-    "auto" is what measured faster: on an H100, llama-2-7b-arch LLM.int8 decode took 7.43 ms per
-    token inline and 4.68 once (same machine, one process each); its int8 GEMVs' device time fell
-    from 6.38 to 2.99 ms with the row kernels adding 1.37. Every 7B launch has N and K >= 4096;
-    no tinyllama launch has both, so its measured configuration (inline) stays until timed, as do
-    the dense and 4-bit GEMVs' norm and silu * up done once."""
+    "auto" is what measured faster on an H100 (one process each, same machine): llama-2-7b-arch
+    LLM.int8 decode took 7.43-7.96 ms per token inline and 4.6-4.9 once, its int8 GEMVs' device
+    time falling from 6.38 to 2.98 ms with the row kernels adding 1.16; tinyllama-1.1b-arch's
+    step replayed in 1.15 ms inline and 1.29 once. Every 7B launch has N and K >= 4096, no
+    tinyllama launch has both. The dense and 4-bit GEMVs' norm and silu * up done once did not
+    pay (llama-2-7b nf4 4.36 once against 4.24 inline; tinyllama even)."""
     mode = _GATHER["rows"]
     return mode == "once" or (mode == "auto" and kind == "int8" and min(n, k) >= 4096)
 
