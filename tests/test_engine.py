@@ -118,24 +118,59 @@ def test_decode_ms_per_token_from_the_steps_alone_where_the_engine_splits(monkey
         assert measured["decode_ms_per_token"] == pytest.approx((17 - 1 - 60) / 16)
 
 
-def test_a_step_torch_compile_fails_on_runs_uncompiled_and_says_why(monkeypatch):
+def _failing_compile(fast):  # noqa: ANN001, ANN202
+    """Make the step's first call fail as torch.compile does on a tensor it cannot trace."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    loaded = _load("fp32")
-    ids = _ids(loaded)
-    expected = get_engine("eager", loaded.model, max_batch_size=2, max_seq_len=32).generate(ids, 6)
-    fast = FastEngine(loaded.model, 2, 32)
-    fast.capture = fast.compile = True  # as on a GPU, where the warm-up before capture compiles
-
-    def failing_capture(slot):  # noqa: ANN001, ANN202
+    def step(*args):  # noqa: ANN002, ANN202
         raise BackendCompilerFailed(lambda: None, AttributeError("'QBits' object has no attribute '_scale'"), None)
 
-    monkeypatch.setattr(fast, "_capture", failing_capture)
+    fast._next = step
+
+
+def _expect_uncompiled(fast, expected, ids):  # noqa: ANN001, ANN202
     assert torch.equal(fast.generate(ids, 6), expected)
     described = fast.describe()
     assert described["mode"] == "static cache, eager step"
     assert "torch.compile failed" in described["not_captured_because"]
     assert "AttributeError" in described["not_captured_because"]
+
+
+def test_a_step_torch_compile_fails_on_runs_uncompiled_and_says_why():
+    loaded = _load("fp32")
+    ids = _ids(loaded)
+    expected = get_engine("eager", loaded.model, max_batch_size=2, max_seq_len=32).generate(ids, 6)
+    fast = FastEngine(loaded.model, 2, 32)
+    fast.compile = True  # asked for, not captured (the CPU)
+    _failing_compile(fast)
+    _expect_uncompiled(fast, expected, ids)
+
+
+def test_no_graph_is_captured_of_a_step_that_failed_to_compile(monkeypatch):
+    import contextlib
+
+    loaded = _load("fp32")
+    ids = _ids(loaded)
+    expected = get_engine("eager", loaded.model, max_batch_size=2, max_seq_len=32).generate(ids, 6)
+    fast = FastEngine(loaded.model, 2, 32)
+    fast.capture = fast.compile = True  # as on a GPU: the warm-up steps before capture compile
+    _failing_compile(fast)
+    graphs = []
+
+    class Stream:
+        def __init__(self, *args) -> None:  # noqa: ANN002
+            pass
+
+        def wait_stream(self, other) -> None:  # noqa: ANN001
+            pass
+
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "current_stream", Stream)
+    monkeypatch.setattr(cuda, "Stream", Stream)
+    monkeypatch.setattr(cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(cuda, "CUDAGraph", lambda: graphs.append(1))
+    _expect_uncompiled(fast, expected, ids)
+    assert graphs == [] and fast._slot.graph is None
 
 
 def test_llm_int8_with_outlier_threshold_is_not_captured():

@@ -240,10 +240,7 @@ class FastEngine(Engine):
             slot = self._new_slot(batch)
             self._prefill(slot, input_ids)  # StaticCache allocates its tensors on first use
             if self.capture:
-                try:
-                    slot.graph = self._capture(slot)  # the warm-up steps before it compile the step
-                except BackendCompilerFailed as err:
-                    self._run_uncompiled(err)
+                slot.graph = self._capture(slot)
             self._slot = slot
         return self._slot
 
@@ -305,7 +302,13 @@ class FastEngine(Engine):
         if self.plan is not None:
             self.plan.enabled, self.plan.kinds = True, self.kinds
         try:
-            token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
+            try:
+                token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
+            except BackendCompilerFailed as err:  # raised by the first call, which compiles
+                if not self.compile:
+                    raise
+                self._run_uncompiled(err)
+                token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
         finally:
             if self.plan is not None:
                 self.plan.enabled = False
@@ -316,7 +319,7 @@ class FastEngine(Engine):
         slot.position.add_(1)
         slot.step.add_(1)
 
-    def _capture(self, slot: _Slot) -> torch.cuda.CUDAGraph:
+    def _capture(self, slot: _Slot) -> torch.cuda.CUDAGraph | None:
         # Warm-up steps write from position 0; every generate() prefills again from scratch.
         slot.position.zero_()
         slot.step.zero_()
@@ -327,6 +330,8 @@ class FastEngine(Engine):
             for _ in range(WARMUP_STEPS):
                 self._decode_step(slot)
         current.wait_stream(side)
+        if not self.capture:  # the step could not be compiled (_run_uncompiled): no graph of it
+            return None
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._decode_step(slot)
