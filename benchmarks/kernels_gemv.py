@@ -5,7 +5,8 @@
 For every linear shape of the models (q/k/v and gate/up merged as the engine merges them) and
 every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; "-norm": the kernel
 reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-once": that row work
-done in a kernel of its own first, config.row_prologue "once"):
+done in a kernel of its own first, config.row_prologue "once"; "-once-early": and the outlier
+list's weights gathered before the int8 dot, config.int8_list_gather):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -101,7 +102,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
-    fmt = fmt.removesuffix("-prefetch").removesuffix("-pdl").removesuffix("-once")  # modes: one_shape sets them
+    fmt = fmt.removesuffix("-early").removesuffix("-prefetch").removesuffix("-pdl").removesuffix("-once")  # modes
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
@@ -183,7 +184,8 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "int8_outlier_pass": "skip" if "skip" in fmt else defaults["int8_outlier_pass"],
         "4bit_numerics": "bitsandbytes" if "bnbmath" in fmt else defaults["4bit_numerics"],
         "4bit_lookup": "registers" if "regs" in fmt else defaults["4bit_lookup"],
-        "row_prologue": "once" if fmt.endswith("-once") else defaults["row_prologue"],
+        "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
+        "int8_list_gather": "early" if fmt.endswith("-early") else defaults["int8_list_gather"],
     })
     items: list[dict] = []
 

@@ -280,6 +280,34 @@ def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch, r
         assert torch.equal(once, inline)
 
 
+@pytest.mark.parametrize("slots", [64, 4])
+def test_int8_list_gathered_before_the_dot_gives_the_same_results(slots, monkeypatch, row_mode):
+    """config.int8_list_gather "early" (the listed columns' weights loaded before the int8 dot)
+    against "end": the same values summed in the same order, so equal results; with a list too
+    short for the second row (slots 4), that row takes the pass over the row either way."""
+    from quantbench.kernels import int8
+    from quantbench.kernels.config import int8_list_gather, set_int8_list_gather
+
+    torch.manual_seed(7)
+    x = torch.randn(2, K, dtype=torch.float16) * 2
+    x[1, :24] = 5.0
+    w = torch.randn(N, K, dtype=torch.float16)
+    layer = _int8_layer(w, 0.0)
+    monkeypatch.setattr(int8, "OUTLIER_SLOTS", slots)
+    row_mode("once")
+    before = int8_list_gather()
+    try:
+        results = {}
+        for mode in ("end", "early"):
+            set_int8_list_gather(mode)
+            results[mode] = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
+    finally:
+        set_int8_list_gather(before)
+    assert torch.equal(results["early"], results["end"])
+    plain = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 0.0)
+    assert not torch.equal(results["early"], plain)  # the outliers' term is in it
+
+
 @pytest.mark.parametrize("rows", ["inline", "once"])
 def test_plan_merges_projections_and_gives_the_layers_results(rows, row_mode):
     """Real SmolLM2 (NF4, two blocks): a decode step through the kernels, compiled, equals the

@@ -82,6 +82,11 @@ kernels = {  # kernel, constexprs, pointer types other than fp16
                    "OUTLIERS": True, "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False, "CODES": True},
                    {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "q_ptr": "*i8", "stat_ptr": "*fp32",
                     "idx_ptr": "*i32", "val_ptr": "*fp32", "count_ptr": "*i32"}),
+    "int8-codes-early": (int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 0, "RES": True,
+                         "OUTLIERS": True, "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False, "CODES": True,
+                         "EARLY": True},
+                         {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "q_ptr": "*i8",
+                          "stat_ptr": "*fp32", "idx_ptr": "*i32", "val_ptr": "*fp32", "count_ptr": "*i32"}),
 }
 for name, (kernel, constexprs, pointers) in kernels.items():
     # constexprs not named take their defaults, as at launch
@@ -97,7 +102,8 @@ for name, (kernel, constexprs, pointers) in kernels.items():
 
 def _ptx(pdl: int) -> dict[str, str]:
     """The 4-bit, dense and LLM.int8 GEMVs with the RMSNorm prologue and the residual epilogue,
-    and the LLM.int8 GEMV that reads a row kernel's codes,
+    and the LLM.int8 GEMV that reads a row kernel's codes (its outlier list gathered after or
+    before the dot),
     compiled for sm_90 (in a process of its own: other tests run the kernels under Triton's
     interpreter): kernel name -> PTX."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -110,7 +116,7 @@ def _ptx(pdl: int) -> dict[str, str]:
 def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after():
     pytest.importorskip("triton.backends.nvidia")
     plain, overlapped = _ptx(OFF), _ptx(PREFETCH)
-    assert set(overlapped) == {"4bit", "dense", "int8", "int8-codes"}
+    assert set(overlapped) == {"4bit", "dense", "int8", "int8-codes", "int8-codes-early"}
     for name, ptx in overlapped.items():
         assert "griddepcontrol" not in plain[name] and "cp.async.bulk.prefetch" not in plain[name]
         wait = ptx.index("griddepcontrol.wait")

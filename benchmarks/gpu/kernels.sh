@@ -17,6 +17,8 @@
 #                 (tinyllama; PRECISIONS, five by default)
 #   rows          each GEMV's row work once (a row kernel first) against inline, per model
 #                 (MODEL: tinyllama or llama7b): int8 and nf4 decode, then the GEMVs alone
+#   early         llama-2-7b LLM.int8 with its outlier list's weights gathered before the int8
+#                 dot against after it (config.int8_list_gather): decode, then the GEMVs alone
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
 # in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
 # Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
@@ -64,6 +66,9 @@ case "$stage" in
       "${LIMIT:-60}" "${extra[@]}"
     decode "$model" nf4 quantbench,quantbench+once "${MODEL:-tinyllama}_rows_nf4" "${LIMIT:-60}" "${extra[@]}"
     gemv 60 gemv --models "${MODEL:-tinyllama}" --formats int8-t6,int8-t6-once,int8-t0,int8-t0-once,nf4-norm,nf4-norm-once ;;
+  early)
+    decode llama-2-7b-arch int8 quantbench,quantbench+early llama7b_early "${LIMIT:-75}" --eager-tokens 4
+    gemv 60 gemv --models llama7b --formats int8-t6-once,int8-t6-once-early,int8-t0 ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;

@@ -32,10 +32,10 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
 _GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
-           "rows": "auto"}
+           "rows": "auto", "int8_list": "end"}
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
-            "rows": ("auto", "inline", "once")}
+            "rows": ("auto", "inline", "once"), "int8_list": ("end", "early")}
 
 
 def _choose(key: str, mode: str) -> None:
@@ -106,6 +106,20 @@ def set_launch_overlap(mode: str) -> None:
     _choose("overlap", mode)
 
 
+def int8_list_gather() -> str:
+    """When an LLM.int8 GEMV whose row work was done once gathers its rows' weights at the listed
+    outlier columns: "end" (the default: after the int8 dot, a dependent round trip to memory at
+    the end of every program) or "early" (right after the program's wait for its inputs, so the
+    loads are in flight during the dot; a few registers more). Same values, same sums. Profiled
+    on an H100 at llama-2-7b shapes with 8 outlier features, the list's term added 1-9 us per
+    launch over threshold 0, most at gate/up's 22k rows; "early" is untimed."""
+    return _GATHER["int8_list"]
+
+
+def set_int8_list_gather(mode: str) -> None:
+    _choose("int8_list", mode)
+
+
 def row_prologue() -> str:
     """Where a GEMV's per-row work happens: "inline" (every program redoes it: the RMSNorm's sum
     of squares, silu(gate) * up, and for LLM.int8 the activation's absmax, quantization and
@@ -137,11 +151,12 @@ def modes() -> dict[str, str]:
     """The kernels' modes as set now (a result records them beside its numbers)."""
     return {"4bit_lookup": fourbit_gather(), "4bit_numerics": fourbit_numerics(),
             "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap(),
-            "row_prologue": row_prologue()}
+            "row_prologue": row_prologue(), "int8_list_gather": int8_list_gather()}
 
 
 _MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
-              "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows"}
+              "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows",
+              "int8_list_gather": "int8_list"}
 
 
 def set_modes(chosen: dict[str, str]) -> None:

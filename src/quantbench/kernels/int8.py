@@ -23,7 +23,8 @@ Where config.rows_once says so (by default for N and K >= 4096) the row's work i
 per launch instead of in every program: `_quantize_rows` (one program per row) writes the int8
 codes, the row's absmax and a list of its outlier columns and values (up to OUTLIER_SLOTS), and
 the GEMV's programs read the codes and take the outlier term from the list: a gather of those
-columns' weights. A row with more outliers than the list holds takes the masked pass above,
+columns' weights (after the int8 dot, or by config.int8_list_gather before it, so that its
+loads are in flight during the dot). A row with more outliers than the list holds takes the masked pass above,
 from the row itself (no capacity to run over here either). Same codes, same epilogue; only the
 outlier term's fp32 sum runs in another order.
 """
@@ -34,7 +35,14 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, int8_outlier_pass, interpreted, rows_once, unfused_products
+from quantbench.kernels.config import (
+    config_for,
+    int8_list_gather,
+    int8_outlier_pass,
+    interpreted,
+    rows_once,
+    unfused_products,
+)
 from quantbench.kernels.overlap import OFF, launch_options, mode_for, prefetch_range, wait_for_inputs
 from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_launch, row_rsqrt, rows_of
 
@@ -112,7 +120,8 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
                  stride_r, stride_o, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, HAS_BIAS: tl.constexpr,
                  APPROX_DIV: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr, OUTLIERS: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SKIP_CHUNKS: tl.constexpr = True,
-                 CODES: tl.constexpr = False, SLOTS: tl.constexpr = 64, PDL: tl.constexpr = 0):
+                 CODES: tl.constexpr = False, SLOTS: tl.constexpr = 64, EARLY: tl.constexpr = False,
+                 PDL: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -123,9 +132,14 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
                    PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
+    gathered_w = None
+    gathered_val = None
     if CODES:  # _quantize_rows did the row's work
         row_stat = tl.load(stat_ptr + m).to(tl.float32)
         seen = tl.load(count_ptr + m).to(tl.int32)
+        if OUTLIERS and EARLY:  # the list's weights in flight during the dot, not after it
+            gathered_w, gathered_val = _gather_listed(idx_ptr + m * SLOTS, val_ptr + m * SLOTS, seen, w_ptr, rows,
+                                                      row_ok, K, SLOTS)
     else:  # 1. the row's absmax and scale, outliers counted
         r = row_rsqrt(xm, K, eps, PRO)
         row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
@@ -147,9 +161,9 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     if OUTLIERS:  # noqa: SIM102 (a compile-time branch around a run-time one)
         if seen > 0:
             if CODES:
-                extra = _listed_or_passed(xm, idx_ptr + m * SLOTS, val_ptr + m * SLOTS, seen, w_ptr, scb_ptr,
-                                          nw_ptr, eps, threshold, rows, row_ok, K, PRO, BLOCK_N, SKIP_CHUNKS,
-                                          SLOTS)
+                extra = _listed_or_passed(xm, gathered_w, gathered_val, idx_ptr + m * SLOTS, val_ptr + m * SLOTS,
+                                          seen, w_ptr, scb_ptr, nw_ptr, eps, threshold, rows, row_ok, K, PRO,
+                                          BLOCK_N, SKIP_CHUNKS, SLOTS, EARLY)
             else:
                 extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO, BLOCK_N,
                                       SKIP_CHUNKS)
@@ -159,18 +173,31 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
 
 
 @triton.jit
-def _listed_or_passed(xm, idx_ptr, val_ptr, count, w_ptr, scb_ptr, nw_ptr, eps, threshold, rows, row_ok, K,
-                      PRO: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_CHUNKS: tl.constexpr, SLOTS: tl.constexpr):
+def _gather_listed(idx_ptr, val_ptr, count, w_ptr, rows, row_ok, K, SLOTS: tl.constexpr):
+    """A row's listed outlier values [SLOTS] and its rows' int8 weights at those columns
+    [BLOCK_N, SLOTS]; nothing loaded past the count, nor for a list that overflowed."""
+    j = tl.arange(0, SLOTS)
+    listed = j < tl.where(count <= SLOTS, count, 0)
+    idx = tl.load(idx_ptr + j, mask=listed, other=0)
+    val = tl.load(val_ptr + j, mask=listed, other=0.0)
+    w = tl.load(w_ptr + rows[:, None] * K + idx[None, :], mask=row_ok[:, None] & listed[None, :], other=0)
+    return w, val
+
+
+@triton.jit
+def _listed_or_passed(xm, gathered_w, gathered_val, idx_ptr, val_ptr, count, w_ptr, scb_ptr, nw_ptr, eps, threshold,
+                      rows, row_ok, K, PRO: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_CHUNKS: tl.constexpr,
+                      SLOTS: tl.constexpr, GATHERED: tl.constexpr):
     """The outlier term from a row's list (its columns' weights gathered, dequantized as in
     _outlier_term, times the listed values, summed in fp32); a row with more outliers than the
-    list holds takes _outlier_term's pass over the row."""
+    list holds takes _outlier_term's pass over the row. GATHERED: the program gathered the list
+    before its int8 dot (gathered_w, gathered_val); else it gathers it here."""
     if count <= SLOTS:
-        j = tl.arange(0, SLOTS)
-        listed = j < count
-        idx = tl.load(idx_ptr + j, mask=listed, other=0)
-        val = tl.load(val_ptr + j, mask=listed, other=0.0)
+        if GATHERED:
+            w, val = gathered_w, gathered_val
+        else:
+            w, val = _gather_listed(idx_ptr, val_ptr, count, w_ptr, rows, row_ok, K, SLOTS)
         col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
-        w = tl.load(w_ptr + rows[:, None] * K + idx[None, :], mask=row_ok[:, None] & listed[None, :], other=0)
         extra = tl.sum(_dequant(w, col, xm.dtype.element_ty) * val[None, :], axis=1)
     else:
         extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, row_rsqrt(xm, K, eps, PRO), threshold, rows, row_ok, K,
@@ -282,6 +309,7 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
         x2, weight, scb, bias if bias is not None else scb, nw, eps, res, float(threshold), out, n, k,
         x2.stride(0), stride_r, out.stride(0), q, stat, idx, val, count, HAS_BIAS=bias is not None,
         APPROX_DIV=not interpreted(), PRO=pro, RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n,
-        BLOCK_K=block_k, SKIP_CHUNKS=int8_outlier_pass() == "skip", CODES=once, SLOTS=OUTLIER_SLOTS, PDL=pdl,
+        BLOCK_K=block_k, SKIP_CHUNKS=int8_outlier_pass() == "skip", CODES=once, SLOTS=OUTLIER_SLOTS,
+        EARLY=int8_list_gather() == "early", PDL=pdl,
         num_warps=warps, **unfused_products(), **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)
