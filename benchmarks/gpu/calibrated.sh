@@ -22,8 +22,12 @@
 set -u
 source benchmarks/gpu/setup.sh
 part=${1:-all}
-OUT=${OUT:-benchmarks/results/h100/calibrated}
+committed=benchmarks/results/h100/calibrated
+OUT=${OUT:-$committed}
 mkdir -p "$OUT"
+for name in smollm2 smollm2_fast tinyllama; do  # an OUT elsewhere resumes from the committed rows
+  [ -f "$committed/$name.jsonl" ] && [ ! -f "$OUT/$name.jsonl" ] && cp "$committed/$name.jsonl" "$OUT/"
+done
 python3 -c "import llmcompressor, compressed_tensors, torchao, hqq, optimum.quanto as q; \
 print('llmcompressor', llmcompressor.__version__, 'compressed-tensors', compressed_tensors.__version__, \
 'torchao', torchao.__version__)" 2>&1 | tail -1 | tee "$OUT/versions.txt"

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch._dynamo.exc import BackendCompilerFailed
 
 from quantbench.engine import Engine, suppressed_tokens, synchronize
 from quantbench.errors import QuantbenchError
@@ -244,11 +243,11 @@ class FastEngine(Engine):
             self._slot = slot
         return self._slot
 
-    def _run_uncompiled(self, err: BackendCompilerFailed) -> None:
+    def _run_uncompiled(self, err: Exception) -> None:
         """torch.compile could not build the step (a backend's tensor subclass it cannot trace,
         e.g. optimum-quanto's int4 weights): the same step runs uncompiled and uncaptured, and
         describe() says why, rather than the row ending in an error."""
-        inner = err.inner_exception
+        inner = getattr(err, "inner_exception", err)
         self.blocker = (f"torch.compile failed on this model ({type(inner).__name__}: "
                         f"{str(inner).splitlines()[0][:160] if str(inner) else ''}); the step runs uncompiled")
         self.capture = self.compile = False
@@ -304,8 +303,12 @@ class FastEngine(Engine):
         try:
             try:
                 token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
-            except BackendCompilerFailed as err:  # raised by the first call, which compiles
-                if not self.compile:
+            except Exception as err:  # the first call compiles
+                # imported here, not with the module: torch._dynamo brings Triton in, and Triton
+                # imported early ignores a TRITON_INTERPRET set after it (the kernels' CPU tests)
+                from torch._dynamo.exc import BackendCompilerFailed
+
+                if not (self.compile and isinstance(err, BackendCompilerFailed)):
                     raise
                 self._run_uncompiled(err)
                 token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
