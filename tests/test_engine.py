@@ -173,6 +173,19 @@ def test_no_graph_is_captured_of_a_step_that_failed_to_compile(monkeypatch):
     assert graphs == [] and fast._slot.graph is None
 
 
+def test_a_fast_engine_result_says_its_decode_was_timed_on_its_own_steps():
+    from quantbench.measure import latency
+    from quantbench.measure.memory import MemoryProbe
+
+    loaded = _load("fp32")
+    notes: dict = {}
+    metrics = latency.measure_batches(
+        lambda batch: get_engine("fast", loaded.model, batch, 16), lambda b, n: _ids(loaded)[:b, :n], (1,),
+        4, 4, "cpu", 1, 0, MemoryProbe("cpu"), notes)
+    assert metrics["decode_ms_per_token"] > 0
+    assert notes["decode_timing"] == "the steps after the first token, timed on their own"
+
+
 def test_llm_int8_with_outlier_threshold_is_not_captured():
     reason = capture_blocker(_load("int8").model)  # default threshold 6.0
     assert reason is not None and "threshold" in reason

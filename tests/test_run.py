@@ -179,3 +179,4 @@ def test_latency_metrics_on_cpu(interrupted):
     assert m["decode_ms_per_token_p10"] <= m["decode_ms_per_token_p90"]
     assert m["peak_generate_bytes_b1"] is None  # the CPU has no resettable peak: not faked
     assert "perplexity" not in m
+    assert result.info["decode_timing"] == "(generate(N) - generate(1)) / (N - 1)"  # the eager engine

@@ -172,6 +172,8 @@ def measure_batches(make_engine: Callable[[int], Any], ids_for: Callable[[int, i
         if batch == min(batch_sizes):
             metrics.update(result)
             notes["engine_mode"] = engine.describe()  # e.g. why a decode step was not captured
+            notes["decode_timing"] = ("the steps after the first token, timed on their own" if engine.splits_first_token
+                                      else "(generate(N) - generate(1)) / (N - 1)")
         del engine
         _free(device)
     return metrics
