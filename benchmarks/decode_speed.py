@@ -9,7 +9,10 @@ fast ms/token with each of --kernels (quantbench's GEMVs; bitsandbytes' and cuBL
 limit (weights footprint bytes / measured copy bandwidth), the ratios fast/eager and limit/fast,
 greedy-token equality with eager, where the time goes per token (profile), and a tokens/s curve
 over batch sizes for the fast engine. `int8-t0` is LLM.int8 with outlier threshold 0. Decode
-ms/token = (generate(N) - generate(1)) / (N - 1), medians of repeats.
+ms/token as `measure.latency` times it, medians of repeats: the fast engine's N - 1 steps after
+its first token on their own, eager's (generate(N) - generate(1)) / (N - 1); so fast_over_eager
+divides figures timed two ways (eager's per-token time, 20-170 ms, dwarfs the difference).
+"*_generate1_ms" is the time to the first token.
 Writes decode_speed.json and decode_speed.md into --out.
 """
 
@@ -62,7 +65,7 @@ def copy_bandwidth() -> float:
 
 
 def decode_ms(engine, ids, tokens: int, repeats: int) -> tuple[float, float]:  # noqa: ANN001
-    """(decode ms/token, generate(1) ms), by the latency module itself (callers warm up first)."""
+    """(decode ms/token, ms to the first token), by the latency module itself (callers warm up first)."""
     from quantbench.measure.latency import measure_decode
 
     device = "cuda" if engine.device.type == "cuda" else "cpu"

@@ -283,17 +283,29 @@ def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch, r
 @pytest.mark.parametrize("slots", [64, 4])
 def test_int8_list_gathered_before_the_dot_gives_the_same_results(slots, monkeypatch, row_mode):
     """config.int8_list_gather "early" (the listed columns' weights loaded before the int8 dot)
-    against "end": the same values summed in the same order, so equal results; with a list too
-    short for the second row (slots 4), that row takes the pass over the row either way."""
+    against "end": the same values summed in the same order, so equal results, for rows with no
+    outlier, a few, and (slots 4) more than the list holds, which take the pass over the row."""
     from quantbench.kernels import int8
     from quantbench.kernels.config import int8_list_gather, set_int8_list_gather
 
     torch.manual_seed(7)
-    x = torch.randn(2, K, dtype=torch.float16) * 2
-    x[1, :24] = 5.0
+    x = torch.randn(3, K, dtype=torch.float16).clamp(-2.5, 2.5)
+    x[1, [3, 90]] = 5.0  # two outliers of |x| >= 3; row 0 none, row 2 twenty-four
+    x[2, :24] = -5.0
     w = torch.randn(N, K, dtype=torch.float16)
     layer = _int8_layer(w, 0.0)
     monkeypatch.setattr(int8, "OUTLIER_SLOTS", slots)
+    launched = []
+    kernel = int8._int8_kernel
+
+    class Recording:  # the launch's EARLY, as the kernel was asked for it
+        def __getitem__(self, grid):  # noqa: ANN001, ANN204
+            def launch(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+                launched.append(kwargs["EARLY"])
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(int8, "_int8_kernel", Recording())
     row_mode("once")
     before = int8_list_gather()
     try:
@@ -303,9 +315,11 @@ def test_int8_list_gathered_before_the_dot_gives_the_same_results(slots, monkeyp
             results[mode] = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
     finally:
         set_int8_list_gather(before)
+    assert launched == [False, True]
     assert torch.equal(results["early"], results["end"])
     plain = gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 0.0)
-    assert not torch.equal(results["early"], plain)  # the outliers' term is in it
+    assert torch.equal(results["early"][0], plain[0])  # no outlier: threshold 0's result
+    assert not torch.equal(results["early"][1:], plain[1:])  # the outliers' term is in the others
 
 
 @pytest.mark.parametrize("rows", ["inline", "once"])

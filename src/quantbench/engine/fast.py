@@ -243,13 +243,26 @@ class FastEngine(Engine):
             self._slot = slot
         return self._slot
 
+    def _compile_failed(self, err: Exception) -> bool:
+        """Whether `err` is torch.compile failing to build the step, which _run_uncompiled answers;
+        not an out-of-memory error it wraps (the sweep records those) nor one inside a graph
+        capture (an uncompiled step cannot be captured)."""
+        if not self.compile or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return False
+        # imported here, not with the module: torch._dynamo brings Triton in, and Triton imported
+        # early ignores a TRITON_INTERPRET set after it (the kernels' CPU tests)
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        return isinstance(err, BackendCompilerFailed) and not isinstance(err.inner_exception, torch.OutOfMemoryError)
+
     def _run_uncompiled(self, err: Exception) -> None:
         """torch.compile could not build the step (a backend's tensor subclass it cannot trace,
         e.g. optimum-quanto's int4 weights): the same step runs uncompiled and uncaptured, and
         describe() says why, rather than the row ending in an error."""
         inner = getattr(err, "inner_exception", err)
-        self.blocker = (f"torch.compile failed on this model ({type(inner).__name__}: "
-                        f"{str(inner).splitlines()[0][:160] if str(inner) else ''}); the step runs uncompiled")
+        failed = (f"torch.compile failed on this model ({type(inner).__name__}: "
+                  f"{str(inner).splitlines()[0][:160] if str(inner) else ''}); the step runs uncompiled")
+        self.blocker = f"{self.blocker}; {failed}" if self.blocker else failed
         self.capture = self.compile = False
         self._next = self._step_function()
         synchronize(self.device)
@@ -304,11 +317,7 @@ class FastEngine(Engine):
             try:
                 token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)
             except Exception as err:  # the first call compiles
-                # imported here, not with the module: torch._dynamo brings Triton in, and Triton
-                # imported early ignores a TRITON_INTERPRET set after it (the kernels' CPU tests)
-                from torch._dynamo.exc import BackendCompilerFailed
-
-                if not (self.compile and isinstance(err, BackendCompilerFailed)):
+                if not self._compile_failed(err):
                     raise
                 self._run_uncompiled(err)
                 token, logits = self._next(slot.tokens, slot.position, slot.mask, slot.cache)

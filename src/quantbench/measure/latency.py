@@ -127,7 +127,7 @@ def measure_decode(engine: Any, ids: torch.Tensor, new_tokens: int, device: str,
         engine.generate(ids, new_tokens)
     first_samples, full_samples, per_token = [], [], []
     for _ in range(repeats):
-        if engine.splits_first_token:
+        if getattr(engine, "splits_first_token", False):
             first, rest = _first_and_rest(engine, ids, new_tokens, device)
             first_samples.append(first)
             full_samples.append(first + rest)
@@ -172,8 +172,11 @@ def measure_batches(make_engine: Callable[[int], Any], ids_for: Callable[[int, i
         if batch == min(batch_sizes):
             metrics.update(result)
             notes["engine_mode"] = engine.describe()  # e.g. why a decode step was not captured
-            notes["decode_timing"] = ("the steps after the first token, timed on their own" if engine.splits_first_token
+            notes["decode_timing"] = ("the steps after the first token, timed on their own"
+                                      if getattr(engine, "splits_first_token", False)
                                       else "(generate(N) - generate(1)) / (N - 1)")
+        elif (mode := engine.describe()) != notes.get("engine_mode"):  # e.g. a batch that did not compile
+            notes[f"engine_mode_b{batch}"] = mode
         del engine
         _free(device)
     return metrics
