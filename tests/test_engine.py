@@ -146,6 +146,22 @@ def test_a_step_torch_compile_fails_on_runs_uncompiled_and_says_why():
     _expect_uncompiled(fast, expected, ids)
 
 
+def test_out_of_memory_while_compiling_is_not_taken_for_a_compile_failure():
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    loaded = _load("fp32")
+    fast = FastEngine(loaded.model, 2, 32)
+    fast.compile = True
+
+    def step(*args):  # noqa: ANN002, ANN202
+        raise BackendCompilerFailed(lambda: None, torch.OutOfMemoryError("CUDA out of memory"), None)
+
+    fast._next = step
+    with pytest.raises(BackendCompilerFailed):  # left to the sweep, which records it
+        fast.generate(_ids(loaded), 4)
+    assert fast.compile and fast.describe()["mode"] == "static cache, compiled step"
+
+
 def test_no_graph_is_captured_of_a_step_that_failed_to_compile(monkeypatch):
     import contextlib
 
