@@ -98,19 +98,20 @@ def _quantize_rows(x_ptr, nw_ptr, eps, threshold, q_ptr, stat_ptr, idx_ptr, val_
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
     r = row_rsqrt(xm, K, eps, PRO)
-    row_stat, scale, _ = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
+    row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
     count = tl.sum(tl.zeros([BLOCK_K], dtype=tl.int32), axis=0)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = load_x(xm, k, k < K, K, PRO, nw_ptr, r)
         tl.store(q_ptr + m * K + k, _codes(x, scale, threshold, OUTLIERS).to(tl.int8), mask=k < K)
-        if OUTLIERS:
-            outlier = (tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold) & (k < K)
-            slot = count + tl.cumsum(outlier.to(tl.int32), axis=0) - 1
-            listed = outlier & (slot < SLOTS)
-            tl.store(idx_ptr + m * SLOTS + slot, k, mask=listed)
-            tl.store(val_ptr + m * SLOTS + slot, x.to(tl.float32), mask=listed)
-            count += tl.sum(outlier.to(tl.int32), axis=0)
+        if OUTLIERS:  # noqa: SIM102 (a compile-time branch around a run-time one)
+            if seen > 0:  # a row without outliers skips the list's scan (the GEMV reads none)
+                outlier = (tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold) & (k < K)
+                slot = count + tl.cumsum(outlier.to(tl.int32), axis=0) - 1
+                listed = outlier & (slot < SLOTS)
+                tl.store(idx_ptr + m * SLOTS + slot, k, mask=listed)
+                tl.store(val_ptr + m * SLOTS + slot, x.to(tl.float32), mask=listed)
+                count += tl.sum(outlier.to(tl.int32), axis=0)
     tl.store(stat_ptr + m, row_stat)
     tl.store(count_ptr + m, count)
 
