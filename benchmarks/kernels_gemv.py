@@ -6,7 +6,8 @@ For every linear shape of the models (q/k/v and gate/up merged as the engine mer
 every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; "-norm": the kernel
 reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-once": that row work
 done in a kernel of its own first, config.row_prologue "once"; "-once-early": and the outlier
-list's weights gathered before the int8 dot, config.int8_list_gather):
+list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle": the 4-bit codes
+looked up by warp shuffles, config.set_fourbit_gather("shuffle")):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -39,7 +40,8 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
 # (True: no layout exchange, 2-6 barriers per K-step in the machine code) or split (False: 20-24);
 # the lookup from L1 ("global") only with pairs (split, it compiled to the most instructions)
 GATHERS = {"dense": (None,), "int8": (None,),
-           "4bit": (("bytes", False), ("shared", False), ("bytes", True), ("shared", True), ("global", True))}
+           "4bit": (("bytes", False), ("shared", False), ("bytes", True), ("shared", True), ("global", True),
+                    ("shuffle", False))}
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8")
 
 
@@ -102,7 +104,8 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
-    fmt = fmt.removesuffix("-early").removesuffix("-prefetch").removesuffix("-pdl").removesuffix("-once")  # modes
+    for mode in ("-shuffle", "-early", "-prefetch", "-pdl", "-once"):  # modes: one_shape sets them
+        fmt = fmt.removesuffix(mode)
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
@@ -183,7 +186,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "launch_overlap": "prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else defaults["launch_overlap"],
         "int8_outlier_pass": "skip" if "skip" in fmt else defaults["int8_outlier_pass"],
         "4bit_numerics": "bitsandbytes" if "bnbmath" in fmt else defaults["4bit_numerics"],
-        "4bit_lookup": "registers" if "regs" in fmt else defaults["4bit_lookup"],
+        "4bit_lookup": "registers" if "regs" in fmt else "shuffle" if "shuffle" in fmt else defaults["4bit_lookup"],
         "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
         "int8_list_gather": "early" if fmt.endswith("-early") else defaults["int8_list_gather"],
     })

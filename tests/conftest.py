@@ -20,6 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # threads spin against each other and against other processes (a tiny decode took 7x longer
 # with two threads than with one while another job was running).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Triton decides at a kernel's definition whether the CPU interpreter runs it: set before any test
+# module imports quantbench's kernels (the sm_90 compile tests run in a process without it).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 warnings.filterwarnings("ignore")
 
 MODEL = "smollm2-135m"

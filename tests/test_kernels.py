@@ -74,7 +74,8 @@ def test_dense_gemv_is_a_rounded_fp32_matmul(dtype, act):
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize(("shape", "gather", "pairs"),
-                         [(None, "bytes", False), ((128, 128, 4, 2), "global", True), (None, "shared", False)])
+                         [(None, "bytes", False), ((128, 128, 4, 2), "global", True), (None, "shared", False),
+                          (None, "shuffle", False)])  # shuffle: compiled only, "shared" here
 def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, gather, pairs):
     """Every code lookup and activation layout; the table's shape (one partial step) and a
     split-K in 2."""

@@ -74,6 +74,9 @@ kernels = {  # kernel, constexprs, pointer types other than fp16
     "4bit": (fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2,
              "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 512, "BNB": False},
              {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}),
+    "4bit-shuffle": (fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4,
+                     "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 512, "BNB": False},
+                     {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}),
     "dense": (gemv._dense_kernel, {"HAS_BIAS": False, "PRO": 2, "RES": True, "BLOCK_N": 4, "BLOCK_K": 1024}, {}),
     "int8": (int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 2, "RES": True, "OUTLIERS": True,
              "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False}, {"w_ptr": "*i8", "scb_ptr": "*fp32",
@@ -101,11 +104,10 @@ for name, (kernel, constexprs, pointers) in kernels.items():
 
 
 def _ptx(pdl: int) -> dict[str, str]:
-    """The 4-bit, dense and LLM.int8 GEMVs with the RMSNorm prologue and the residual epilogue,
-    and the LLM.int8 GEMV that reads a row kernel's codes (its outlier list gathered after or
-    before the dot),
-    compiled for sm_90 (in a process of its own: other tests run the kernels under Triton's
-    interpreter): kernel name -> PTX."""
+    """The 4-bit (shared-memory and shuffle lookups), dense and LLM.int8 GEMVs with the RMSNorm
+    prologue and the residual epilogue, and the LLM.int8 GEMV that reads a row kernel's codes
+    (its outlier list gathered after or before the dot), compiled for sm_90 (in a process of
+    its own: other tests run the kernels under Triton's interpreter): kernel name -> PTX."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", COMPILE, str(pdl)], capture_output=True, text=True, env=env,
                           timeout=300)
@@ -116,7 +118,7 @@ def _ptx(pdl: int) -> dict[str, str]:
 def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after():
     pytest.importorskip("triton.backends.nvidia")
     plain, overlapped = _ptx(OFF), _ptx(PREFETCH)
-    assert set(overlapped) == {"4bit", "dense", "int8", "int8-codes", "int8-codes-early"}
+    assert set(overlapped) == {"4bit", "4bit-shuffle", "dense", "int8", "int8-codes", "int8-codes-early"}
     for name, ptx in overlapped.items():
         assert "griddepcontrol" not in plain[name] and "cp.async.bulk.prefetch" not in plain[name]
         wait = ptx.index("griddepcontrol.wait")
@@ -127,4 +129,8 @@ def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_afte
         assert ptx.index("st.global") > wait, name  # nothing written before the inputs are final
         # nothing read before the wait but constants: the 4-bit code table (16 floats), else nothing
         loads_before = ptx[:wait].count("ld.global")
-        assert loads_before <= (1 if name == "4bit" else 0), (name, loads_before)
+        assert loads_before <= (1 if name.startswith("4bit") else 0), (name, loads_before)
+    # the shuffle lookup: each lane's code loaded once, before the loop, and read by shuffles only
+    shuffle = overlapped["4bit-shuffle"]
+    assert shuffle.count("%laneid") == 1 and "shfl.sync.idx.b32" in shuffle
+    assert "ld.shared" not in shuffle.split("shfl.sync.idx.b32")[0].split("griddepcontrol.wait")[0]

@@ -19,6 +19,8 @@
 #                 (MODEL: tinyllama or llama7b): int8 and nf4 decode, then the GEMVs alone
 #   early         llama-2-7b LLM.int8 with its outlier list's weights gathered before the int8
 #                 dot against after it (config.int8_list_gather): decode, then the GEMVs alone
+#   shuffle       the 4-bit codes looked up by warp shuffles against the shared-memory table:
+#                 the GEMVs alone (both models, nf4 and nf4-dq), then decode (MODEL as in rows)
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
 # in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
 # Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
@@ -69,6 +71,12 @@ case "$stage" in
   early)
     decode llama-2-7b-arch int8 quantbench,quantbench+early llama7b_early "${LIMIT:-75}" --eager-tokens 4
     gemv 60 gemv --models llama7b --formats int8-t6-once,int8-t6-once-early,int8-t0 ;;
+  shuffle)
+    gemv 90 gemv --models tinyllama,llama7b --formats nf4,nf4-shuffle,nf4-dq,nf4-dq-shuffle,nf4-norm,nf4-norm-shuffle
+    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4); else
+      model=tinyllama-1.1b-arch extra=(); fi
+    decode "$model" nf4,nf4-dq quantbench,quantbench+shuffle "${MODEL:-tinyllama}_shuffle" "${LIMIT:-60}" \
+      "${extra[@]}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;

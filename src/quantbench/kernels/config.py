@@ -33,7 +33,7 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
 _GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
            "rows": "auto", "int8_list": "end"}
-_CHOICES = {"4bit": ("shared", "bytes", "global", "registers"), "4bit_numerics": ("fp32", "bitsandbytes"),
+_CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
             "rows": ("auto", "inline", "once"), "int8_list": ("end", "early")}
 
@@ -46,7 +46,9 @@ def _choose(key: str, mode: str) -> None:
 
 def fourbit_gather() -> str:
     """How the 4-bit kernel looks its codes up: "bytes" (a 256-entry pair table, tl.gather),
-    "shared" (the 16 codes, tl.gather per nibble), "global" (the 16 codes from L1) or "registers"
+    "shared" (the 16 codes, tl.gather per nibble), "shuffle" (each lane holds one fp32 code and a
+    nibble names the lane a warp shuffle reads: exact codes, no shared memory; compiled only, the
+    interpreter takes "shared"; untimed), "global" (the 16 codes from L1) or "registers"
     (byte permutes, nibbles.py; with bitsandbytes' numerics and 16-bit activations only, else
     "shared"; on an H100 as fast as "shared" with the same numerics, and its results equal
     gemv_4bit's)."""

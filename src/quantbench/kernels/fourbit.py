@@ -34,7 +34,7 @@ from quantbench.kernels.config import (
     interpreted,
     rows_once,
 )
-from quantbench.kernels.nibbles import nibble_codes, register_code
+from quantbench.kernels.nibbles import lane_code, nibble_codes, register_code, shuffle_codes
 from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, prefetch_rows, wait_for_inputs
 from quantbench.kernels.prologue import (
     add_residual,
@@ -52,7 +52,7 @@ from quantbench.kernels.prologue import (
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
           PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-          REGS: tl.constexpr = False):
+          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False):
     # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
     # compiler sees 16-byte alignment of every packed row chunk). PAIRS: the activation read as
     # int32 words in the packed bytes' layout, the absmax broadcast along each block, the result
@@ -70,6 +70,8 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
     if REGS:  # byte permutes over the codes held in registers (nibbles.py)
         hi, lo = nibble_codes(packed, code_ptr, x_ptr)
+    elif SHUFFLE:  # warp shuffles of each lane's code (nibbles.py); TABLE: this lane's
+        hi, lo = shuffle_codes(packed, TABLE)
     elif TABLE is None:
         hi = tl.load(code_ptr + (packed >> 4).to(tl.int32))
         lo = tl.load(code_ptr + (packed & 15).to(tl.int32))
@@ -137,9 +139,12 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                    count * row_blocks * 4, PDL)  # the rows' absmax, end to end
     # LOOKUP 0: the 16 fp32 codes from L1; 1: gathered from shared memory; 2: a 256-entry table
     # of (high, low) code pairs per byte value, gathered from shared memory (code_ptr: int64);
-    # 3: byte permutes over register_code's words (no table here)
+    # 3: byte permutes over register_code's words (no table here); 4: warp shuffles, each lane
+    # holding one code
     if LOOKUP == 2:
         table = tl.load(code_ptr + tl.arange(0, 256))
+    elif LOOKUP == 4:
+        table = lane_code(code_ptr)
     elif LOOKUP == 1:
         table = tl.load(code_ptr + tl.arange(0, 16))
     else:
@@ -149,11 +154,11 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     for b0 in range(start, full_end, NB):
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
     out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
@@ -185,7 +190,7 @@ def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS
     tl.store(out_ptr + m * stride_o + rows, out, mask=ok)
 
 
-LOOKUPS = {"global": 0, "shared": 1, "bytes": 2, "registers": 3}  # config.set_fourbit_gather's modes
+LOOKUPS = {"global": 0, "shared": 1, "bytes": 2, "registers": 3, "shuffle": 4}  # config.set_fourbit_gather's modes
 
 
 def byte_table(code: torch.Tensor) -> torch.Tensor:
@@ -230,6 +235,8 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     lookup = LOOKUPS[fourbit_gather()]
     if lookup == 3 and (interpreted() or not bnb_numerics or x.dtype not in (torch.float16, torch.bfloat16)):
         lookup = 1  # the register table holds the codes rounded as gemv_4bit rounds them, and needs PTX
+    if lookup == 4 and interpreted():
+        lookup = 1  # shuffles need PTX; the same codes from shared memory
     code = code_table(code, lookup)
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax

@@ -53,6 +53,48 @@ HIGH, LOW = tl.constexpr(HIGH_TEXT), tl.constexpr(LOW_TEXT)
 CONSTRAINTS = tl.constexpr("=r,=r,r," + ",".join(["r"] * 32))
 
 
+def _shuffle(high: bool) -> str:
+    """PTX for one nibble of each of four packed bytes ($4): their fp32 codes ($0-$3), each read
+    from the lane whose number the nibble is, where lane j holds code[j % 16] ($5, lane_code). A
+    shuffle takes its lane from the index's low five bits: the nibble, and above it one bit of
+    the next nibble, which picks lane j or j + 16, both holding code[j]; so no mask is needed."""
+    lines = []
+    for i in range(4):
+        shift = 8 * i + (4 if high else 0)
+        if shift:
+            lines.append(f"shr.b32 s, $4, {shift};")
+        lines.append(f"shfl.sync.idx.b32 ${i}, $5, {'s' if shift else '$4'}, 0x1f, 0xffffffff;")
+    return "{\n    .reg .b32 s;\n    " + "\n    ".join(lines) + "\n}"
+
+
+SHUFFLE_HIGH_TEXT, SHUFFLE_LOW_TEXT = _shuffle(True), _shuffle(False)
+SHUFFLE_HIGH, SHUFFLE_LOW = tl.constexpr(SHUFFLE_HIGH_TEXT), tl.constexpr(SHUFFLE_LOW_TEXT)
+# four fp32 outputs; the four packed bytes in one register; the lane's code (a 32-bit input takes
+# `pack` registers, of which the first is used)
+SHUFFLE_CONSTRAINTS = tl.constexpr("=r,=r,=r,=r,r,r,r,r,r")
+
+
+@triton.jit
+def lane_code(code_ptr):
+    """code[lane % 16] in every thread: its own lane's code, a value that differs across the warp
+    (the shuffles read it from the lane a nibble names), so it must stay in the thread that
+    loaded it; a scalar is splat in place, never exchanged between threads."""
+    lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [tl.program_id(0)], dtype=tl.int32,
+                                     is_pure=True, pack=1)  # (the input only gives the call its shape)
+    return tl.load(code_ptr + (lane & 15))
+
+
+@triton.jit
+def shuffle_codes(packed, code):
+    """(high, low) fp32 codes of every packed byte by warp shuffles of lane_code's values: exact
+    codes, no table in shared memory, one shuffle and at most one shift per nibble."""
+    hi = tl.inline_asm_elementwise(SHUFFLE_HIGH, SHUFFLE_CONSTRAINTS, [packed, code], dtype=tl.float32,
+                                   is_pure=True, pack=4)
+    lo = tl.inline_asm_elementwise(SHUFFLE_LOW, SHUFFLE_CONSTRAINTS, [packed, code], dtype=tl.float32,
+                                   is_pure=True, pack=4)
+    return hi, lo
+
+
 def register_words(code: torch.Tensor, dtype: torch.dtype) -> list[int]:
     """The eight table words of `code` (16 values) rounded to `dtype`: low bytes of codes 0-3,
     4-7, 8-11, 12-15, then their high bytes."""
@@ -84,4 +126,5 @@ def nibble_codes(packed, code_ptr, x_ptr):
     return hi.to(tl.float32), lo.to(tl.float32)
 
 
-__all__ = ["HIGH_TEXT", "LOW_TEXT", "nibble_codes", "register_code", "register_words"]
+__all__ = ["HIGH_TEXT", "LOW_TEXT", "SHUFFLE_HIGH_TEXT", "SHUFFLE_LOW_TEXT", "lane_code", "nibble_codes",
+           "register_code", "register_words", "shuffle_codes"]
