@@ -48,7 +48,7 @@ case "$stage" in
     decode tinyllama-1.1b-arch nf4,nf4+pdl,nf4+prefetch,fp16+prefetch,int8+masked+prefetch,nf4+bnbmath+regs+prefetch \
       quantbench tinyllama 60 ;;
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
-    gemv 200 sweep --formats nf4 --sweep ;;
+    gemv 280 sweep --formats nf4 --sweep ;;
   final-decode)  # KERNELS adds kernel choices, e.g. bnb,quantbench,quantbench+prefetch
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,nf4-dq,int8-t0,int8}" "${KERNELS:-bnb,quantbench}" "${NAME:-tinyllama}" \
       "${LIMIT:-60}" ;;
