@@ -25,7 +25,8 @@ PROMPT = ("The history of the printing press begins in the fifteenth century, wh
 
 def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> dict:
     """spec: a precision, or PRECISION:bitsandbytes for the 4-bit kernel with bitsandbytes'
-    roundings, PRECISION:bitsandbytes:registers with its register lookup; a "+pdl" or "+prefetch"
+    roundings, PRECISION:bitsandbytes:registers with its register lookup (PRECISION:fp32:shuffle:
+    fp32 arithmetic, codes by warp shuffles); a "+pdl" or "+prefetch"
     suffix overlaps each launch with the one before it (modes not given are `defaults`, a
     config.modes() snapshot), "+fp16" / "+bf16" sets the compute dtype (the
     device's best, bf16 on an H100, otherwise), "+norope" leaves the rotary + cache-write kernel
