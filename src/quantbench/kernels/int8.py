@@ -24,9 +24,9 @@ per launch instead of in every program: `_quantize_rows` (one program per row) w
 codes, the row's absmax and a list of its outlier columns and values (up to OUTLIER_SLOTS), and
 the GEMV's programs read the codes and take the outlier term from the list: a gather of those
 columns' weights (after the int8 dot, or by config.int8_list_gather before it, so that its
-loads are in flight during the dot). A row with more outliers than the list holds takes the masked pass above,
-from the row itself (no capacity to run over here either). Same codes, same epilogue; only the
-outlier term's fp32 sum runs in another order.
+loads are in flight during the dot). A row with more outliers than the list holds takes the
+masked pass above, from the row itself (no capacity to run over here either). Same codes, same
+epilogue; only the outlier term's fp32 sum runs in another order.
 """
 
 from __future__ import annotations

@@ -105,12 +105,18 @@ def measure_prefill(model: Any, ids_for: Callable[[int, int], torch.Tensor], len
     return metrics
 
 
-def _first_and_rest(engine: Any, ids: torch.Tensor, new_tokens: int, device: str) -> tuple[float, float]:
-    """(ms to the first token, ms for the steps after it) inside one generate call."""
+def _first_and_full(engine: Any, ids: torch.Tensor, new_tokens: int, device: str) -> tuple[float, float]:
+    """(ms to the first token, ms for all `new_tokens`) of one repeat: inside one generate call
+    where the engine splits its first token off, else a call for one token and one for all."""
     watch = Stopwatch(device)
-    laps: list[float] = []
-    engine.generate(ids, new_tokens, first_token=lambda: laps.append(watch.lap()))
-    return laps[0], watch.lap()
+    if getattr(engine, "splits_first_token", False):
+        laps: list[float] = []
+        engine.generate(ids, new_tokens, first_token=lambda: laps.append(watch.lap()))
+        return laps[0], laps[0] + watch.lap()
+    engine.generate(ids, 1)
+    first = watch.lap()
+    engine.generate(ids, new_tokens)
+    return first, watch.lap()
 
 
 def measure_decode(engine: Any, ids: torch.Tensor, new_tokens: int, device: str,
@@ -125,20 +131,9 @@ def measure_decode(engine: Any, ids: torch.Tensor, new_tokens: int, device: str,
     for _ in range(warmup):
         engine.generate(ids, 1)
         engine.generate(ids, new_tokens)
-    first_samples, full_samples, per_token = [], [], []
-    for _ in range(repeats):
-        if getattr(engine, "splits_first_token", False):
-            first, rest = _first_and_rest(engine, ids, new_tokens, device)
-            first_samples.append(first)
-            full_samples.append(first + rest)
-            per_token.append(rest / (new_tokens - 1))
-            continue
-        for tokens, samples in ((1, first_samples), (new_tokens, full_samples)):
-            watch = Stopwatch(device)
-            engine.generate(ids, tokens)
-            samples.append(watch.lap())
-        per_token.append((full_samples[-1] - first_samples[-1]) / (new_tokens - 1))
-    first, full = Timing(first_samples), Timing(full_samples)
+    samples = [_first_and_full(engine, ids, new_tokens, device) for _ in range(repeats)]
+    first, full = Timing([o for o, _ in samples]), Timing([f for _, f in samples])
+    per_token = [(f - o) / (new_tokens - 1) for o, f in samples]
     batch = ids.shape[0]
     return {
         "ttft_ms": first.median,
