@@ -248,7 +248,14 @@ def main() -> None:
     p.add_argument("--models", default="tinyllama,llama7b")
     p.add_argument("--formats", default="fp16,bf16,nf4,nf4-dq,int8-t0,int8-t0-bf16,int8-t6")
     p.add_argument("--sweep", action="store_true", help="also time every candidate launch shape")
+    p.add_argument("--lookups", default=None,
+                   help="the 4-bit lookups the sweep tries, e.g. shuffle or shared,shuffle (default: all)")
     args = p.parse_args()
+    if args.lookups:
+        wanted = args.lookups.split(",")
+        if unknown := set(wanted) - {gather for gather, _ in GATHERS["4bit"]}:
+            raise SystemExit(f"unknown 4-bit lookup(s): {', '.join(sorted(unknown))}")
+        GATHERS["4bit"] = tuple(g for g in GATHERS["4bit"] if g[0] in wanted)
     import torch
 
     from quantbench.measure.memory import copy_bandwidth_bytes_per_s
