@@ -6,8 +6,8 @@ For every linear shape of the models (q/k/v and gate/up merged as the engine mer
 every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; "-norm": the kernel
 reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-once": that row work
 done in a kernel of its own first, config.row_prologue "once"; "-once-early": and the outlier
-list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle": the 4-bit codes
-looked up by warp shuffles, config.set_fourbit_gather("shuffle")):
+list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle" / "-shared": the
+4-bit codes looked up by warp shuffles (the default) or from shared memory, config.set_fourbit_gather):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -104,7 +104,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
-    for mode in ("-shuffle", "-early", "-prefetch", "-pdl", "-once"):  # modes: one_shape sets them
+    for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once"):  # modes: one_shape sets them
         fmt = fmt.removesuffix(mode)
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
@@ -186,7 +186,8 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "launch_overlap": "prefetch" if "prefetch" in fmt else "launch" if "pdl" in fmt else defaults["launch_overlap"],
         "int8_outlier_pass": "skip" if "skip" in fmt else defaults["int8_outlier_pass"],
         "4bit_numerics": "bitsandbytes" if "bnbmath" in fmt else defaults["4bit_numerics"],
-        "4bit_lookup": "registers" if "regs" in fmt else "shuffle" if "shuffle" in fmt else defaults["4bit_lookup"],
+        "4bit_lookup": "registers" if "regs" in fmt else "shuffle" if "shuffle" in fmt else "shared" if "shared" in fmt
+                       else defaults["4bit_lookup"],
         "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
         "int8_list_gather": "early" if fmt.endswith("-early") else defaults["int8_list_gather"],
     })

@@ -5,8 +5,10 @@
 #                 roundings and the register lookup; int8 t=6 with the masked outlier pass; both
 #                 models), then tinyllama decode with our kernels in those modes
 #   sweep         the 4-bit launch-shape sweep (lookups x activation layouts; LOOKUPS narrows the
-#                 lookups, e.g. shuffle), its winners as a table (fourbit_table.json) for config.FOURBIT
-#   table         nf4 decode with the sweep's table (after `sweep` in the same $OUT) at both models
+#                 lookups, e.g. shuffle; FORMATS, e.g. nf4-norm; MODELS), its winners as a table
+#                 (fourbit_table.json) for config.FOURBIT
+#   table         nf4 decode with the sweep's table (after `sweep` in the same $OUT) and without it
+#                 (MODEL: tinyllama, llama7b or both)
 #   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
 #                 five precisions
 #   final-check   teacher-forced equivalence on the real SmolLM2-135M (needs its GGUF, joined by
@@ -49,11 +51,18 @@ case "$stage" in
     decode tinyllama-1.1b-arch nf4,nf4+pdl,nf4+prefetch,fp16+prefetch,int8+masked+prefetch,nf4+bnbmath+regs+prefetch \
       quantbench tinyllama 60 ;;
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
-    gemv "${LIMIT:-280}" sweep --formats nf4 --sweep ${LOOKUPS:+--lookups "$LOOKUPS"} ;;
-  table)  # every kernels choice of these processes takes the table's shapes and lookup
-    decode tinyllama-1.1b-arch nf4 quantbench tinyllama_table 60 --fourbit-table "$OUT/sweep/fourbit_table.json"
-    decode llama-2-7b-arch nf4 quantbench llama7b_table 100 --eager-tokens 4 \
-      --fourbit-table "$OUT/sweep/fourbit_table.json" ;;
+    gemv "${LIMIT:-280}" sweep --formats "${FORMATS:-nf4}" --models "${MODELS:-tinyllama,llama7b}" --sweep \
+      ${LOOKUPS:+--lookups "$LOOKUPS"} ;;
+  table)  # every kernels choice of a process given --fourbit-table takes the table's shapes and lookup
+    table=(--fourbit-table "$OUT/sweep/fourbit_table.json")
+    if [ "${MODEL:-both}" != llama7b ]; then
+      decode tinyllama-1.1b-arch nf4 quantbench tinyllama_table 60 "${table[@]}"
+      decode tinyllama-1.1b-arch nf4 quantbench tinyllama_default 60
+    fi
+    if [ "${MODEL:-both}" != tinyllama ]; then
+      decode llama-2-7b-arch nf4 quantbench llama7b_table 100 --eager-tokens 4 "${table[@]}"
+      decode llama-2-7b-arch nf4 quantbench llama7b_default 100 --eager-tokens 4
+    fi ;;
   final-decode)  # KERNELS adds kernel choices, e.g. bnb,quantbench,quantbench+prefetch
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,nf4-dq,int8-t0,int8}" "${KERNELS:-bnb,quantbench}" "${NAME:-tinyllama}" \
       "${LIMIT:-60}" ;;

@@ -20,18 +20,23 @@ DEFAULTS: dict[str, tuple[int, int, int, int]] = {
 }
 LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down_proj sweep)
 # 4-bit per (N, K) where the sweep found better than DEFAULTS and the split rule (merged q/k/v and
-# gate/up shapes of the tinyllama and llama-2-7b architectures)
+# gate/up shapes of the tinyllama and llama-2-7b architectures). llama-2-7b's are the shuffle
+# lookup's sweep winners (its nf4 decode: 3.81 ms/token against 4.24-4.36 with the shared lookup
+# and its shapes); tinyllama keeps the shared lookup's, with which the shuffle lookup decoded in
+# 0.95 ms/token against 1.03 with its own sweep's (wider programs for q/k/v and gate/up, whose
+# fused RMSNorm the sweep's plain GEMV does not have).
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (2560, 2048): (4, 1024, 4, 0), (2048, 2048): (8, 1024, 8, 0), (11264, 2048): (4, 1024, 4, 0),
-    (2048, 5632): (4, 1024, 4, 0), (12288, 4096): (8, 512, 4, 0), (4096, 4096): (8, 1024, 4, 0),
-    (22016, 4096): (8, 512, 4, 0), (4096, 11008): (8, 1024, 4, 0),
+    (2048, 5632): (4, 1024, 4, 0), (12288, 4096): (4, 1024, 4, 0), (4096, 4096): (8, 1024, 8, 0),
+    (22016, 4096): (4, 1024, 4, 0), (4096, 11008): (8, 1024, 8, 0),
 }
 _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
-# From the H100 sweep (benchmarks/kernels_gemv.py --sweep): a lookup per nibble from the 16 codes
-# in shared memory with the split activation layout was fastest over all eight shapes (sum of the
-# best times 140 us, against 198 for the 256-entry pair table, which takes fewer instructions per
-# byte but meets bank conflicts, and 212 for the pair table with int32 activation words).
-_GATHER = {"4bit": "shared", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
+# From the H100 sweeps (benchmarks/kernels_gemv.py --sweep): the codes by warp shuffle with the
+# split activation layout, best times summing to 115 us over the eight shapes, against 140 for a
+# lookup per nibble from the 16 codes in shared memory, 198 for the 256-entry pair table (fewer
+# instructions per byte than "shared" but bank conflicts) and 212 for the pair table with int32
+# activation words.
+_GATHER = {"4bit": "shuffle", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
            "rows": "auto", "int8_list": "end"}
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
@@ -46,9 +51,9 @@ def _choose(key: str, mode: str) -> None:
 
 def fourbit_gather() -> str:
     """How the 4-bit kernel looks its codes up: "bytes" (a 256-entry pair table, tl.gather),
-    "shared" (the 16 codes, tl.gather per nibble), "shuffle" (each lane holds one fp32 code and a
-    nibble names the lane a warp shuffle reads: exact codes, no shared memory; compiled only, the
-    interpreter takes "shared"; untimed), "global" (the 16 codes from L1) or "registers"
+    "shuffle" (the default: each lane holds one fp32 code and a nibble names the lane a warp
+    shuffle reads: exact codes, no shared memory; compiled only, the interpreter takes "shared"),
+    "shared" (the 16 codes, tl.gather per nibble), "global" (the 16 codes from L1) or "registers"
     (byte permutes, nibbles.py; with bitsandbytes' numerics and 16-bit activations only, else
     "shared"; on an H100 as fast as "shared" with the same numerics, and its results equal
     gemv_4bit's)."""
