@@ -33,7 +33,8 @@ POINTERS = {
              "res_ptr": "*fp16", "out_ptr": "*fp16", "q_ptr": "*i8", "stat_ptr": "*fp32", "idx_ptr": "*i32",
              "val_ptr": "*fp32", "count_ptr": "*i32"},
     "rows": {"x_ptr": "*fp16", "nw_ptr": "*fp16", "out_ptr": "*fp16"},
-    "attention": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "mask_ptr": "*u8", "out_ptr": "*fp16"},
+    "attention": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "mask_ptr": "*u8", "out_ptr": "*fp16",
+                  "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"},
     "rope": {"q_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16", "cos_ptr": "*fp16", "sin_ptr": "*fp16",
              "keys_ptr": "*fp16", "values_ptr": "*fp16", "length_ptr": "*i64", "out_ptr": "*fp16"},
 }
@@ -86,8 +87,9 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
     for pro, block, warps in ((2, 4096, 8), (1, 16384, 16)):
         out.append((f"prepared row pro={pro}, {block} columns per step", "rows", prologue._prepare_rows_kernel,
                     {"PRO": pro, "BLOCK": block}, warps))
-    out.append(("decode attention", "attention", attention._decode_attention,
-                {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256}, 4))
+    for parts in (1, 4):  # the cache in one part, or split with the parts combined by the last one in
+        out.append((f"decode attention, {parts} part(s)", "attention", attention._decode_attention,
+                    {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256, "PARTS_P2": parts}, 4))
     for pdl, label in ((1, "dependent launch"), (2, "dependent launch + L2 prefetch")):  # overlap.py
         out.append((f"4bit split shared pro=2, {label}", "4bit", fourbit._fourbit_kernel,
                     {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2, "RES": True,

@@ -429,6 +429,82 @@ def test_decode_attention_matches_sdpa_on_a_masked_cache():
     assert _ulps(out, ref) <= 1.0  # fp32 softmax and sums, one rounding to fp16
 
 
+def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters():
+    """A cache long enough to split: parts run as programs of their own and the last one in
+    combines them; a part with nothing attended weighs nothing; a second step (as a graph
+    replay would run it) gives the same result bit for bit and leaves the counters at zero."""
+    import types
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from quantbench.kernels import attention
+    from quantbench.kernels.config import set_attention_parts
+
+    torch.manual_seed(6)
+    batch, heads, kv_heads, length, dim = 2, 4, 2, 300, 32
+    parts, chunk = attention.parts_for(batch, heads, length)
+    assert parts == 3 and chunk == 128
+    q = torch.randn(batch, heads, 1, dim, dtype=torch.float16)
+    k, v = (torch.randn(batch, kv_heads, length, dim, dtype=torch.float16) for _ in range(2))
+    mask = torch.zeros(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., :140] = True  # the last part attends nothing
+    mask[1, ..., 100:290] = True
+    mask[1, ..., 120:200] = False  # the middle part attends nothing, the others in pieces
+    module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
+    ref, _ = sdpa_attention_forward(module, q.double(), k.double(), v.double(), mask, scaling=dim**-0.5)
+    first = attention.decode_attention(q, k, v, mask, dim**-0.5)
+    again = attention.decode_attention(q, k, v, mask, dim**-0.5)
+    assert _ulps(first, ref) <= 1.0
+    assert torch.equal(first, again)
+    assert not attention._counters(q.device).any()
+    set_attention_parts("one")  # one program per head walks the whole cache
+    try:
+        assert attention.parts_for(batch, heads, length) == (1, length)
+        assert _ulps(attention.decode_attention(q, k, v, mask, dim**-0.5), ref) <= 1.0
+    finally:
+        set_attention_parts("auto")
+
+
+def test_decode_attention_parts_compile_to_a_release_and_an_acquire():
+    """sm_90 code of the split kernel: every thread's stores, a block barrier, then one
+    acquire-release atomic; the combine reads the parts past L1 and resets the counter. The
+    unsplit kernel has no atomic at all."""
+    pytest.importorskip("triton.backends.nvidia")
+    import subprocess
+    import sys
+
+    script = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from quantbench.kernels import attention
+kernel = attention._decode_attention
+pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
+for parts in (1, 4):
+    constexprs = {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64, "PARTS_P2": parts, "PDL": 1}
+    signature = {a: "constexpr" if a in constexprs else pointers.get(a, "*fp16") if a.endswith("_ptr")
+                 else "fp32" if a == "scale" else "i32" for a in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    print("//// " + str(parts))
+    print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ptx = dict(part.split("\n", 1) for part in done.stdout.split("//// ")[1:])
+    assert "atom" not in ptx["1"]
+    split = ptx["4"]
+    atomics = [line.strip() for line in split.splitlines() if line.strip().startswith(("atom", "@"))
+               and "atom." in line]
+    assert len(atomics) == 2, atomics
+    arrive, reset = atomics
+    assert ".acq_rel" in arrive and ".gpu" in arrive and ".add" in arrive
+    assert ".exch" in reset
+    at = split.index(arrive)
+    assert split.rfind("bar.sync", 0, at) > split.rfind("st.global", 0, at)  # stores, barrier, release
+    assert "ld.global.cg" in split[at:] and "ld.global.cg" not in split[:at]
+
+
 def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypatch):
     """Real SmolLM2 (two blocks) on transformers' StaticCache, as the fast engine steps it: the
     installed attention serves each layer's decode call and the logits stay SDPA's."""

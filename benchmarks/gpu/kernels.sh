@@ -24,6 +24,9 @@
 #                 dot against after it (config.int8_list_gather): decode, then the GEMVs alone
 #   shuffle       the 4-bit codes looked up by warp shuffles against the shared-memory table:
 #                 the GEMVs alone (both models, nf4 and nf4-dq), then decode (MODEL as in rows)
+#   attention     the decode attention with its cache in parts against one part and SDPA (both
+#                 models' shapes, cache lengths 192-4096), then nf4 decode at prompt 128 and 2048
+#                 with and without the parts (MODEL as in rows)
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
 # in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
 # Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
@@ -91,6 +94,14 @@ case "$stage" in
       model=tinyllama-1.1b-arch extra=(); fi
     decode "$model" nf4,nf4-dq quantbench,quantbench+shuffle "${MODEL:-tinyllama}_shuffle" "${LIMIT:-60}" \
       "${extra[@]}" ;;
+  attention)
+    timeout 120 python3 benchmarks/kernels_attention.py --out "$OUT/attention" 2>&1 | grep -v '^{' >> "$log"
+    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4); else
+      model=tinyllama-1.1b-arch extra=(); fi
+    for prompt in 128 2048; do
+      decode "$model" nf4 quantbench,quantbench+onepart "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
+        --prompt-len "$prompt" "${extra[@]}"
+    done ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;

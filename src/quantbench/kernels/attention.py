@@ -2,12 +2,19 @@
 
 transformers' SDPA path for a decode step over a StaticCache goes through torch's SDPA with a
 boolean [batch, 1, 1, cache length] mask (positions not yet written are masked); this kernel
-computes the same softmax(q k^T * scale) v in one launch per layer: one program per (row, query
-head), the grouped-query head's keys and values read straight from the cache, only between the
-first and last attended positions (unwritten slots of a long static cache are never read), fp32
-scores and an online softmax (a running max and sum), the output rounded once to the activation
-dtype. SDPA's fused kernels round the probabilities to fp16 before multiplying by v; this one
-keeps them in fp32, so results differ from SDPA's by rounding.
+computes the same softmax(q k^T * scale) v in one launch per layer: the grouped-query head's keys
+and values read straight from the cache, only between the first and last attended positions of
+each program's part (unwritten slots of a long static cache are never read), fp32 scores and an
+online softmax (a running max and sum), the output rounded once to the activation dtype. SDPA's
+fused kernels round the probabilities to fp16 before multiplying by v; this one keeps them in
+fp32, so results differ from SDPA's by rounding.
+
+The cache positions are split into parts (flash-decoding): one program per (row, query head,
+part), so that a step has programs enough to keep the GPU busy and none walks a long cache
+alone. Each program leaves its part's max, sum and weighted values in a scratch buffer and
+counts itself in at a per-(row, head) counter; the last one in combines the parts in part order
+(the same order whichever program comes last: deterministic) and resets the counter for the next
+step, so a CUDA graph replays it as it is. A cache too short to split runs one part, as before.
 
 It is an attention implementation of transformers' registry ("quantbench_sdpa"): install()
 points a model's config at it, and it hands every call it does not serve (prefill, no or
@@ -22,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from quantbench.kernels.config import SMS, attention_parts
 from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, wait_for_inputs
 
 NAME = "quantbench_sdpa"
@@ -29,22 +37,27 @@ HEAD_DIMS = (32, 64, 128, 256)  # the head sizes the kernel serves (others go to
 
 
 @triton.jit
-def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, L, scale, sq_b, sq_h, sk_b, sk_h, sk_l,
-                      sv_b, sv_h, sv_l, sm_b, so_b, so_h, GROUP: tl.constexpr, D: tl.constexpr,
-                      BLOCK_L: tl.constexpr, SCAN: tl.constexpr, PDL: tl.constexpr = 0):
+def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr, sum_ptr, count_ptr, L, CHUNK,
+                      PARTS, scale, sq_b, sq_h, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sm_b, so_b, so_h,
+                      GROUP: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr, SCAN: tl.constexpr,
+                      PARTS_P2: tl.constexpr = 1, PDL: tl.constexpr = 0):
     wait_for_inputs(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
+    part = tl.program_id(2)
     kv = h // GROUP
     d = tl.arange(0, D)
     q = tl.load(q_ptr + b * sq_b + h * sq_h + d).to(tl.float32) * scale
-    # The span of attended positions first (one pass over the mask bytes), so the loop below reads
-    # no unwritten cache slots and its loads do not wait on the mask: they overlap across steps.
+    # The span of attended positions in this part first (one pass over its mask bytes), so the
+    # loop below reads no unwritten cache slots and its loads do not wait on the mask: they
+    # overlap across steps.
+    start = part * CHUNK
+    end = tl.minimum(start + CHUNK, L)
     first = tl.full([SCAN], L, tl.int32)
     last = tl.full([SCAN], -1, tl.int32)
-    for l0 in range(0, L, SCAN):
+    for l0 in range(start, end, SCAN):
         pos = l0 + tl.arange(0, SCAN)
-        ok = tl.load(mask_ptr + b * sm_b + pos, mask=pos < L, other=0) != 0
+        ok = tl.load(mask_ptr + b * sm_b + pos, mask=pos < end, other=0) != 0
         first = tl.minimum(first, tl.where(ok, pos, L))
         last = tl.maximum(last, tl.where(ok, pos, -1))
     lo = tl.min(first, axis=0)
@@ -52,9 +65,9 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, L, scale, sq_b, sq
     m_i = tl.max(tl.full([BLOCK_L], float("-inf"), tl.float32), axis=0)
     l_i = tl.sum(tl.zeros([BLOCK_L], tl.float32), axis=0)
     acc = tl.zeros([D], dtype=tl.float32)
-    for l0 in range(0, hi, BLOCK_L):
+    for l0 in range(lo, hi, BLOCK_L):
         pos = l0 + tl.arange(0, BLOCK_L)
-        span = (pos >= lo) & (pos < hi)
+        span = pos < hi
         ok = (tl.load(mask_ptr + b * sm_b + pos, mask=span, other=0) != 0) & span
         k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=span[:, None], other=0.0)
         s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
@@ -67,7 +80,53 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, L, scale, sq_b, sq
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         m_i = m_new
-    tl.store(out_ptr + b * so_b + h * so_h + d, (acc / l_i).to(out_ptr.dtype.element_ty))
+    if PARTS_P2 == 1:
+        tl.store(out_ptr + b * so_b + h * so_h + d, (acc / l_i).to(out_ptr.dtype.element_ty))
+    else:
+        head = b * tl.num_programs(1) + h
+        at = head * PARTS + part
+        tl.store(max_ptr + at, m_i)
+        tl.store(sum_ptr + at, l_i)
+        tl.store(part_ptr + at * D + d, acc)
+        tl.debug_barrier()  # every thread's stores before the release below
+        arrived = tl.atomic_add(count_ptr + head, 1, sem="acq_rel", scope="gpu")
+        if arrived == PARTS - 1:  # the last part in: all the others' stores are visible
+            j = tl.arange(0, PARTS_P2)
+            have = j < PARTS
+            maxes = tl.load(max_ptr + head * PARTS + j, mask=have, other=float("-inf"), cache_modifier=".cg")
+            sums = tl.load(sum_ptr + head * PARTS + j, mask=have, other=0.0, cache_modifier=".cg")
+            parts = tl.load(part_ptr + (head * PARTS + j)[:, None] * D + d[None, :], mask=have[:, None], other=0.0,
+                            cache_modifier=".cg")
+            top = tl.max(maxes, axis=0)
+            weight = tl.where(maxes > float("-inf"), tl.exp(maxes - top), 0.0)  # a part with nothing attended: 0
+            total = tl.sum(weight[:, None] * parts, axis=0)
+            tl.store(out_ptr + b * so_b + h * so_h + d, (total / tl.sum(weight * sums, axis=0)).to(
+                out_ptr.dtype.element_ty))
+            tl.atomic_xchg(count_ptr + head, 0, sem="relaxed", scope="gpu")  # ready for the next step
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+COUNTER_SLOTS = 1 << 16  # (row, head) pairs a launch may split; a larger launch runs one part
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    """The arrival counters of a device, zeros, allocated once and kept: a captured graph holds
+    their address, and each launch leaves them at zero."""
+    if device not in _COUNTERS:
+        _COUNTERS[device] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
+    return _COUNTERS[device]
+
+
+def parts_for(batch: int, heads: int, length: int, block: int = 64) -> tuple[int, int]:
+    """(parts, positions per part) of a cache of `length`: enough programs to fill the SMs about
+    twice over, each part whole steps of the kernel's loop (`block` positions); one part where
+    config.attention_parts says so."""
+    want = max(1, -(-2 * SMS // (batch * heads)))
+    parts = max(1, min(want, length // block))
+    if parts == 1 or batch * heads > COUNTER_SLOTS or attention_parts() == "one":
+        return 1, length
+    chunk = triton.cdiv(triton.cdiv(length, parts), block) * block
+    return triton.cdiv(length, chunk), chunk
 
 
 def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
@@ -81,12 +140,21 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     mask2 = mask2.view(torch.uint8) if mask2.dtype == torch.bool else mask2
     if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
         raise ValueError("decode_attention needs the last dimension contiguous")
+    parts, chunk = parts_for(batch, heads, length)
+    if parts > 1:
+        n = batch * heads * parts
+        scratch = torch.empty(n * (dim + 2), dtype=torch.float32, device=query.device)
+        acc, maxes, sums = scratch[: n * dim], scratch[n * dim : n * (dim + 1)], scratch[n * (dim + 1) :]
+        counters = _counters(query.device)
+    else:
+        acc = maxes = sums = counters = out  # placeholders, never touched
     pdl = min(mode_for(query.device, "attention"), LAUNCH)  # the cache was just written: nothing to fetch
-    _decode_attention[(batch, heads)](
-        query, key, value, mask2, out, length, float(scale), query.stride(0), query.stride(1),
-        key.stride(0), key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
-        mask2.stride(0), out.stride(0), out.stride(2), GROUP=heads // key.shape[1], D=dim, BLOCK_L=64,
-        SCAN=min(1024, triton.next_power_of_2(length)), PDL=pdl, num_warps=4, **launch_options(pdl))
+    _decode_attention[(batch, heads, parts)](
+        query, key, value, mask2, out, acc, maxes, sums, counters, length, chunk, parts, float(scale),
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2), value.stride(0),
+        value.stride(1), value.stride(2), mask2.stride(0), out.stride(0), out.stride(2), GROUP=heads // key.shape[1],
+        D=dim, BLOCK_L=64, SCAN=min(1024, triton.next_power_of_2(chunk)), PARTS_P2=triton.next_power_of_2(parts),
+        PDL=pdl, num_warps=4, **launch_options(pdl))
     return out
 
 

@@ -37,10 +37,10 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # instructions per byte than "shared" but bank conflicts) and 212 for the pair table with int32
 # activation words.
 _GATHER = {"4bit": "shuffle", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
-           "rows": "auto", "int8_list": "end"}
+           "rows": "auto", "int8_list": "end", "attention_parts": "auto"}
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
-            "rows": ("auto", "inline", "once"), "int8_list": ("end", "early")}
+            "rows": ("auto", "inline", "once"), "int8_list": ("end", "early"), "attention_parts": ("auto", "one")}
 
 
 def _choose(key: str, mode: str) -> None:
@@ -127,6 +127,18 @@ def set_int8_list_gather(mode: str) -> None:
     _choose("int8_list", mode)
 
 
+def attention_parts() -> str:
+    """How the decode attention spreads a cache over programs: "auto" (the default: in parts of
+    whole 64-position steps, enough for about two programs per SM, combined by the last part in;
+    attention.parts_for) or "one" (one program per row and query head walks the whole cache, as
+    before the split). Untimed."""
+    return _GATHER["attention_parts"]
+
+
+def set_attention_parts(mode: str) -> None:
+    _choose("attention_parts", mode)
+
+
 def row_prologue() -> str:
     """Where a GEMV's per-row work happens: "inline" (every program redoes it: the RMSNorm's sum
     of squares, silu(gate) * up, and for LLM.int8 the activation's absmax, quantization and
@@ -158,12 +170,13 @@ def modes() -> dict[str, str]:
     """The kernels' modes as set now (a result records them beside its numbers)."""
     return {"4bit_lookup": fourbit_gather(), "4bit_numerics": fourbit_numerics(),
             "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap(),
-            "row_prologue": row_prologue(), "int8_list_gather": int8_list_gather()}
+            "row_prologue": row_prologue(), "int8_list_gather": int8_list_gather(),
+            "attention_parts": attention_parts()}
 
 
 _MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
               "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows",
-              "int8_list_gather": "int8_list"}
+              "int8_list_gather": "int8_list", "attention_parts": "attention_parts"}
 
 
 def set_modes(chosen: dict[str, str]) -> None:
