@@ -92,6 +92,37 @@ def test_bits_per_weight_agree_with_precision_table(name):
     weight_bytes = result.weights_bytes - 2 * result.full_precision_parameters
     bits = 8 * weight_bytes / result.quantized_parameters
     assert abs(bits - precision.weight_bits) / precision.weight_bits < 0.01
+    # what `estimate` prints: the same, over the linears it quantizes (lm_head is left alone)
+    assert abs(result.bits_per_weight - precision.weight_bits) / precision.weight_bits < 0.01
+
+
+@pytest.mark.parametrize("precision", ["gptq-4bit", "awq-4bit"])
+def test_calibrated_rows_run_with_dense_weights_as_estimated(small_smollm2, precision):
+    """transformers expands compressed-tensors' packed int4 to dense weights on the first
+    forward: the estimate's run-time weights (and so its peak) are that, not the packed size."""
+    pytest.importorskip("llmcompressor")
+    from quantbench.inspect import inspect_model
+
+    loaded = quantbench.load(small_smollm2, precision, device="cpu", **SHORT_CALIBRATION)
+    result, dense = estimate(small_smollm2, [precision, "fp32"], CPU).precisions
+    assert _close(result.weights_bytes, loaded.inspection.footprint_bytes)
+    with torch.no_grad():
+        loaded.model(torch.tensor([[1, 2, 3]]))
+    running = inspect_model(loaded.model).footprint_bytes
+    assert running > 1.15 * loaded.inspection.footprint_bytes  # it did expand
+    assert _close(result.run_weights_bytes, running)
+    assert result.run_weights_bytes == dense.weights_bytes
+    assert result.peak_inference_bytes == dense.peak_inference_bytes
+
+
+def test_torchao_int4_keeps_linears_its_groups_do_not_divide():
+    """SmolLM2's 576-wide linears stay in bf16 under torchao int4 (group 128), as torchao leaves
+    them; only down_proj (1536 inputs) is int4: 30 of 210, as inspect found on the H100."""
+    result, bf16 = estimate("smollm2-135m", ["torchao-int4", "bf16"]).precisions
+    assert result.quantized_linears == 30
+    measured = 223.9 * 2**20  # its weights on the H100 (benchmarks/results/h100/calibrated/)
+    assert _close(result.weights_bytes, measured)
+    assert 0.8 < result.weights_bytes / bf16.weights_bytes < 0.9
 
 
 def test_kv_cache_matches_transformers_cache(small_smollm2):

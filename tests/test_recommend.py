@@ -98,3 +98,19 @@ def test_every_precision_row_is_estimated_and_ranked():
     assert rec.winner in ("fp32", "fp16", "bf16")
     worst = max(_tier(n) for n in ranked)
     assert {n for n in ranked if _tier(n) == worst} == {"hqq-3bit"}
+
+
+def test_a_row_expanded_at_run_time_is_not_picked_for_its_packed_size():
+    """gptq-4bit loads packed but runs dense: a budget its packed size fits but the dense model
+    does not must not pick it."""
+    settings = EstimateSettings(seq_len=1024)
+    rows = {p.precision: p for p in estimate("smollm2-135m", ["gptq-4bit", "bf16", "nf4"], settings).precisions}
+    gptq = rows["gptq-4bit"]
+    assert gptq.inference_total_bytes == rows["bf16"].inference_total_bytes > rows["nf4"].inference_total_bytes
+    packed_total = gptq.inference_total_bytes - gptq.run_weights_bytes + gptq.weights_bytes
+    budget = (packed_total + gptq.inference_total_bytes) // 2
+    rec = recommend("smollm2-135m", budget, "50%", settings=settings)
+    verdicts = {c.precision: c.verdict for c in rec.candidates}
+    assert verdicts["gptq-4bit"].startswith("does not fit") and verdicts["awq-4bit"].startswith("does not fit")
+    assert not verdicts["nf4"].startswith("does not fit")
+

@@ -64,12 +64,16 @@ def tables(result: object) -> list[Table]:
     title = (f"{result.model}: {arch.model_type}, {arch.parameters:,} parameters, "
              f"batch {s.batch_size} x {s.seq_len} tokens, compute {result.compute_dtype} (GiB)")
     main = Table(title=title)
-    for col in ("precision", "quantized params", "kept params", "weights", "of which constants",
+    for col in ("precision", "quantized params", "kept params", "bits/weight", "weights", "of which constants",
                 "KV cache", "activations", "peak inference", "+ context"):
         main.add_column(col, justify="right")
     for p in result.precisions:
-        main.add_row(p.precision, f"{p.quantized_parameters:,}", f"{p.full_precision_parameters:,}",
-                     _g(p.weights_bytes), _g(p.quant_constants_bytes), _g(p.kv_cache_bytes),
+        weights = _g(p.weights_bytes)
+        if p.run_weights_bytes > p.weights_bytes:
+            weights += f" ({_g(p.run_weights_bytes)} running)"
+        bits = "-" if p.bits_per_weight is None else f"{p.bits_per_weight:.3g}"
+        main.add_row(p.precision, f"{p.quantized_parameters:,}", f"{p.full_precision_parameters:,}", bits,
+                     weights, _g(p.quant_constants_bytes), _g(p.kv_cache_bytes),
                      _g(p.activations_bytes), _g(p.peak_inference_bytes),
                      _g(p.inference_total_bytes))
     out = [main]

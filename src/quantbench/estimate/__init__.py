@@ -82,7 +82,7 @@ def estimate_precision(skeleton: Skeleton, precision: Precision, settings: Estim
     context = settings.context_bytes
     if context is None:
         context = CUDA_CONTEXT_BYTES if settings.device.startswith("cuda") else 0
-    peak = w["weights_bytes"] + kv + acts
+    peak = max(w["weights_bytes"], w["run_weights_bytes"]) + kv + acts
     result = PrecisionEstimate(
         precision=precision.name, parameters=arch.parameters, **w, kv_cache_bytes=kv,
         activations_bytes=acts, context_bytes=context, peak_inference_bytes=peak,
@@ -123,17 +123,22 @@ def estimate(model: str, precisions: list[str] | str | None = None,
     return Estimate(
         model=model, architecture=skeleton.arch, settings=settings,
         compute_dtype=str(compute_dtype).removeprefix("torch."), precisions=results,
-        notes=_notes(skeleton.arch, settings, results),
+        notes=_notes(skeleton.arch, settings, results, compute_dtype),
     )
 
 
-def _notes(arch: Architecture, settings: EstimateSettings,
-           results: list[PrecisionEstimate]) -> list[str]:
+def _notes(arch: Architecture, settings: EstimateSettings, results: list[PrecisionEstimate],
+           compute_dtype: torch.dtype) -> list[str]:
     notes = []
     if settings.device.startswith("cuda"):
         context = results[0].context_bytes if results else CUDA_CONTEXT_BYTES
         notes.append(f"inference totals include {context // MIB} MiB for the CUDA context, which "
                      "torch.cuda.max_memory_allocated does not report")
+    expanded = [r.precision for r in results if r.run_weights_bytes > r.weights_bytes]
+    if expanded:
+        notes.append(f"{', '.join(expanded)}: transformers expands the packed weights to dense "
+                     f"{str(compute_dtype).removeprefix('torch.')} on the first forward, so the peak "
+                     "counts the unquantized model's weights (int4 kernels: vLLM)")
     if arch.tied_embeddings:
         notes.append("input and output embeddings are tied: counted once")
     if settings.train and settings.train != "full":

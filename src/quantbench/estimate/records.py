@@ -60,10 +60,12 @@ class PrecisionEstimate:
     quantized_linears: int
     weights_bytes: int  # everything loading allocates, constants included
     quant_constants_bytes: int
+    run_weights_bytes: int  # weights while running: more than weights_bytes where a row is expanded
+    bits_per_weight: float | None  # of the linears a quantizing row quantizes, constants included
     kv_cache_bytes: int
     activations_bytes: int
     context_bytes: int
-    peak_inference_bytes: int  # weights + KV + activations: comparable to max_memory_allocated
+    peak_inference_bytes: int  # run-time weights + KV + activations: comparable to max_memory_allocated
     inference_total_bytes: int  # + context: what the GPU must hold
     training: TrainingEstimate | None = None
     training_note: str | None = None
