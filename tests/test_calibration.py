@@ -108,6 +108,28 @@ def test_saved_checkpoint_is_measured_as_saved(calibrated):
         assert torch.allclose(saved.model(ids).logits, row.model(ids).logits, atol=1e-4)
 
 
+def test_as_saved_quality_is_judged_against_the_reference_model(calibrated, cli, tmp_path):
+    """A pre-quantized checkpoint has no unquantized weights of its own: --reference-model names
+    the original, whose fp32 row is the reference; without it the reference would be the
+    checkpoint itself (ratio 1)."""
+    import json
+
+    folder = calibrated("awq-4bit").model.name_or_path
+    results = tmp_path / "as-saved.jsonl"
+    code, _, err = cli("run", folder, "-p", "as-saved", "--reference-model", MODEL, "--no-latency",
+                       "--max-ppl-tokens", "256", "--ppl-context", "128", "--ppl-stride", "64", "-o", str(results))
+    assert code == 0, err
+    rows = {row["spec"]["precision"]: row for row in map(json.loads, results.read_text().splitlines())}
+    assert rows["fp32"]["spec"]["model"] == MODEL and rows["as-saved"]["spec"]["model"] == folder
+    metrics = rows["as-saved"]["metrics"]
+    assert 1.02 < metrics["ppl_ratio"] < MAX_PPL_RATIO["awq-4bit"] and 0 < metrics["kl_mean"] < 1
+
+
+def test_reference_model_must_exist(cli, tmp_path):
+    code, _, err = cli("run", MODEL, "-p", "fp32", "--reference-model", str(tmp_path / "nowhere"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nowhere" in err
+
+
 def test_as_saved_refuses_an_unquantized_model(cli):
     code, _, err = cli("inspect", MODEL, "-p", "as-saved")
     assert code == 2 and "no quantization_config" in err

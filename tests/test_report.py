@@ -81,6 +81,18 @@ def test_summary_is_one_row_per_config_with_spread_and_varying_settings():
     assert len(table.rows) == 6
 
 
+def test_calibrated_rows_show_their_calibration_cost():
+    """A calibrated row's time and peak (GPU allocator, or RSS on the CPU) get a column; a table
+    without calibrated rows has none."""
+    results = sample_results()[:3]
+    assert "calibration" not in summary(results).headers
+    gpu = measured("gptq-4bit", 108, 14.0, 40.0, calibration_seconds=10.7, calibration_peak_bytes=88 * MIB)
+    cpu = measured("awq-4bit", 108, 13.0, 40.0, calibration_seconds=679.0, calibration_peak_rss_bytes=1830 * MIB)
+    table = summary([*results, gpu, cpu])
+    column = table.headers.index("calibration")
+    assert [row.cells[column] for row in table.rows] == ["-", "-", "-", "10.7 s, 88.0 MiB", "679 s, 1.79 GiB"]
+
+
 def test_random_weights_never_show_quality_and_are_marked():
     results = sample_results()
     table = summary(results)

@@ -57,6 +57,7 @@ class Workload:
     kernels: str = "quantbench"  # the fast engine's decode GEMVs on CUDA: quantbench | bnb
     latency: bool = True
     quality: bool = True
+    reference_model: str | None = None  # quality judged against this model (default: MODEL itself)
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> Workload:
@@ -68,8 +69,13 @@ class Workload:
         return cls(**{**light, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """As a RunSpec stores it: JSON types (lists, not tuples), so resume keys are stable."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """As a RunSpec stores it: JSON types (lists, not tuples), so resume keys are stable; a
+        reference model left at its default is left out, so the keys of results measured before
+        the option existed stay what they were."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if out["reference_model"] is None:
+            del out["reference_model"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Workload:

@@ -52,15 +52,19 @@ def build_specs(model: str, precisions: list[str], workload: Workload, options: 
 
     specs = [spec(name, adapter) for name in names]
     if workload.quality:  # the base model, never an adapter, is what quality is judged against
-        reference = spec(reference_precision(device), None)
+        reference = replace(spec(reference_precision(device), None), model=workload.reference_model or model)
         specs = [reference] + [s for s in specs if s != reference]
     return specs
+
+
+def _reference_model(spec: RunSpec) -> str:
+    return spec.workload.get("reference_model") or spec.model
 
 
 def reference_file(spec: RunSpec, results_path: Path) -> Path:
     """Where the reference's log-probs live: keyed by everything that shapes them."""
     work = spec.workload
-    keyed = [spec.model, spec.options.get("trust_remote_code"), work.get("text_file"),
+    keyed = [_reference_model(spec), spec.options.get("trust_remote_code"), work.get("text_file"),
              work.get("dataset"), work.get("ppl_context"), work.get("ppl_stride"),
              work.get("ppl_max_tokens"), work.get("kl", "sampled"), work.get("ppl_protocol", "sliding")]
     digest = hashlib.sha1(json.dumps(keyed, default=str).encode()).hexdigest()[:12]
@@ -70,7 +74,7 @@ def reference_file(spec: RunSpec, results_path: Path) -> Path:
 def _job(spec: RunSpec, reference_name: str, results_path: Path) -> Job:
     quality_on = spec.workload.get("quality", True)
     ref_file = reference_file(spec, results_path)
-    is_reference = spec.precision == reference_name and spec.adapter is None
+    is_reference = spec.precision == reference_name and spec.adapter is None and spec.model == _reference_model(spec)
     return Job(
         spec=spec,
         save_reference=str(ref_file) if quality_on and is_reference else None,

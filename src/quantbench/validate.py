@@ -259,6 +259,20 @@ def calibration_text(names: Iterable[str], options: Any, tokenizer_folder: str |
                       options.calibration_file or "the shipped calibration text")
 
 
+def same_tokenizer(model_source: str, reference_source: str, reference_name: str) -> None:
+    """KL and top-1 compare the two models token by token: their tokenizers must cut the text
+    alike and their vocabularies be the same size (checked on the held-out passage's start)."""
+    from quantbench.measure.texts import HELDOUT
+
+    mine, theirs = _folder_tokenizer(model_source), _folder_tokenizer(reference_source)
+    if mine is None or theirs is None:
+        return  # Hub ids or random-weight folders: the workers' reference check still applies
+    sample = HELDOUT.read_text(encoding="utf-8")[:2000]
+    if len(mine) != len(theirs) or mine(sample)["input_ids"] != theirs(sample)["input_ids"]:
+        raise QuantbenchError(f"--reference-model '{reference_name}' tokenizes differently from the model "
+                              "measured; quality can only be compared over the same tokens")
+
+
 def _folder_tokenizer(folder: str | None) -> Any:
     """The model folder's own tokenizer, or None where it has none (random-weight folders)."""
     if not folder or not any(Path(folder).glob("tokenizer*")):

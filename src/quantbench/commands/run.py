@@ -42,6 +42,9 @@ def run_command(
     latency: bool = typer.Option(True, "--latency/--no-latency"),
     quality: bool = typer.Option(True, "--quality/--no-quality"),
     adapter: str = typer.Option(None, help="LoRA adapter folder to load onto every precision"),
+    reference_model: str = typer.Option(None, help="judge quality against this model in the reference "
+                                                   "precision (a pre-quantized MODEL's unquantized original; "
+                                                   "same tokenizer) [default: MODEL]"),
     compute_dtype: str = opt.COMPUTE_DTYPE,
     skip_modules: str = opt.SKIP_MODULES,
     int8_threshold: float = opt.INT8_THRESHOLD,
@@ -88,6 +91,9 @@ def run_command(
     device = default_device()
     validate.runnable_here(names, device)
     ref = resolve(model)  # one line for a model that cannot be had; aliases materialise once
+    if reference_model:
+        validate.model_name(reference_model)
+        validate.same_tokenizer(ref.source, resolve(reference_model).source, reference_model)
     _check_quality_text(ref, text_file, dataset, quality)
     validate.calibration_text(names, options, ref.source)
     workload = Workload.for_device(
@@ -95,7 +101,7 @@ def run_command(
         repeats=repeats, warmup=warmup, engine=engine, kernels=opt.kernels_choice(kernels),
         ppl_context=ppl_context, ppl_stride=ppl_stride, ppl_protocol=ppl_protocol, kl=kl,
         text_file=str(text_file) if text_file else None, dataset=dataset,
-        latency=latency, quality=quality,
+        latency=latency, quality=quality, reference_model=reference_model,
     )
     console = Console(stderr=True)
     try:

@@ -149,6 +149,15 @@ def _bandwidth_share(result: Result) -> str:
     return f"{share:.0f}%" if share >= 10 else f"{share:.2g}%"  # eager decode sits far below 1%
 
 
+def _calibration(result: Result) -> str:
+    """Calibration time and peak memory of a calibrated row (GPU allocator or CPU RSS)."""
+    seconds = metric(result, "calibration_seconds")
+    if seconds is None:
+        return MISSING
+    peak = metric(result, "calibration_peak_bytes") or metric(result, "calibration_peak_rss_bytes")
+    return f"{seconds:.3g} s, {fmt_bytes(peak)}"
+
+
 def _columns(results: list[Result]) -> list[tuple[str, Cell]]:
     """Summary columns; the widest batch and longest prompt stand for the rest."""
     batches, lengths = suffixes(results, "peak_generate_bytes"), suffixes(results, "prefill_ms")
@@ -174,6 +183,7 @@ def _columns(results: list[Result]) -> list[tuple[str, Cell]]:
         ("KL mean", _quality("kl_mean", ".3g")),
         ("KL p99", _quality("kl_p99", ".3g")),
         ("top-1", _quality("top1_agreement", ".3f")),
+        ("calibration", _calibration),
     ]
     return columns
 
