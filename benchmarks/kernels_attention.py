@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import types
-from pathlib import Path
 
-from kernels_gemv import graph_us
+from kernels_gemv import graph_us, new_report
 
 SHAPES = {"tinyllama": (32, 4, 64), "llama7b": (32, 32, 128)}  # query heads, key/value heads, head size
 
@@ -79,14 +78,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from quantbench.measure.memory import copy_bandwidth_bytes_per_s
-    from quantbench.results import library_versions, now_iso
-
-    torch.manual_seed(0)
-    report = {"device": torch.cuda.get_device_name(), "timestamp": now_iso(), "versions": library_versions(),
-              "copy_bandwidth_bytes_per_s": copy_bandwidth_bytes_per_s("cuda"), "rows": []}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    report, out = new_report(args.out)
     with torch.no_grad():
         for model in args.models.split(","):
             for batch in map(int, args.batches.split(",")):

@@ -243,6 +243,22 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
     return row
 
 
+def new_report(folder: str) -> tuple[dict, Path]:
+    """The header every kernel benchmark's JSON starts with (device, date, versions, copy
+    bandwidth; rows to come), and its output folder, made."""
+    import torch
+
+    from quantbench.measure.memory import copy_bandwidth_bytes_per_s
+    from quantbench.results import library_versions, now_iso
+
+    torch.manual_seed(0)
+    report = {"device": torch.cuda.get_device_name(), "timestamp": now_iso(), "versions": library_versions(),
+              "copy_bandwidth_bytes_per_s": copy_bandwidth_bytes_per_s("cuda"), "rows": []}
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    return report, out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="kernels-out")
@@ -257,16 +273,7 @@ def main() -> None:
         if unknown := set(wanted) - {gather for gather, _ in GATHERS["4bit"]}:
             raise SystemExit(f"unknown 4-bit lookup(s): {', '.join(sorted(unknown))}")
         GATHERS["4bit"] = tuple(g for g in GATHERS["4bit"] if g[0] in wanted)
-    import torch
-
-    from quantbench.measure.memory import copy_bandwidth_bytes_per_s
-    from quantbench.results import library_versions, now_iso
-
-    torch.manual_seed(0)
-    report = {"device": torch.cuda.get_device_name(), "timestamp": now_iso(), "versions": library_versions(),
-              "copy_bandwidth_bytes_per_s": copy_bandwidth_bytes_per_s("cuda"), "rows": []}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    report, out = new_report(args.out)
     for model in args.models.split(","):
         for fmt in args.formats.split(","):
             for name, (n, k) in SHAPES[model].items():
