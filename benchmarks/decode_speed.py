@@ -36,8 +36,8 @@ VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> p
 # register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py),
 # "+once" each GEMV's row work (norm, silu * up, LLM.int8's quantization) in a kernel before it,
 # "+early" LLM.int8's outlier list gathered before its int8 dot, "+shuffle" / "+shared" the 4-bit
-# codes looked up by warp shuffles (the default) or from shared memory, "+onepart" the decode
-# attention walking the whole cache in one program per head (no split into parts).
+# codes looked up by warp shuffles (the default) or from shared memory, "+parts" the decode
+# attention's cache split into parts (flash-decoding; the default walks it in one program per head).
 KERNEL_MODES = {
     "bnbmath": ("4bit_numerics", "bitsandbytes"),
     "regs": ("4bit_lookup", "registers"),
@@ -52,7 +52,7 @@ KERNEL_MODES = {
     "early": ("int8_list_gather", "early"),
     "shuffle": ("4bit_lookup", "shuffle"),
     "shared": ("4bit_lookup", "shared"),
-    "onepart": ("attention_parts", "one"),
+    "parts": ("attention_parts", "parts"),
 }
 DEFAULT_MODES: dict[str, str] = {}  # config.modes() before any kernels choice's own (measure sets it)
 FLAGS = {

@@ -442,6 +442,8 @@ def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters
 
     torch.manual_seed(6)
     batch, heads, kv_heads, length, dim = 2, 4, 2, 300, 32
+    assert attention.parts_for(batch, heads, length) == (1, length)  # the default: one part
+    set_attention_parts("parts")
     parts, chunk = attention.parts_for(batch, heads, length)
     assert parts == 3 and chunk == 128
     q = torch.randn(batch, heads, 1, dim, dtype=torch.float16)
@@ -452,17 +454,19 @@ def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters
     mask[1, ..., 120:200] = False  # the middle part attends nothing, the others in pieces
     module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
     ref, _ = sdpa_attention_forward(module, q.double(), k.double(), v.double(), mask, scaling=dim**-0.5)
-    first = attention.decode_attention(q, k, v, mask, dim**-0.5)
-    again = attention.decode_attention(q, k, v, mask, dim**-0.5)
+    wide = [t.float() for t in (q, k, v)]  # fp32 in and out: the parts' other sums show
+    try:
+        first = attention.decode_attention(q, k, v, mask, dim**-0.5)
+        again = attention.decode_attention(q, k, v, mask, dim**-0.5)
+        wide_parts = attention.decode_attention(*wide, mask, dim**-0.5)
+    finally:
+        set_attention_parts("one")
     assert _ulps(first, ref) <= 1.0
     assert torch.equal(first, again)
     assert not attention._counters(q.device).any()
-    set_attention_parts("one")  # one program per head walks the whole cache
-    try:
-        assert attention.parts_for(batch, heads, length) == (1, length)
-        assert _ulps(attention.decode_attention(q, k, v, mask, dim**-0.5), ref) <= 1.0
-    finally:
-        set_attention_parts("auto")
+    wide_one = attention.decode_attention(*wide, mask, dim**-0.5)  # one program per head, whole cache
+    assert not torch.equal(wide_parts, wide_one)  # the parts did run
+    assert torch.allclose(wide_parts, wide_one, rtol=1e-5, atol=1e-6)
 
 
 def test_decode_attention_parts_compile_to_a_release_and_an_acquire():

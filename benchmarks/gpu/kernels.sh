@@ -99,7 +99,7 @@ case "$stage" in
     if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4); else
       model=tinyllama-1.1b-arch extra=(); fi
     for prompt in 128 2048; do
-      decode "$model" nf4 quantbench,quantbench+onepart "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
+      decode "$model" nf4 quantbench,quantbench+parts "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
         --prompt-len "$prompt" "${extra[@]}"
     done ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)

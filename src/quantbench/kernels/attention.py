@@ -9,12 +9,13 @@ online softmax (a running max and sum), the output rounded once to the activatio
 fused kernels round the probabilities to fp16 before multiplying by v; this one keeps them in
 fp32, so results differ from SDPA's by rounding.
 
-The cache positions are split into parts (flash-decoding): one program per (row, query head,
-part), so that a step has programs enough to keep the GPU busy and none walks a long cache
-alone. Each program leaves its part's max, sum and weighted values in a scratch buffer and
-counts itself in at a per-(row, head) counter; the last one in combines the parts in part order
-(the same order whichever program comes last: deterministic) and resets the counter for the next
-step, so a CUDA graph replays it as it is. A cache too short to split runs one part, as before.
+With config.attention_parts "parts" (opt-in), the cache positions are split into parts
+(flash-decoding): one program per (row, query head, part), so that a step has programs enough
+to keep the GPU busy and none walks a long cache alone. Each program leaves its part's max, sum
+and weighted values in a scratch buffer and counts itself in at a per-(row, head) counter; the
+last one in combines the parts in part order (the same order whichever program comes last:
+deterministic) and resets the counter for the next step, so a CUDA graph replays it as it is. A
+cache too short to split runs one part.
 
 It is an attention implementation of transformers' registry ("quantbench_sdpa"): install()
 points a model's config at it, and it hands every call it does not serve (prefill, no or
@@ -119,11 +120,11 @@ def _counters(device: torch.device) -> torch.Tensor:
 
 def parts_for(batch: int, heads: int, length: int, block: int = 64) -> tuple[int, int]:
     """(parts, positions per part) of a cache of `length`: enough programs to fill the SMs about
-    twice over, each part whole steps of the kernel's loop (`block` positions); one part where
-    config.attention_parts says so."""
+    twice over, each part whole steps of the kernel's loop (`block` positions); one part unless
+    config.attention_parts is "parts"."""
     want = max(1, -(-2 * SMS // (batch * heads)))
     parts = max(1, min(want, length // block))
-    if parts == 1 or batch * heads > COUNTER_SLOTS or attention_parts() == "one":
+    if parts == 1 or batch * heads > COUNTER_SLOTS or attention_parts() != "parts":
         return 1, length
     chunk = triton.cdiv(triton.cdiv(length, parts), block) * block
     return triton.cdiv(length, chunk), chunk
