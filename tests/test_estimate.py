@@ -115,6 +115,15 @@ def test_calibrated_rows_run_with_dense_weights_as_estimated(small_smollm2, prec
     assert result.peak_inference_bytes == dense.peak_inference_bytes
 
 
+def test_split_over_gpus_counts_expanded_weights_on_each_gpu():
+    """gptq-4bit is placed by its packed size but each GPU then holds its share expanded."""
+    result = estimate("llama-2-7b-arch", "gptq-4bit", EstimateSettings(gpus=2)).precisions[0]
+    shares = result.gpu_split
+    assert sum(s.run_weights_bytes for s in shares) == result.run_weights_bytes
+    assert all(s.run_weights_bytes > 3 * s.weights_bytes for s in shares)
+    assert result.per_gpu_inference_bytes > max(s.run_weights_bytes for s in shares)
+
+
 def test_torchao_int4_keeps_linears_its_groups_do_not_divide():
     """SmolLM2's 576-wide linears stay in bf16 under torchao int4 (group 128), as torchao leaves
     them; only down_proj (1536 inputs) is int4: 30 of 210, as inspect found on the H100."""

@@ -463,7 +463,7 @@ def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters
         set_attention_parts("one")
     assert _ulps(first, ref) <= 1.0
     assert torch.equal(first, again)
-    assert not attention._counters(q.device).any()
+    assert not attention.counters(q.device).any()
     wide_one = attention.decode_attention(*wide, mask, dim**-0.5)  # one program per head, whole cache
     assert not torch.equal(wide_parts, wide_one)  # the parts did run
     assert torch.allclose(wide_parts, wide_one, rtol=1e-5, atol=1e-6)

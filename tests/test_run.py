@@ -116,6 +116,30 @@ def test_random_weight_models_never_get_quality(monkeypatch, tmp_path):
     assert [s.precision for s in no_quality] == ["nf4"]
 
 
+def test_reference_model_is_measured_as_its_own_run_would_measure_it(tmp_path):
+    """--reference-model: the reference row loads that model, with the workload (and so the
+    resume key and reference file) that `run ORIGINAL` gives it; the other rows carry the option,
+    and results from before it existed keep their keys."""
+    from quantbench.precisions import LoadOptions
+    from quantbench.runner import _job, build_specs, reference_file
+
+    plain = build_specs("orig", ["fp32"], Workload(), LoadOptions(), None, "cpu")
+    specs = build_specs("packed", ["as-saved"], Workload(reference_model="orig"), LoadOptions(), None, "cpu")
+    assert [(s.model, s.precision) for s in specs] == [("orig", "fp32"), ("packed", "as-saved")]
+    assert specs[0] == plain[0] and specs[0].key() == plain[0].key()
+    assert "reference_model" not in plain[0].workload and specs[1].workload["reference_model"] == "orig"
+    results = tmp_path / "r.jsonl"
+    assert reference_file(specs[1], results) == reference_file(plain[0], results)
+    assert _job(specs[0], "fp32", results).save_reference and not _job(specs[1], "fp32", results).save_reference
+    packed_fp32 = build_specs("packed", ["fp32"], Workload(reference_model="orig"), LoadOptions(), None, "cpu")[1]
+    assert packed_fp32.model == "packed" and not _job(packed_fp32, "fp32", results).save_reference
+
+
+def test_reference_model_with_random_weights_is_refused(cli):
+    code, _, err = cli("run", "smollm2-135m", "-p", "fp32", "--reference-model", "tinyllama-1.1b-arch")
+    assert code == 2 and "random weights" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """`quantbench run -p fp32,nf4` with short latency settings, SIGINT while nf4 loads.

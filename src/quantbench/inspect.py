@@ -80,7 +80,7 @@ def _meta_tensors(meta: Any) -> list[torch.Tensor]:
 # torchao's int4 weight-only quantizer returns a weight unchanged when its last dimension
 # (in_features) is not a multiple of the group (torchao.quantization.quant_api.
 # _int4_weight_only_quantize_tensor: `weight.shape[-1] % group_size != 0` -> skip); the estimate
-# applies the same rule (schemes.TorchAo.skips); TORCHAO_INT4_GROUP is imported above.
+# applies the same rule (schemes.TorchAo.keeps); TORCHAO_INT4_GROUP is imported above.
 
 
 def _ct_weights(module: nn.Module) -> Any:

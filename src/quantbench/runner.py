@@ -52,7 +52,10 @@ def build_specs(model: str, precisions: list[str], workload: Workload, options: 
 
     specs = [spec(name, adapter) for name in names]
     if workload.quality:  # the base model, never an adapter, is what quality is judged against
-        reference = replace(spec(reference_precision(device), None), model=workload.reference_model or model)
+        reference = spec(reference_precision(device), None)
+        if workload.reference_model:  # that model's own reference row, as `run` on it writes it
+            own = {k: v for k, v in work.items() if k != "reference_model"}
+            reference = replace(reference, model=workload.reference_model, workload=own)
         specs = [reference] + [s for s in specs if s != reference]
     return specs
 
@@ -153,6 +156,8 @@ def run(model: str = "smollm2-135m", precisions: list[str] | str = "fp16,int8,nf
     ref = resolve(model)  # fail fast on an unknown model, and materialise aliases once
     if ref.random_weights:
         workload = replace(workload, quality=False)
+    if not workload.quality:  # no quality: nothing is judged against a reference model
+        workload = replace(workload, reference_model=None)
     specs = build_specs(ref.name, precisions, workload, options or LoadOptions(), adapter, default_device())
     with results_lock(results_path):  # a second sweep on the same file is refused, not interleaved
         results, problems = run_specs(specs, results_path, force=force, progress=progress)

@@ -260,17 +260,20 @@ def calibration_text(names: Iterable[str], options: Any, tokenizer_folder: str |
 
 
 def same_tokenizer(model_source: str, reference_source: str, reference_name: str) -> None:
-    """KL and top-1 compare the two models token by token: their tokenizers must cut the text
-    alike and their vocabularies be the same size (checked on the held-out passage's start)."""
+    """KL and top-1 compare the two models token by token over the same vocabulary: their
+    tokenizers must cut the text alike (checked on the held-out passage's start) and their
+    configs name the same vocabulary size."""
     from quantbench.measure.texts import HELDOUT
+    from quantbench.models import load_config
 
     mine, theirs = _folder_tokenizer(model_source), _folder_tokenizer(reference_source)
     if mine is None or theirs is None:
         return  # Hub ids or random-weight folders: the workers' reference check still applies
     sample = HELDOUT.read_text(encoding="utf-8")[:2000]
-    if len(mine) != len(theirs) or mine(sample)["input_ids"] != theirs(sample)["input_ids"]:
-        raise QuantbenchError(f"--reference-model '{reference_name}' tokenizes differently from the model "
-                              "measured; quality can only be compared over the same tokens")
+    sizes = {getattr(load_config(source), "vocab_size", None) for source in (model_source, reference_source)}
+    if len(sizes) > 1 or mine(sample)["input_ids"] != theirs(sample)["input_ids"]:
+        raise QuantbenchError(f"--reference-model '{reference_name}' has another tokenizer or vocabulary than "
+                              "the model measured; quality can only be compared over the same tokens")
 
 
 def _folder_tokenizer(folder: str | None) -> Any:

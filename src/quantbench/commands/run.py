@@ -91,9 +91,7 @@ def run_command(
     device = default_device()
     validate.runnable_here(names, device)
     ref = resolve(model)  # one line for a model that cannot be had; aliases materialise once
-    if reference_model:
-        validate.model_name(reference_model)
-        validate.same_tokenizer(ref.source, resolve(reference_model).source, reference_model)
+    reference_model = _reference_model(ref, reference_model) if quality else None
     _check_quality_text(ref, text_file, dataset, quality)
     validate.calibration_text(names, options, ref.source)
     workload = Workload.for_device(
@@ -121,6 +119,23 @@ def run_command(
         console.print(f"error: {', '.join(failed)} ended in an error (see the status column); "
                       f"the results are kept in {results} and a rerun redoes only these")
         raise typer.Exit(1)
+
+
+def _reference_model(ref: ModelRef, name: str | None) -> str | None:
+    """The --reference-model as results name it (None where it is MODEL itself), checked: it
+    exists, has real weights, and cuts text into the same tokens as MODEL."""
+    from quantbench.models import resolve
+
+    if not name:
+        return None
+    validate.model_name(name)
+    other = resolve(name)
+    if other.name == ref.name:
+        return None
+    if other.random_weights:
+        raise QuantbenchError(f"--reference-model '{name}' has random weights; quality against it means nothing")
+    validate.same_tokenizer(ref.source, other.source, name)
+    return other.name
 
 
 def _check_quality_text(ref: ModelRef, text_file: Path | None, dataset: str | None, quality: bool) -> None:

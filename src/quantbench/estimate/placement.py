@@ -82,6 +82,7 @@ def gpu_split(skeleton: Skeleton, precision: Precision, compute_dtype: torch.dty
     from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map
 
     sizes = module_bytes(skeleton, precision, compute_dtype)
+    running = module_bytes(skeleton, precision, compute_dtype, running=True)
     model = copy.deepcopy(skeleton.model)
     cap = settings.gpu_memory_bytes or 2 * sum(sizes.values())
     max_memory: dict[Any, int] = {i: cap for i in range(settings.gpus)}
@@ -102,10 +103,9 @@ def gpu_split(skeleton: Skeleton, precision: Precision, compute_dtype: torch.dty
         key = f"cuda:{device}" if isinstance(device, int) else str(device)
         share = shares.setdefault(key, GpuShare(key, 0, []))
         share.modules.append(prefix)
-        share.weights_bytes += sum(
-            size for name, size in sizes.items()
-            if not prefix or name == prefix or name.startswith(prefix + ".")
-        )
+        mine = [name for name in sizes if not prefix or name == prefix or name.startswith(prefix + ".")]
+        share.weights_bytes += sum(sizes[name] for name in mine)
+        share.run_weights_bytes += sum(running[name] for name in mine)
     return sorted(shares.values(), key=lambda s: (not s.device.startswith("cuda"), s.device))
 
 
@@ -119,7 +119,7 @@ def per_gpu_inference_bytes(result: PrecisionEstimate, arch: Architecture) -> in
         return result.inference_total_bytes
     gpus = [s for s in result.gpu_split if s.device.startswith("cuda")]
     return max(
-        s.weights_bytes + result.kv_cache_bytes * _layers_in(s) // arch.layers
+        max(s.weights_bytes, s.run_weights_bytes) + result.kv_cache_bytes * _layers_in(s) // arch.layers
         + result.activations_bytes + result.context_bytes
         for s in gpus
     )

@@ -49,6 +49,7 @@ class GpuShare:
     device: str
     weights_bytes: int
     modules: list[str]
+    run_weights_bytes: int = 0  # after the first forward (more where a row expands its linears)
 
 
 @dataclass

@@ -53,9 +53,15 @@ def weights(skeleton: Skeleton, precision: Precision, compute_dtype: torch.dtype
     return out
 
 
-def module_bytes(skeleton: Skeleton, precision: Precision, compute_dtype: torch.dtype) -> dict[str, int]:
-    """Bytes per module (its own tensors only), for placing modules on devices."""
+def module_bytes(skeleton: Skeleton, precision: Precision, compute_dtype: torch.dtype,
+                 running: bool = False) -> dict[str, int]:
+    """Bytes per module (its own tensors only), for placing modules on devices; `running`: as
+    they are after the first forward (dense where the scheme expands its linears)."""
+    scheme = precision.scheme
     sizes: dict[str, int] = {}
     for t in skeleton.tensors:
-        sizes[t.module] = sizes.get(t.module, 0) + tensor_bytes(t, precision, compute_dtype)[0]
+        size = tensor_bytes(t, precision, compute_dtype)[0]
+        if running and scheme.quantizes and scheme.dense_at_run_time and t.quantized_shape is not None:
+            size = t.numel * compute_dtype.itemsize
+        sizes[t.module] = sizes.get(t.module, 0) + size
     return sizes

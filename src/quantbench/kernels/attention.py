@@ -110,12 +110,18 @@ _COUNTERS: dict[torch.device, torch.Tensor] = {}
 COUNTER_SLOTS = 1 << 16  # (row, head) pairs a launch may split; a larger launch runs one part
 
 
-def _counters(device: torch.device) -> torch.Tensor:
+def counters(device: torch.device) -> torch.Tensor:
     """The arrival counters of a device, zeros, allocated once and kept: a captured graph holds
-    their address, and each launch leaves them at zero."""
+    their address, and each launch leaves them at zero. One set per device: split launches on
+    one device must not run at the same time on two streams (the fast engine runs one stream).
+    The kernels' install allocates them, outside any graph capture or private memory pool."""
     if device not in _COUNTERS:
         _COUNTERS[device] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
     return _COUNTERS[device]
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def parts_for(batch: int, heads: int, length: int, block: int = 64) -> tuple[int, int]:
@@ -142,16 +148,18 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
         raise ValueError("decode_attention needs the last dimension contiguous")
     parts, chunk = parts_for(batch, heads, length)
+    if parts > 1 and query.device not in _COUNTERS and _capturing(query.device):
+        parts, chunk = 1, length  # counters made inside a capture would live in its pool: one part
     if parts > 1:
         n = batch * heads * parts
         scratch = torch.empty(n * (dim + 2), dtype=torch.float32, device=query.device)
         acc, maxes, sums = scratch[: n * dim], scratch[n * dim : n * (dim + 1)], scratch[n * (dim + 1) :]
-        counters = _counters(query.device)
+        arrivals = counters(query.device)
     else:
-        acc = maxes = sums = counters = out  # placeholders, never touched
+        acc = maxes = sums = arrivals = out  # placeholders, never touched
     pdl = min(mode_for(query.device, "attention"), LAUNCH)  # the cache was just written: nothing to fetch
     _decode_attention[(batch, heads, parts)](
-        query, key, value, mask2, out, acc, maxes, sums, counters, length, chunk, parts, float(scale),
+        query, key, value, mask2, out, acc, maxes, sums, arrivals, length, chunk, parts, float(scale),
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2), value.stride(0),
         value.stride(1), value.stride(2), mask2.stride(0), out.stride(0), out.stride(2), GROUP=heads // key.shape[1],
         D=dim, BLOCK_L=64, SCAN=min(1024, triton.next_power_of_2(chunk)), PARTS_P2=triton.next_power_of_2(parts),

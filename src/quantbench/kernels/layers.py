@@ -213,13 +213,15 @@ def _install_attention(model: nn.Module, plan: KernelPlan) -> None:
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return
-    from quantbench.kernels.attention import NAME, register
+    from quantbench.kernels.attention import NAME, counters, register
 
     register()
     for module in model.modules():
         if hasattr(module, "num_key_value_groups") and hasattr(module, "layer_idx"):
             module.quantbench_plan = plan
             plan.attention.append(module)
+            for param in module.parameters(recurse=True):  # now, outside any graph capture or pool
+                counters(param.device)
     if plan.attention:
         plan.attention_restore = (config, config._attn_implementation)
         config._attn_implementation = NAME
