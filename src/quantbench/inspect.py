@@ -10,6 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+# torchao's int4 weight-only quantizer returns a weight unchanged when its last dimension
+# (in_features) is not a multiple of the group (torchao.quantization.quant_api.
+# _int4_weight_only_quantize_tensor: `weight.shape[-1] % group_size != 0` -> skip); the estimate
+# applies the same rule (schemes.TorchAo.keeps).
 from quantbench.precisions import TORCHAO_INT4_GROUP
 
 QUANTIZED_LINEAR_CLASSES = ("Linear4bit", "Linear8bitLt", "HQQLinear", "QLinear")
@@ -75,12 +79,6 @@ def _meta_tensors(meta: Any) -> list[torch.Tensor]:
     if isinstance(meta, dict):
         return [t for value in meta.values() for t in _meta_tensors(value)]
     return []
-
-
-# torchao's int4 weight-only quantizer returns a weight unchanged when its last dimension
-# (in_features) is not a multiple of the group (torchao.quantization.quant_api.
-# _int4_weight_only_quantize_tensor: `weight.shape[-1] % group_size != 0` -> skip); the estimate
-# applies the same rule (schemes.TorchAo.keeps); TORCHAO_INT4_GROUP is imported above.
 
 
 def _ct_weights(module: nn.Module) -> Any:
