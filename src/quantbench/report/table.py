@@ -155,7 +155,8 @@ def _calibration(result: Result) -> str:
     if seconds is None:
         return MISSING
     peak = metric(result, "calibration_peak_bytes") or metric(result, "calibration_peak_rss_bytes")
-    return f"{seconds:.0f} s, {fmt_bytes(peak)}" if seconds >= 100 else f"{seconds:.3g} s, {fmt_bytes(peak)}"
+    shown = f"{seconds:.0f}" if seconds >= 100 else f"{seconds:.3g}"  # 1103 s, not 1.1e+03
+    return f"{shown} s, {fmt_bytes(peak)}"
 
 
 def _columns(results: list[Result]) -> list[tuple[str, Cell]]:
