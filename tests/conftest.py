@@ -100,6 +100,37 @@ def static_cache_step(model, plan, enabled: bool, decode=None):  # noqa: ANN001,
             plan.enabled = False
 
 
+# Prepended to a compile script: show(name, kernel, constexprs, pointer types) prints "//// name"
+# and the kernel's sm_90 PTX (constexprs not named take their defaults, as at launch).
+_SM90_PREAMBLE = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+
+def show(name, kernel, constexprs, pointers):
+    defaults = {p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}
+    constexprs = defaults | constexprs
+    signature = {arg: "constexpr" if arg in constexprs else pointers.get(arg, "*fp16") if arg.endswith("_ptr")
+                 else "fp32" if arg in ("eps", "threshold", "scale") else "i32" for arg in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    print("//// " + name)
+    print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
+"""
+
+
+def sm90_ptx(script: str, *args: str) -> dict[str, str]:
+    """name -> sm_90 PTX of the kernels `script` passes to show(), compiled in a process of its own
+    (the tests' own process runs kernels under Triton's interpreter)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _SM90_PREAMBLE + textwrap.dedent(script), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(part.split("\n", 1) for part in done.stdout.split("//// ")[1:])
+
+
 def _main(*args: str) -> int:
     """The real CLI entry point, in process; its exit code."""
     from quantbench.cli import main

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 bnb = pytest.importorskip("bitsandbytes")
 bnbf = bnb.functional
 
-from conftest import static_cache_step  # noqa: E402
+from conftest import sm90_ptx, static_cache_step  # noqa: E402
 
 from quantbench.kernels import gemv  # noqa: E402
 from quantbench.kernels.config import (  # noqa: E402
@@ -474,28 +474,13 @@ def test_decode_attention_parts_compile_to_a_release_and_an_acquire():
     acquire-release atomic; the combine reads the parts past L1 and resets the counter. The
     unsplit kernel has no atomic at all."""
     pytest.importorskip("triton.backends.nvidia")
-    import subprocess
-    import sys
-
-    script = """
-import sys, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+    ptx = sm90_ptx("""
 from quantbench.kernels import attention
-kernel = attention._decode_attention
 pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
 for parts in (1, 4):
-    constexprs = {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64, "PARTS_P2": parts, "PDL": 1}
-    signature = {a: "constexpr" if a in constexprs else pointers.get(a, "*fp16") if a.endswith("_ptr")
-                 else "fp32" if a == "scale" else "i32" for a in kernel.arg_names}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    print("//// " + str(parts))
-    print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
-"""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    ptx = dict(part.split("\n", 1) for part in done.stdout.split("//// ")[1:])
+    show(str(parts), attention._decode_attention,
+         {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64, "PARTS_P2": parts, "PDL": 1}, pointers)
+""")
     assert "atom" not in ptx["1"]
     split = ptx["4"]
     atomics = [line.strip() for line in split.splitlines() if line.strip().startswith(("atom", "@"))

@@ -4,8 +4,6 @@ compiled order that makes it safe: weight prefetches before the wait, every stor
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 # as in the other kernel tests, before Triton sees a kernel: whichever of them a test process
 # imports first, every kernel is then interpreted (the compile check runs in its own process)
@@ -13,6 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import sm90_ptx  # noqa: E402
 
 from quantbench.kernels import config, overlap  # noqa: E402
 from quantbench.kernels.overlap import LAUNCH, OFF, PREFETCH, mode_for
@@ -65,9 +64,6 @@ def test_no_overlap_where_it_cannot_run(hopper, monkeypatch):
 
 
 COMPILE = """
-import sys, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from quantbench.kernels import fourbit, gemv, int8
 pdl = int(sys.argv[1])
 kernels = {  # kernel, constexprs, pointer types other than fp16
@@ -92,14 +88,7 @@ kernels = {  # kernel, constexprs, pointer types other than fp16
                           "stat_ptr": "*fp32", "idx_ptr": "*i32", "val_ptr": "*fp32", "count_ptr": "*i32"}),
 }
 for name, (kernel, constexprs, pointers) in kernels.items():
-    # constexprs not named take their defaults, as at launch
-    defaults = {p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}
-    constexprs = defaults | constexprs | {"PDL": pdl}
-    signature = {arg: "constexpr" if arg in constexprs else pointers.get(arg, "*fp16") if arg.endswith("_ptr")
-                 else "fp32" if arg in ("eps", "threshold") else "i32" for arg in kernel.arg_names}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    print("//// " + name)
-    print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
+    show(name, kernel, constexprs | {"PDL": pdl}, pointers)
 """
 
 
@@ -108,11 +97,7 @@ def _ptx(pdl: int) -> dict[str, str]:
     prologue and the residual epilogue, and the LLM.int8 GEMV that reads a row kernel's codes
     (its outlier list gathered after or before the dot), compiled for sm_90 (in a process of
     its own: other tests run the kernels under Triton's interpreter): kernel name -> PTX."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", COMPILE, str(pdl)], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return dict(part.split("\n", 1) for part in done.stdout.split("//// ")[1:])
+    return sm90_ptx(COMPILE, str(pdl))
 
 
 def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after():
