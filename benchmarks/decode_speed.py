@@ -37,7 +37,9 @@ VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> p
 # "+once" each GEMV's row work (norm, silu * up, LLM.int8's quantization) in a kernel before it,
 # "+early" LLM.int8's outlier list gathered before its int8 dot, "+shuffle" / "+shared" the 4-bit
 # codes looked up by warp shuffles (the default) or from shared memory, "+parts" the decode
-# attention's cache split into parts (flash-decoding; the default walks it in one program per head).
+# attention's cache split into parts (flash-decoding; the default walks it in one program per head),
+# "+stages3" every kernel's main loop software-pipelined three steps deep, "+4bit-stages3" only the
+# 4-bit GEMV's (config.pipeline_stages).
 KERNEL_MODES = {
     "bnbmath": ("4bit_numerics", "bitsandbytes"),
     "regs": ("4bit_lookup", "registers"),
@@ -53,7 +55,8 @@ KERNEL_MODES = {
     "shuffle": ("4bit_lookup", "shuffle"),
     "shared": ("4bit_lookup", "shared"),
     "parts": ("attention_parts", "parts"),
-}
+} | {f"{kind}-stages{n}".lstrip("-"): ("pipeline_stages", f"{kind}:{n}".lstrip(":"))
+     for kind in ("", "4bit", "int8", "dense", "attention") for n in (2, 3, 4)}
 DEFAULT_MODES: dict[str, str] = {}  # config.modes() before any kernels choice's own (measure sets it)
 FLAGS = {
     "exact": {"exact_casts": True},
@@ -246,6 +249,8 @@ def apply_fourbit_table(swept: dict) -> None:
     config.FOURBIT.update({(n, k): tuple(shape) for n, k, shape in swept["table"]})
     config.set_fourbit_gather(swept["gather"])
     config.set_fourbit_pairs(swept["pairs"])
+    if "stages" in swept:  # a sweep over pipeline depths: the depth its shapes were timed with
+        config.set_pipeline_stages(f"4bit:{swept['stages']}" if swept["stages"] else "off")
 
 
 def kernel_options(spec: str) -> dict:

@@ -7,7 +7,7 @@ Triton compiles for a named target with its own ptxas; cuobjdump (shipped with T
 SASS. This catches what Triton's CPU interpreter cannot (a construct the GPU backend rejects,
 inline PTX, layouts that spill) and answers the first questions about speed before any device
 time: are the packed-weight loads 16 bytes wide, how many barriers does a K-step hold, does any
-array live in local memory. Writes kernels_compile.json into --out and prints a table.
+array live in local memory, does a pipelined loop copy its steps ahead (LDGSTS). Writes kernels_compile.json into --out and prints a table.
 """
 
 from __future__ import annotations
@@ -94,6 +94,21 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
         out.append((f"4bit split shared pro=2, {label}", "4bit", fourbit._fourbit_kernel,
                     {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2, "RES": True,
                      "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "PDL": pdl}, 4))
+    # main loops software-pipelined (config.pipeline_stages): their loads by cp.async, N steps deep
+    for stages in (2, 3, 4):
+        out.append((f"4bit split shuffle pro=2, {stages} stages", "4bit", fourbit._fourbit_kernel,
+                    {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2, "RES": True,
+                     "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "PDL": 2, "STAGES": stages}, 4))
+    out.append(("dense pro=2, 3 stages", "dense", gemv._dense_kernel,
+                {"HAS_BIAS": False, "PRO": 2, "RES": True, "BLOCK_N": 4, "BLOCK_K": 1024, "STAGES": 3}, 4))
+    out.append(("int8 t=0 pro=1, 3 stages", "int8", int8._int8_kernel,
+                {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 1, "RES": False, "OUTLIERS": False, "BLOCK_N": 8,
+                 "BLOCK_K": 1024, "SKIP_CHUNKS": False, "STAGES": 3}, 4))
+    out.append(("int8 outliers, reading the row's codes, 3 stages", "int8", int8._int8_kernel,
+                {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 0, "RES": True, "OUTLIERS": True, "BLOCK_N": 8,
+                 "BLOCK_K": 1024, "SKIP_CHUNKS": False, "CODES": True, "SLOTS": 64, "STAGES": 3}, 4))
+    out.append(("decode attention, 1 part, 3 stages", "attention", attention._decode_attention,
+                {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256, "PARTS_P2": 1, "STAGES": 3}, 4))
     out.append(("rotary + cache write", "rope", rope._rope_store,
                 {"H": 32, "KVH": 4, "D": 64, "HP": 32, "KVHP": 4}, 4))
     return out
@@ -143,6 +158,7 @@ def compile_one(kernel, family: str, constexprs: dict, warps: int, folder: Path)
             loop = max(loop, code[start:i + 1], key=len)
     numbers = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     return {
+        "async_copies": count(r"\bLDGSTS\b"),
         "registers": int(numbers.get("REG", 0)), "stack": int(numbers.get("STACK", 0)),
         "local": int(numbers.get("LOCAL", 0)), "shared_bytes": compiled.metadata.shared,
         "instructions": len(code), "barriers": count(r"\bBAR\b"),
@@ -174,13 +190,14 @@ def main() -> None:
     (out / "kernels_compile.json").write_text(json.dumps(report, indent=1))
     print(f"Triton {triton.__version__}, sm_90")
     print(f"{'kernel':34} {'regs':>4} {'local':>5} {'smem':>6} {'instr':>6} {'BAR':>4} {'LDG.128':>7} {'LDG':>4} "
-          f"{'LDS':>4} | loop: {'instr':>5} {'BAR':>3} {'LDG':>4} {'LDS':>4}")
+          f"{'LDS':>4} {'LDGSTS':>6} | loop: {'instr':>5} {'BAR':>3} {'LDG':>4} {'LDS':>4}")
     for r in rows:
         if "error" in r:
             print(f"{r['kernel']:34} error: {r['error'][:90]}")
             continue
         print(f"{r['kernel']:34} {r['registers']:4} {r['local']:5} {r['shared_bytes']:6} {r['instructions']:6} "
-              f"{r['barriers']:4} {r['ldg_128']:7} {r['ldg_other']:4} {r['lds']:4} |       {r['loop_instructions']:5} "
+              f"{r['barriers']:4} {r['ldg_128']:7} {r['ldg_other']:4} {r['lds']:4} {r['async_copies']:6} |       "
+              f"{r['loop_instructions']:5} "
               f"{r['loop_barriers']:3} {r['loop_ldg']:4} {r['loop_lds']:4}")
 
 

@@ -7,7 +7,8 @@ every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; "-nor
 reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-once": that row work
 done in a kernel of its own first, config.row_prologue "once"; "-once-early": and the outlier
 list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle" / "-shared": the
-4-bit codes looked up by warp shuffles (the default) or from shared memory, config.set_fourbit_gather):
+4-bit codes looked up by warp shuffles (the default) or from shared memory, config.set_fourbit_gather;
+"-stages3": the kernel's K-loop software-pipelined three steps deep, config.pipeline_stages):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -42,6 +43,7 @@ SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
 GATHERS = {"dense": (None,), "int8": (None,),
            "4bit": (("bytes", False), ("shared", False), ("bytes", True), ("shared", True), ("global", True),
                     ("shuffle", False))}
+STAGES: list[str | None] = [None]  # pipeline depths the sweep tries (--stages); None: the format's own
 OURS = ("_dense", "_fourbit", "_sum_splits", "_int8")
 
 
@@ -104,6 +106,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
+    fmt = fmt.split("-stages")[0]
     for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once"):  # modes: one_shape sets them
         fmt = fmt.removesuffix(mode)
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
@@ -176,6 +179,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         set_fourbit_gather,
         set_fourbit_pairs,
         set_modes,
+        set_pipeline_stages,
     )
 
     # int8-t6-skip: LLM.int8's outlier term by the pass that tests each chunk (the default is the
@@ -189,7 +193,8 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "4bit_lookup": "registers" if "regs" in fmt else "shuffle" if "shuffle" in fmt else "shared" if "shared" in fmt
                        else defaults["4bit_lookup"],
         "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
-        "int8_list_gather": "early" if fmt.endswith("-early") else defaults["int8_list_gather"],
+        "int8_list_gather": "early" if "-once-early" in fmt else defaults["int8_list_gather"],
+        "pipeline_stages": fmt.rsplit("-stages", 1)[1] if "-stages" in fmt else defaults["pipeline_stages"],
     })
     items: list[dict] = []
 
@@ -221,16 +226,20 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         before = fourbit_gather(), fourbit_pairs()
         times = {}
         with torch.no_grad():
-            for shape, gather in itertools.product(SWEEP[kind], GATHERS[kind]):
+            for shape, gather, stages in itertools.product(SWEEP[kind], GATHERS[kind], STAGES):
                 set_config(kind, shape)
                 set_fourbit_gather(gather[0] if gather else before[0])
                 set_fourbit_pairs(gather[1] if gather else before[1])
+                if stages is not None:
+                    set_pipeline_stages(stages)
                 key = str(shape) + (f" {gather[0]} {'pairs' if gather[1] else 'split'}" if gather else "")
+                key += f" stages={stages}" if stages is not None else ""
                 try:
                     times[key] = graph_us(make("ours"), nbytes, calls=32)
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
         set_config(kind, None)
+        set_modes(defaults)
         set_fourbit_gather(before[0])
         set_fourbit_pairs(before[1])
         ok = {s: t for s, t in times.items() if isinstance(t, float)}
@@ -267,7 +276,14 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="also time every candidate launch shape")
     p.add_argument("--lookups", default=None,
                    help="the 4-bit lookups the sweep tries, e.g. shuffle or shared,shuffle (default: all)")
+    p.add_argument("--stages", default=None,
+                   help="pipeline depths the sweep tries, e.g. off,2,3 (config.pipeline_stages; default: the "
+                        "format's own)")
     args = p.parse_args()
+    if args.stages:
+        STAGES[:] = args.stages.split(",")
+        if unknown := set(STAGES) - {"off", "2", "3", "4"}:
+            raise SystemExit(f"unknown pipeline depth(s): {', '.join(sorted(unknown))}")
     if args.lookups:
         wanted = args.lookups.split(",")
         if unknown := set(wanted) - {gather for gather, _ in GATHERS["4bit"]}:
@@ -324,9 +340,13 @@ def suggest(rows: list[dict], path: Path, show: bool = True) -> None:
         print(f"\n4-bit: fastest lookup/layout over all shapes: {mode} (sum of best us: "
               + ", ".join(f"{m} {t:.0f}" for m, t in sorted(totals.items(), key=lambda kv: kv[1])) + ")")
         print(f"FOURBIT = {table}  # (BLOCK_N, BLOCK_K, warps, SPLIT; 0 = config's rule)")
-    gather, layout = mode.split()
-    path.write_text(json.dumps({"gather": gather, "pairs": layout == "pairs",
-                                "table": [[n, k, list(shape)] for (n, k), shape in table.items()]}))
+    gather, layout, *depth = mode.split()
+    chosen = {"gather": gather, "pairs": layout == "pairs",
+              "table": [[n, k, list(shape)] for (n, k), shape in table.items()]}
+    if depth:  # swept over pipeline depths: "stages=3" or "stages=off"
+        stages = depth[0].split("=")[1]
+        chosen["stages"] = None if stages == "off" else int(stages)
+    path.write_text(json.dumps(chosen))
 
 
 if __name__ == "__main__":

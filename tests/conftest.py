@@ -113,7 +113,10 @@ def show(name, kernel, constexprs, pointers):
     constexprs = defaults | constexprs
     signature = {arg: "constexpr" if arg in constexprs else pointers.get(arg, "*fp16") if arg.endswith("_ptr")
                  else "fp32" if arg in ("eps", "threshold", "scale") else "i32" for arg in kernel.arg_names}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    # pointers and integers divisible by 16, as a launch with the models' shapes specializes them
+    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(kernel.arg_names)
+             if signature[arg] == "i32" or arg.endswith("_ptr")}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     print("//// " + name)
     print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
 """

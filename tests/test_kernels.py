@@ -562,3 +562,36 @@ def test_auto_row_prologue_is_once_for_long_int8_rows_only(row_mode):
     assert rows_once("dense", 64, 64) and rows_once("4bit", 64, 64)
     row_mode("inline")
     assert not rows_once("int8", 4096, 11008)
+
+
+def test_pipeline_stages_are_chosen_per_kernel_and_leave_the_results_alone():
+    """config.pipeline_stages: "N" pipelines every kernel's main loop, "KIND:N" one kernel's;
+    pipelining changes when loads are issued, not what is summed, so every kernel gives the
+    results it gives unpipelined (the interpreter runs the loop as written; the sm_90 code's
+    copies are checked in test_overlap.py)."""
+    from quantbench.kernels.attention import decode_attention
+    from quantbench.kernels.config import PIPELINED, pipeline_stages, set_pipeline_stages
+
+    assert {kind: pipeline_stages(kind) for kind in PIPELINED} == dict.fromkeys(PIPELINED)  # "off"
+    torch.manual_seed(8)
+    x, w = torch.randn(2, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    layer = _int8_layer(w, 0.0)
+    q, k, v = torch.randn(1, 4, 1, 64), torch.randn(1, 2, 130, 64), torch.randn(1, 2, 130, 64)
+    mask = torch.ones(1, 1, 1, 130, dtype=torch.bool)
+    runs = {"dense": lambda: gemv.gemv_dense(x, w),
+            "4bit": lambda: gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64),
+            "int8": lambda: gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0),
+            "attention": lambda: decode_attention(q, k, v, mask, 0.125)}
+    plain = {kind: run() for kind, run in runs.items()}
+    try:
+        set_pipeline_stages("4bit:3")
+        assert pipeline_stages("4bit") == 3 and pipeline_stages("int8") is None
+        set_pipeline_stages("2")
+        assert {pipeline_stages(kind) for kind in PIPELINED} == {2}
+        for kind, run in runs.items():
+            assert torch.equal(run(), plain[kind]), kind
+        with pytest.raises(ValueError, match="stages"):
+            set_pipeline_stages("4bit:7")
+    finally:
+        set_pipeline_stages("off")

@@ -87,25 +87,39 @@ kernels = {  # kernel, constexprs, pointer types other than fp16
                          {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32", "q_ptr": "*i8",
                           "stat_ptr": "*fp32", "idx_ptr": "*i32", "val_ptr": "*fp32", "count_ptr": "*i32"}),
 }
+if pdl:  # main loops software-pipelined (config.pipeline_stages): their loads become cp.async copies
+    for name in ("4bit-shuffle", "dense", "int8", "int8-codes"):
+        kernel, constexprs, pointers = kernels[name]
+        kernels[name + "-staged"] = (kernel, constexprs | {"STAGES": 3}, pointers)
 for name, (kernel, constexprs, pointers) in kernels.items():
     show(name, kernel, constexprs | {"PDL": pdl}, pointers)
 """
+STAGED = ("4bit-shuffle", "dense", "int8", "int8-codes")
 
 
-def _ptx(pdl: int) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def compiled() -> tuple[dict[str, str], dict[str, str]]:
     """The 4-bit (shared-memory and shuffle lookups), dense and LLM.int8 GEMVs with the RMSNorm
     prologue and the residual epilogue, and the LLM.int8 GEMV that reads a row kernel's codes
     (its outlier list gathered after or before the dot), compiled for sm_90 (in a process of
-    its own: other tests run the kernels under Triton's interpreter): kernel name -> PTX."""
-    return sm90_ptx(COMPILE, str(pdl))
-
-
-def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after():
+    its own: other tests run the kernels under Triton's interpreter) with plain launches and
+    with the launch overlap, where some also pipeline their main loop: kernel name -> PTX."""
     pytest.importorskip("triton.backends.nvidia")
-    plain, overlapped = _ptx(OFF), _ptx(PREFETCH)
-    assert set(overlapped) == {"4bit", "4bit-shuffle", "dense", "int8", "int8-codes", "int8-codes-early"}
+    return sm90_ptx(COMPILE, str(OFF)), sm90_ptx(COMPILE, str(PREFETCH))
+
+
+def _copies(ptx: str) -> list[int]:
+    """Where the PTX starts an asynchronous global-to-shared copy (not a bulk prefetch to L2)."""
+    return [i for i in range(len(ptx)) if ptx.startswith("cp.async.c", i)]
+
+
+def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after(compiled):
+    plain, overlapped = compiled
+    assert set(overlapped) == {"4bit", "4bit-shuffle", "dense", "int8", "int8-codes", "int8-codes-early"} | {
+        f"{name}-staged" for name in STAGED}
     for name, ptx in overlapped.items():
-        assert "griddepcontrol" not in plain[name] and "cp.async.bulk.prefetch" not in plain[name]
+        unstaged = name.removesuffix("-staged")
+        assert "griddepcontrol" not in plain[unstaged] and "cp.async.bulk.prefetch" not in plain[unstaged]
         wait = ptx.index("griddepcontrol.wait")
         assert ptx.count("griddepcontrol.wait") == 1
         assert ptx.index("griddepcontrol.launch_dependents") > wait
@@ -119,3 +133,16 @@ def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_afte
     shuffle = overlapped["4bit-shuffle"]
     assert shuffle.count("%laneid") == 1 and "shfl.sync.idx.b32" in shuffle
     assert "ld.shared" not in shuffle.split("shfl.sync.idx.b32")[0].split("griddepcontrol.wait")[0]
+
+
+def test_pipelined_main_loops_copy_their_steps_ahead_only_after_the_wait(compiled):
+    """config.pipeline_stages: with stages, a GEMV's K-loop loads its next steps by cp.async into
+    shared memory (none without); under the launch overlap every such copy, of weights as of the
+    activation, comes after the wait for the previous kernel, as every other read does."""
+    plain, overlapped = compiled
+    for name in STAGED:
+        assert not _copies(plain[name]) and not _copies(overlapped[name]), name
+        staged = overlapped[f"{name}-staged"]
+        copies = _copies(staged)
+        assert copies and "cp.async.wait_group" in staged, name
+        assert min(copies) > staged.index("griddepcontrol.wait"), name

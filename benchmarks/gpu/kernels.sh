@@ -5,8 +5,8 @@
 #                 roundings and the register lookup; int8 t=6 with the masked outlier pass; both
 #                 models), then tinyllama decode with our kernels in those modes
 #   sweep         the 4-bit launch-shape sweep (lookups x activation layouts; LOOKUPS narrows the
-#                 lookups, e.g. shuffle; FORMATS, e.g. nf4-norm; MODELS), its winners as a table
-#                 (fourbit_table.json) for config.FOURBIT
+#                 lookups, e.g. shuffle; FORMATS, e.g. nf4-norm; MODELS; STAGES adds pipeline depths,
+#                 e.g. off,3), its winners as a table (fourbit_table.json) for config.FOURBIT
 #   table         nf4 decode with the sweep's table (after `sweep` in the same $OUT) and without it
 #                 (MODEL: tinyllama, llama7b or both)
 #   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
@@ -27,6 +27,9 @@
 #   attention     the decode attention with its cache in parts against one part and SDPA (both
 #                 models' shapes, cache lengths 192-4096), then nf4 decode at prompt 128 and 2048
 #                 with and without the parts (MODEL as in rows)
+#   stages        main loops software-pipelined (config.pipeline_stages) against as written: the
+#                 GEMVs alone (both models, 2-4 stages for 4-bit), the attention alone, then decode
+#                 (MODEL as in rows; PRECISIONS, nf4 and int8 by default)
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
 # in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
 # Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
@@ -55,7 +58,7 @@ case "$stage" in
       quantbench tinyllama 60 ;;
   sweep)  # the 4-bit launch-shape sweep; its table goes into config.FOURBIT
     gemv "${LIMIT:-280}" sweep --formats "${FORMATS:-nf4}" --models "${MODELS:-tinyllama,llama7b}" --sweep \
-      ${LOOKUPS:+--lookups "$LOOKUPS"} ;;
+      ${LOOKUPS:+--lookups "$LOOKUPS"} ${STAGES:+--stages "$STAGES"} ;;
   table)  # every kernels choice of a process given --fourbit-table takes the table's shapes and lookup
     table=(--fourbit-table "$OUT/sweep/fourbit_table.json")
     if [ "${MODEL:-both}" != llama7b ]; then
@@ -102,6 +105,15 @@ case "$stage" in
       decode "$model" nf4 quantbench,quantbench+parts "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
         --prompt-len "$prompt" "${extra[@]}"
     done ;;
+  stages)
+    gemv 150 gemv --models tinyllama,llama7b \
+      --formats nf4,nf4-stages2,nf4-stages3,nf4-stages4,int8-t0,int8-t0-stages3,fp16,fp16-stages3
+    timeout 90 python3 benchmarks/kernels_attention.py --out "$OUT/attention" --batches 1 --stages 3 2>&1 \
+      | grep -v '^{' >> "$log"
+    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4) limit=90; else
+      model=tinyllama-1.1b-arch extra=() limit=60; fi
+    decode "$model" "${PRECISIONS:-nf4,int8}" quantbench,quantbench+stages3 "${MODEL:-tinyllama}_stages" \
+      "${LIMIT:-$limit}" "${extra[@]}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import SMS, attention_parts
+from quantbench.kernels.config import SMS, attention_parts, pipeline_stages
 from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, wait_for_inputs
 
 NAME = "quantbench_sdpa"
@@ -41,7 +41,7 @@ HEAD_DIMS = (32, 64, 128, 256)  # the head sizes the kernel serves (others go to
 def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr, sum_ptr, count_ptr, L, CHUNK,
                       PARTS, scale, sq_b, sq_h, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sm_b, so_b, so_h,
                       GROUP: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr, SCAN: tl.constexpr,
-                      PARTS_P2: tl.constexpr = 1, PDL: tl.constexpr = 0):
+                      PARTS_P2: tl.constexpr = 1, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
     wait_for_inputs(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -66,7 +66,7 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
     m_i = tl.max(tl.full([BLOCK_L], float("-inf"), tl.float32), axis=0)
     l_i = tl.sum(tl.zeros([BLOCK_L], tl.float32), axis=0)
     acc = tl.zeros([D], dtype=tl.float32)
-    for l0 in range(lo, hi, BLOCK_L):
+    for l0 in tl.range(lo, hi, BLOCK_L, num_stages=STAGES):  # config.pipeline_stages
         pos = l0 + tl.arange(0, BLOCK_L)
         span = pos < hi
         ok = (tl.load(mask_ptr + b * sm_b + pos, mask=span, other=0) != 0) & span
@@ -163,7 +163,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2), value.stride(0),
         value.stride(1), value.stride(2), mask2.stride(0), out.stride(0), out.stride(2), GROUP=heads // key.shape[1],
         D=dim, BLOCK_L=64, SCAN=min(1024, triton.next_power_of_2(chunk)), PARTS_P2=triton.next_power_of_2(parts),
-        PDL=pdl, num_warps=4, **launch_options(pdl))
+        PDL=pdl, STAGES=pipeline_stages("attention"), num_warps=4, **launch_options(pdl))
     return out
 
 

@@ -37,10 +37,14 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # instructions per byte than "shared" but bank conflicts) and 212 for the pair table with int32
 # activation words.
 _GATHER = {"4bit": "shuffle", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
-           "rows": "auto", "int8_list": "end", "attention_parts": "one"}
+           "rows": "auto", "int8_list": "end", "attention_parts": "one", "stages": "off"}
+PIPELINED = ("4bit", "int8", "dense", "attention")  # the kernels whose main loop config.pipeline_stages pipelines
+STAGE_COUNTS = (2, 3, 4)
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
-            "rows": ("auto", "inline", "once"), "int8_list": ("end", "early"), "attention_parts": ("one", "parts")}
+            "rows": ("auto", "inline", "once"), "int8_list": ("end", "early"), "attention_parts": ("one", "parts"),
+            "stages": ("off", *(f"{scope}{n}" for scope in ("", *(f"{kind}:" for kind in PIPELINED))
+                                for n in STAGE_COUNTS))}
 
 
 def _choose(key: str, mode: str) -> None:
@@ -140,6 +144,26 @@ def set_attention_parts(mode: str) -> None:
     _choose("attention_parts", mode)
 
 
+def pipeline_stages(kind: str) -> int | None:
+    """How many steps of a kernel's main loop are in flight at once (`kind` one of PIPELINED; None:
+    the loop as written, one step's loads at a time). Mode "off" (the default), "N" for every
+    kernel or "KIND:N" for one (e.g. "4bit:3"). With N stages Triton software-pipelines the loop:
+    the loads of the next N - 1 steps go to shared memory by cp.async while a step computes, so
+    a program keeps N steps' bytes in flight without holding them in registers. Only the order
+    of the loads changes, not the arithmetic: the results are the same bit for bit. Compiled for
+    sm_90 (benchmarks/kernels_compile.py) the 4-bit GEMV's K-loop then has no global loads, two
+    barriers, 48 registers and 4-20 KB of shared memory; untimed, so it stays opt-in."""
+    mode = _GATHER["stages"]
+    if mode == "off":
+        return None
+    scope, _, count = mode.rpartition(":")
+    return int(count) if scope in ("", kind) else None
+
+
+def set_pipeline_stages(mode: str) -> None:
+    _choose("stages", mode)
+
+
 def row_prologue() -> str:
     """Where a GEMV's per-row work happens: "inline" (every program redoes it: the RMSNorm's sum
     of squares, silu(gate) * up, and for LLM.int8 the activation's absmax, quantization and
@@ -172,12 +196,13 @@ def modes() -> dict[str, str]:
     return {"4bit_lookup": fourbit_gather(), "4bit_numerics": fourbit_numerics(),
             "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap(),
             "row_prologue": row_prologue(), "int8_list_gather": int8_list_gather(),
-            "attention_parts": attention_parts()}
+            "attention_parts": attention_parts(), "pipeline_stages": _GATHER["stages"]}
 
 
 _MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
               "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows",
-              "int8_list_gather": "int8_list", "attention_parts": "attention_parts"}
+              "int8_list_gather": "int8_list", "attention_parts": "attention_parts",
+              "pipeline_stages": "stages"}
 
 
 def set_modes(chosen: dict[str, str]) -> None:

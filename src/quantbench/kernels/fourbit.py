@@ -32,6 +32,7 @@ from quantbench.kernels.config import (
     fourbit_numerics,
     fourbit_pairs,
     interpreted,
+    pipeline_stages,
     rows_once,
 )
 from quantbench.kernels.nibbles import lane_code, nibble_codes, register_code, shuffle_codes
@@ -116,7 +117,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                     row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BNB: tl.constexpr = False, PDL: tl.constexpr = 0):
+                    BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -151,7 +152,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
         table = None
     wait_for_inputs(PDL)
     r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO)
-    for b0 in range(start, full_end, NB):
+    for b0 in tl.range(start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
                      LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
@@ -247,7 +248,8 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
-        PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, num_warps=warps,
+        PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, STAGES=pipeline_stages("4bit"),
+        num_warps=warps,
         **launch_options(pdl))
     if split > 1:
         block = 1024

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantbench.kernels.config import config_for, rows_once
+from quantbench.kernels.config import config_for, pipeline_stages, rows_once
 from quantbench.kernels.fourbit import gemv_4bit
 from quantbench.kernels.int8 import gemv_int8
 from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, wait_for_inputs
@@ -37,7 +37,7 @@ from quantbench.kernels.prologue import (
 @triton.jit
 def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, stride_x, stride_r, stride_o,
                   HAS_BIAS: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
+                  BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -50,7 +50,7 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
     wait_for_inputs(PDL)
     r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
         k = k0 + cols
         k_ok = k < K
         x = load_x(x_ptr + m * stride_x, k, k_ok, K, PRO, nw_ptr, r).to(tl.float32)
@@ -82,7 +82,7 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     _dense_kernel[(triton.cdiv(n, block_n), x2.shape[0])](
         x2, weight, bias if bias is not None else weight, nw, eps, res, out, n, k, x2.stride(0), stride_r,
         out.stride(0), HAS_BIAS=bias is not None, PRO=pro, RES=residual is not None, BLOCK_N=block_n,
-        BLOCK_K=block_k, PDL=pdl, num_warps=warps, **launch_options(pdl))
+        BLOCK_K=block_k, PDL=pdl, STAGES=pipeline_stages("dense"), num_warps=warps, **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)
 
 

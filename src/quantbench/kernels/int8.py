@@ -40,6 +40,7 @@ from quantbench.kernels.config import (
     int8_list_gather,
     int8_outlier_pass,
     interpreted,
+    pipeline_stages,
     rows_once,
     unfused_products,
 )
@@ -122,7 +123,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
                  APPROX_DIV: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr, OUTLIERS: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SKIP_CHUNKS: tl.constexpr = True,
                  CODES: tl.constexpr = False, SLOTS: tl.constexpr = 64, EARLY: tl.constexpr = False,
-                 PDL: tl.constexpr = 0):
+                 PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -146,7 +147,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
         row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
     # 2. exact int8 x int8 -> int32 dot
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
         k = k0 + cols
         if CODES:
             q = tl.load(q_ptr + m * K + k, mask=k < K, other=0)
@@ -311,6 +312,6 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
         x2.stride(0), stride_r, out.stride(0), q, stat, idx, val, count, HAS_BIAS=bias is not None,
         APPROX_DIV=not interpreted(), PRO=pro, RES=residual is not None, OUTLIERS=threshold > 0, BLOCK_N=block_n,
         BLOCK_K=block_k, SKIP_CHUNKS=int8_outlier_pass() == "skip", CODES=once, SLOTS=OUTLIER_SLOTS,
-        EARLY=int8_list_gather() == "early", PDL=pdl,
+        EARLY=int8_list_gather() == "early", PDL=pdl, STAGES=pipeline_stages("int8"),
         num_warps=warps, **unfused_products(), **launch_options(pdl))
     return out.reshape(*x.shape[:-1], n)
