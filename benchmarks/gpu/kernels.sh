@@ -21,15 +21,16 @@
 #   rows          each GEMV's row work once (a row kernel first) against inline, per model
 #                 (MODEL: tinyllama or llama7b): int8 and nf4 decode, then the GEMVs alone
 #   early         llama-2-7b LLM.int8 with its outlier list's weights gathered before the int8
-#                 dot against after it (config.int8_list_gather): decode, then the GEMVs alone
+#                 dot against after it (config.int8_list_gather), and with dependent launches (the
+#                 row kernels' launch and wait behind the kernel before): decode, then the GEMVs alone
 #   shuffle       the 4-bit codes looked up by warp shuffles against the shared-memory table:
 #                 the GEMVs alone (both models, nf4 and nf4-dq), then decode (MODEL as in rows)
 #   attention     the decode attention with its cache in parts against one part and SDPA (both
 #                 models' shapes, cache lengths 192-4096), then nf4 decode at prompt 128 and 2048
 #                 with and without the parts (MODEL as in rows)
-#   stages        main loops software-pipelined (config.pipeline_stages) against as written: the
-#                 GEMVs alone (both models, 2-4 stages for 4-bit), the attention alone, then decode
-#                 (MODEL as in rows; PRECISIONS, nf4 and int8 by default)
+#   stages        main loops software-pipelined (config.pipeline_stages) against as written, per
+#                 MODEL (as in rows): the GEMVs alone (2-4 stages for 4-bit), the attention alone,
+#                 then decode (tinyllama nf4 and int8; llama-2-7b nf4, also with the attention in parts)
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
 # in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
 # Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
@@ -89,7 +90,8 @@ case "$stage" in
     decode "$model" nf4 quantbench,quantbench+once "${MODEL:-tinyllama}_rows_nf4" "${LIMIT:-60}" "${extra[@]}"
     gemv 60 gemv --models "${MODEL:-tinyllama}" --formats int8-t6,int8-t6-once,int8-t0,int8-t0-once,nf4-norm,nf4-norm-once ;;
   early)
-    decode llama-2-7b-arch int8 quantbench,quantbench+early llama7b_early "${LIMIT:-75}" --eager-tokens 4
+    decode llama-2-7b-arch int8 quantbench,quantbench+early,quantbench+pdl,quantbench+early+pdl llama7b_early \
+      "${LIMIT:-75}" --eager-tokens 4
     gemv 60 gemv --models llama7b --formats int8-t6-once,int8-t6-once-early,int8-t0 ;;
   shuffle)
     gemv 90 gemv --models tinyllama,llama7b --formats nf4,nf4-shuffle,nf4-dq,nf4-dq-shuffle,nf4-norm,nf4-norm-shuffle
@@ -105,14 +107,18 @@ case "$stage" in
       decode "$model" nf4 quantbench,quantbench+parts "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
         --prompt-len "$prompt" "${extra[@]}"
     done ;;
-  stages)
-    gemv 150 gemv --models tinyllama,llama7b \
+  stages)  # MODEL as in rows; PRECISIONS and KERNELS override the decode's lists
+    if [ "${MODEL:-tinyllama}" = llama7b ]; then
+      model=llama-2-7b-arch extra=(--eager-tokens 4) limit=90 precisions=nf4
+      kernels=quantbench,quantbench+stages3,quantbench+stages3+parts
+    else
+      model=tinyllama-1.1b-arch extra=() limit=60 precisions=nf4,int8 kernels=quantbench,quantbench+stages3
+    fi
+    gemv 100 gemv --models "${MODEL:-tinyllama}" \
       --formats nf4,nf4-stages2,nf4-stages3,nf4-stages4,int8-t0,int8-t0-stages3,fp16,fp16-stages3
-    timeout 90 python3 benchmarks/kernels_attention.py --out "$OUT/attention" --batches 1 --stages 3 2>&1 \
-      | grep -v '^{' >> "$log"
-    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4) limit=90; else
-      model=tinyllama-1.1b-arch extra=() limit=60; fi
-    decode "$model" "${PRECISIONS:-nf4,int8}" quantbench,quantbench+stages3 "${MODEL:-tinyllama}_stages" \
+    timeout 60 python3 benchmarks/kernels_attention.py --out "$OUT/attention" --models "${MODEL:-tinyllama}" \
+      --batches 1 --stages 3 2>&1 | grep -v '^{' >> "$log"
+    decode "$model" "${PRECISIONS:-$precisions}" "${KERNELS:-$kernels}" "${MODEL:-tinyllama}_stages" \
       "${LIMIT:-$limit}" "${extra[@]}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
