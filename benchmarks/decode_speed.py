@@ -39,7 +39,7 @@ VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> p
 # codes looked up by warp shuffles (the default) or from shared memory, "+parts" the decode
 # attention's cache split into parts (flash-decoding; the default walks it in one program per head),
 # "+stages3" every kernel's main loop software-pipelined three steps deep, "+4bit-stages3" only the
-# 4-bit GEMV's (config.pipeline_stages).
+# 4-bit GEMV's (config.pipeline_stages: one depth mode per engine, the last one named).
 KERNEL_MODES = {
     "bnbmath": ("4bit_numerics", "bitsandbytes"),
     "regs": ("4bit_lookup", "registers"),

@@ -81,7 +81,7 @@ def main() -> None:
     p.add_argument("--models", default="tinyllama,llama7b")
     p.add_argument("--lengths", default="192,1024,4096")
     p.add_argument("--batches", default="1,8")
-    p.add_argument("--stages", default="3", choices=("off", "2", "3", "4"))
+    p.add_argument("--stages", default="off", choices=("off", "2", "3", "4"))
     args = p.parse_args()
     import torch
 

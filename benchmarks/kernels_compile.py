@@ -7,7 +7,8 @@ Triton compiles for a named target with its own ptxas; cuobjdump (shipped with T
 SASS. This catches what Triton's CPU interpreter cannot (a construct the GPU backend rejects,
 inline PTX, layouts that spill) and answers the first questions about speed before any device
 time: are the packed-weight loads 16 bytes wide, how many barriers does a K-step hold, does any
-array live in local memory, does a pipelined loop copy its steps ahead (LDGSTS). Writes kernels_compile.json into --out and prints a table.
+array live in local memory, does a pipelined loop copy its steps ahead (LDGSTS). Writes
+kernels_compile.json into --out and prints a table.
 """
 
 from __future__ import annotations

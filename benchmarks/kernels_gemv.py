@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 from pathlib import Path
 
 SHAPES = {  # name -> (N, K) per linear launch; q/k/v and gate/up merged
@@ -95,6 +96,12 @@ def profiled_us(fn) -> float | None:  # noqa: ANN001
     return sum(e.self_device_time_total for e in ours) / 20 if ours else None
 
 
+def _pipeline_depth(fmt: str) -> tuple[str, str | None]:
+    """A format name without its "-stagesN" part (anywhere in the name), and N."""
+    found = re.search(r"-stages(\d)(?=-|$)", fmt)
+    return (fmt[:found.start()] + fmt[found.end():], found.group(1)) if found else (fmt, None)
+
+
 def build(fmt: str, n: int, k: int) -> dict:
     """One fresh weight matrix in `fmt`: our call, bitsandbytes' (or cuBLAS) call, bytes, and the
     check of ours against the reference."""
@@ -106,7 +113,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.config import fourbit_gather
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
-    fmt = fmt.split("-stages")[0]
+    fmt = _pipeline_depth(fmt)[0]
     for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once"):  # modes: one_shape sets them
         fmt = fmt.removesuffix(mode)
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
@@ -193,8 +200,8 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "4bit_lookup": "registers" if "regs" in fmt else "shuffle" if "shuffle" in fmt else "shared" if "shared" in fmt
                        else defaults["4bit_lookup"],
         "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
-        "int8_list_gather": "early" if "-once-early" in fmt else defaults["int8_list_gather"],
-        "pipeline_stages": fmt.rsplit("-stages", 1)[1] if "-stages" in fmt else defaults["pipeline_stages"],
+        "int8_list_gather": "early" if _pipeline_depth(fmt)[0].endswith("-early") else defaults["int8_list_gather"],
+        "pipeline_stages": _pipeline_depth(fmt)[1] or defaults["pipeline_stages"],
     })
     items: list[dict] = []
 

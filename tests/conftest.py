@@ -100,25 +100,27 @@ def static_cache_step(model, plan, enabled: bool, decode=None):  # noqa: ANN001,
             plan.enabled = False
 
 
-# Prepended to a compile script: show(name, kernel, constexprs, pointer types) prints "//// name"
-# and the kernel's sm_90 PTX (constexprs not named take their defaults, as at launch).
+# Prepended to a compile script: show(name, kernel, constexprs, pointer types[, asm]) prints
+# "//// name" and the kernel's sm_90 PTX, or another stage's code ("ttir": Triton's IR before
+# lowering), constexprs not named taking their defaults, as at launch.
 _SM90_PREAMBLE = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 
-def show(name, kernel, constexprs, pointers):
+def show(name, kernel, constexprs, pointers, asm="ptx"):
     defaults = {p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}
     constexprs = defaults | constexprs
     signature = {arg: "constexpr" if arg in constexprs else pointers.get(arg, "*fp16") if arg.endswith("_ptr")
                  else "fp32" if arg in ("eps", "threshold", "scale") else "i32" for arg in kernel.arg_names}
-    # pointers and integers divisible by 16, as a launch with the models' shapes specializes them
+    # pointers, strides and row lengths divisible by 16, as a launch with the models' shapes
+    # specializes them (counts such as blocks per row or cache positions are left unknown)
     attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(kernel.arg_names)
-             if signature[arg] == "i32" or arg.endswith("_ptr")}
+             if arg.endswith("_ptr") or arg.startswith("stride") or arg in ("K", "row_bytes")}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     print("//// " + name)
-    print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
+    print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm[asm])
 """
 
 

@@ -494,6 +494,21 @@ for parts in (1, 4):
     assert "ld.global.cg" in split[at:] and "ld.global.cg" not in split[:at]
 
 
+def test_decode_attention_asks_for_its_loop_over_the_cache_pipelined():
+    """config.pipeline_stages reaches the attention's loop over the cache: Triton's IR marks that
+    loop with the depth (whether a Triton version then pipelines it is its own choice: 3.6 does,
+    3.9 keeps its loads in the loop), and the loop carries no mark when the mode is off."""
+    pytest.importorskip("triton.backends.nvidia")
+    ir = sm90_ptx("""
+from quantbench.kernels import attention
+pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
+for stages in (None, 3):
+    show(str(stages), attention._decode_attention,
+         {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64, "PARTS_P2": 1, "STAGES": stages}, pointers, asm="ttir")
+""")
+    assert "tt.num_stages = 3" in ir["3"] and "tt.num_stages" not in ir["None"]
+
+
 def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypatch):
     """Real SmolLM2 (two blocks) on transformers' StaticCache, as the fast engine steps it: the
     installed attention serves each layer's decode call and the logits stay SDPA's."""
@@ -564,34 +579,42 @@ def test_auto_row_prologue_is_once_for_long_int8_rows_only(row_mode):
     assert not rows_once("int8", 4096, 11008)
 
 
-def test_pipeline_stages_are_chosen_per_kernel_and_leave_the_results_alone():
-    """config.pipeline_stages: "N" pipelines every kernel's main loop, "KIND:N" one kernel's;
-    pipelining changes when loads are issued, not what is summed, so every kernel gives the
-    results it gives unpipelined (the interpreter runs the loop as written; the sm_90 code's
-    copies are checked in test_overlap.py)."""
-    from quantbench.kernels.attention import decode_attention
-    from quantbench.kernels.config import PIPELINED, pipeline_stages, set_pipeline_stages
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("off", {"dense": None, "4bit": None, "int8": None, "attention": None}),
+    ("3", {"dense": 3, "4bit": 3, "int8": 3, "attention": 3}),
+    ("4bit:2", {"dense": None, "4bit": 2, "int8": None, "attention": None}),
+    ("int8:4", {"dense": None, "4bit": None, "int8": 4, "attention": None}),
+    ("dense:3", {"dense": 3, "4bit": None, "int8": None, "attention": None}),
+    ("attention:2", {"dense": None, "4bit": None, "int8": None, "attention": 2}),
+])
+def test_each_kernel_launch_takes_its_own_pipeline_depth(mode, expected, monkeypatch):
+    """config.pipeline_stages: "N" pipelines every kernel's main loop, "KIND:N" one kernel's; each
+    launch gets its own kind's depth (the interpreter runs loops as written, so the launches'
+    arguments are what is checked here; the compiled copies in test_overlap.py)."""
+    from quantbench.kernels import attention, fourbit, int8
+    from quantbench.kernels.config import set_pipeline_stages
 
-    assert {kind: pipeline_stages(kind) for kind in PIPELINED} == dict.fromkeys(PIPELINED)  # "off"
+    launched = {}
+    for kind, kernel in {"dense": gemv._dense_kernel, "4bit": fourbit._fourbit_kernel, "int8": int8._int8_kernel,
+                         "attention": attention._decode_attention}.items():
+        def spy(*args, _kind=kind, _run=kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            launched[_kind] = kwargs.get("STAGES", "not passed")
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", spy)
     torch.manual_seed(8)
-    x, w = torch.randn(2, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    x, w = torch.randn(1, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
     layer = _int8_layer(w, 0.0)
-    q, k, v = torch.randn(1, 4, 1, 64), torch.randn(1, 2, 130, 64), torch.randn(1, 2, 130, 64)
-    mask = torch.ones(1, 1, 1, 130, dtype=torch.bool)
-    runs = {"dense": lambda: gemv.gemv_dense(x, w),
-            "4bit": lambda: gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64),
-            "int8": lambda: gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0),
-            "attention": lambda: decode_attention(q, k, v, mask, 0.125)}
-    plain = {kind: run() for kind, run in runs.items()}
+    set_pipeline_stages(mode)
     try:
-        set_pipeline_stages("4bit:3")
-        assert pipeline_stages("4bit") == 3 and pipeline_stages("int8") is None
-        set_pipeline_stages("2")
-        assert {pipeline_stages(kind) for kind in PIPELINED} == {2}
-        for kind, run in runs.items():
-            assert torch.equal(run(), plain[kind]), kind
+        gemv.gemv_dense(x, w)
+        gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64)
+        gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
+        attention.decode_attention(torch.randn(1, 4, 1, 64), torch.randn(1, 2, 70, 64), torch.randn(1, 2, 70, 64),
+                                   torch.ones(1, 1, 1, 70, dtype=torch.bool), 0.125)
         with pytest.raises(ValueError, match="stages"):
             set_pipeline_stages("4bit:7")
     finally:
         set_pipeline_stages("off")
+    assert launched == expected

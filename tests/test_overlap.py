@@ -4,6 +4,7 @@ compiled order that makes it safe: weight prefetches before the wait, every stor
 from __future__ import annotations
 
 import os
+import re
 
 # as in the other kernel tests, before Triton sees a kernel: whichever of them a test process
 # imports first, every kernel is then interpreted (the compile check runs in its own process)
@@ -110,7 +111,7 @@ def compiled() -> tuple[dict[str, str], dict[str, str]]:
 
 def _copies(ptx: str) -> list[int]:
     """Where the PTX starts an asynchronous global-to-shared copy (not a bulk prefetch to L2)."""
-    return [i for i in range(len(ptx)) if ptx.startswith("cp.async.c", i)]
+    return [found.start() for found in re.finditer(r"cp\.async\.c[ag]\.shared\.global", ptx)]
 
 
 def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after(compiled):
