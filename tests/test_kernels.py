@@ -579,7 +579,7 @@ def test_auto_row_prologue_is_once_for_long_int8_rows_only(row_mode):
     assert not rows_once("int8", 4096, 11008)
 
 
-@pytest.mark.parametrize(("mode", "expected"), [
+@pytest.mark.parametrize(("mode", "depths"), [
     ("off", {"dense": None, "4bit": None, "int8": None, "attention": None}),
     ("3", {"dense": 3, "4bit": 3, "int8": 3, "attention": 3}),
     ("4bit:2", {"dense": None, "4bit": 2, "int8": None, "attention": None}),
@@ -587,34 +587,41 @@ def test_auto_row_prologue_is_once_for_long_int8_rows_only(row_mode):
     ("dense:3", {"dense": 3, "4bit": None, "int8": None, "attention": None}),
     ("attention:2", {"dense": None, "4bit": None, "int8": None, "attention": 2}),
 ])
-def test_each_kernel_launch_takes_its_own_pipeline_depth(mode, expected, monkeypatch):
-    """config.pipeline_stages: "N" pipelines every kernel's main loop, "KIND:N" one kernel's; each
-    launch gets its own kind's depth (the interpreter runs loops as written, so the launches'
-    arguments are what is checked here; the compiled copies in test_overlap.py)."""
-    from quantbench.kernels import attention, fourbit, int8
+def test_each_kernel_launch_takes_its_own_pipeline_depth(mode, depths, monkeypatch, row_mode):
+    """config.pipeline_stages: "N" pipelines every kernel's loops, "KIND:N" one kernel's, and a
+    GEMV's row kernel (row work done once, its norm's sum of squares) takes its GEMV's depth. The
+    interpreter runs loops as written, so what is checked here is each launch's argument; the
+    compiled copies are checked in test_overlap.py."""
+    from quantbench.kernels import attention, fourbit, int8, prologue
     from quantbench.kernels.config import set_pipeline_stages
 
-    launched = {}
-    for kind, kernel in {"dense": gemv._dense_kernel, "4bit": fourbit._fourbit_kernel, "int8": int8._int8_kernel,
-                         "attention": attention._decode_attention}.items():
-        def spy(*args, _kind=kind, _run=kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            launched[_kind] = kwargs.get("STAGES", "not passed")
+    launched = []
+    for name, kernel in {"dense": gemv._dense_kernel, "4bit": fourbit._fourbit_kernel, "int8": int8._int8_kernel,
+                         "attention": attention._decode_attention, "prepared row": prologue._prepare_rows_kernel,
+                         "int8 row codes": int8._quantize_rows}.items():
+        def spy(*args, _name=name, _run=kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            launched.append((_name, kwargs.get("STAGES", "not passed")))
             return _run(*args, **kwargs)
 
         monkeypatch.setattr(kernel, "run", spy)
     torch.manual_seed(8)
     x, w = torch.randn(1, K, dtype=torch.float16), torch.randn(N, K, dtype=torch.float16)
+    norm = {"norm": (torch.rand(K, dtype=torch.float16) + 0.5, 1e-5)}
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
     layer = _int8_layer(w, 0.0)
+    row_mode("once")
     set_pipeline_stages(mode)
     try:
-        gemv.gemv_dense(x, w)
-        gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64)
-        gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0)
+        gemv.gemv_dense(x, w, **norm)
+        gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **norm)
+        gemv.gemv_int8(x, layer.state.CB, layer.state.SCB, 3.0, **norm)
         attention.decode_attention(torch.randn(1, 4, 1, 64), torch.randn(1, 2, 70, 64), torch.randn(1, 2, 70, 64),
                                    torch.ones(1, 1, 1, 70, dtype=torch.bool), 0.125)
         with pytest.raises(ValueError, match="stages"):
             set_pipeline_stages("4bit:7")
     finally:
         set_pipeline_stages("off")
-    assert launched == expected
+    assert launched == [("prepared row", depths["dense"]), ("dense", depths["dense"]),
+                        ("prepared row", depths["4bit"]), ("4bit", depths["4bit"]),
+                        ("int8 row codes", depths["int8"]), ("int8", depths["int8"]),
+                        ("attention", depths["attention"])]

@@ -151,7 +151,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     else:
         table = None
     wait_for_inputs(PDL)
-    r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO)
+    r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO, STAGES=STAGES)
     for b0 in tl.range(start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
@@ -243,7 +243,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     bias_arg = bias if bias is not None else absmax
     pdl = mode_for(x.device, "4bit", k // 2, blocksize // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
     if rows_once("4bit", n, k):
-        x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl), 0
+        x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl, pipeline_stages("4bit")), 0
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,

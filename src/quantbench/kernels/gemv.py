@@ -48,7 +48,7 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
     prefetch_range(w_ptr.to(tl.pointer_type(tl.uint8)), first.to(tl.int64) * K * ELEM,
                    tl.minimum(BLOCK_N, N - first) * K * ELEM, PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
-    r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO)
+    r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO, STAGES=STAGES)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
         k = k0 + cols
@@ -78,7 +78,7 @@ def gemv_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     block_n, block_k, warps, _ = config_for("dense", n, k)
     pdl = mode_for(x.device, "dense", k * weight.element_size(), weight.data_ptr())
     if rows_once("dense", n, k):
-        x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl), 0
+        x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl, pipeline_stages("dense")), 0
     _dense_kernel[(triton.cdiv(n, block_n), x2.shape[0])](
         x2, weight, bias if bias is not None else weight, nw, eps, res, out, n, k, x2.stride(0), stride_r,
         out.stride(0), HAS_BIAS=bias is not None, PRO=pro, RES=residual is not None, BLOCK_N=block_n,

@@ -92,13 +92,13 @@ def _codes(x, scale, threshold, OUTLIERS: tl.constexpr):
 @triton.jit
 def _quantize_rows(x_ptr, nw_ptr, eps, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, K, stride_x,
                    APPROX_DIV: tl.constexpr, PRO: tl.constexpr, OUTLIERS: tl.constexpr, SLOTS: tl.constexpr,
-                   BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0):
+                   BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
     """Row m's int8 codes, absmax and outlier list (columns and values, in column order; the
     count may exceed SLOTS, the list stops there), for the GEMV's programs to read."""
     m = tl.program_id(0)
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
-    r = row_rsqrt(xm, K, eps, PRO)
+    r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
     row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
     count = tl.sum(tl.zeros([BLOCK_K], dtype=tl.int32), axis=0)
     for k0 in range(0, K, BLOCK_K):
@@ -143,7 +143,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
             gathered_w, gathered_val = _gather_listed(idx_ptr + m * SLOTS, val_ptr + m * SLOTS, seen, w_ptr, rows,
                                                       row_ok, K, SLOTS)
     else:  # 1. the row's absmax and scale, outliers counted
-        r = row_rsqrt(xm, K, eps, PRO)
+        r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
         row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
     # 2. exact int8 x int8 -> int32 dot
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
@@ -283,7 +283,8 @@ def quantize_rows(x2: torch.Tensor, k: int, threshold: float, pro: int = 0, nw: 
     block, launch = row_launch(k, pdl)
     _quantize_rows[(rows,)](x2, x2 if nw is None else nw, eps, float(threshold), q, stat, idx, val, count, k,
                             x2.stride(0), APPROX_DIV=not interpreted(), PRO=pro, OUTLIERS=threshold > 0,
-                            SLOTS=OUTLIER_SLOTS, BLOCK_K=block, **unfused_products(), **launch)
+                            SLOTS=OUTLIER_SLOTS, BLOCK_K=block, STAGES=pipeline_stages("int8"), **unfused_products(),
+                            **launch)
     return q, stat, idx, val, count
 
 

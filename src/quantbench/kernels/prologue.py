@@ -26,11 +26,12 @@ from quantbench.kernels.overlap import LAUNCH, launch_options, wait_for_inputs
 
 
 @triton.jit
-def row_rsqrt(x_ptr, K, eps, PRO: tl.constexpr, BLOCK: tl.constexpr = 1024):
-    """rsqrt(mean(x^2) + eps) of a row of K for PRO 2; 1.0 otherwise."""
+def row_rsqrt(x_ptr, K, eps, PRO: tl.constexpr, BLOCK: tl.constexpr = 1024, STAGES: tl.constexpr = None):
+    """rsqrt(mean(x^2) + eps) of a row of K for PRO 2; 1.0 otherwise. STAGES: its steps' loads
+    in flight together (config.pipeline_stages: the same sums in the same order)."""
     if PRO == 2:
         total = tl.zeros([BLOCK], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK):
+        for k0 in tl.range(0, K, BLOCK, num_stages=STAGES):
             k = k0 + tl.arange(0, BLOCK)
             v = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             total += v * v
@@ -75,25 +76,28 @@ def load_x(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
 
 @triton.jit
 def _prepare_rows_kernel(x_ptr, nw_ptr, eps, out_ptr, K, stride_x, PRO: tl.constexpr, BLOCK: tl.constexpr,
-                         PDL: tl.constexpr):
+                         PDL: tl.constexpr, STAGES: tl.constexpr = None):
     m = tl.program_id(0)
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
-    r = row_rsqrt(xm, K, eps, PRO)
+    r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
     for k0 in range(0, K, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         tl.store(out_ptr + m * K + k, load_x(xm, k, k < K, K, PRO, nw_ptr, r), mask=k < K)
 
 
-def prepare_rows(x2: torch.Tensor, k: int, pro: int, nw: torch.Tensor, eps: float, pdl: int) -> torch.Tensor:
+def prepare_rows(x2: torch.Tensor, k: int, pro: int, nw: torch.Tensor, eps: float, pdl: int,
+                 stages: int | None = None) -> torch.Tensor:
     """The rows as a PRO kernel would read them ([rows, k], x2's dtype); x2 itself for PRO 0.
     pdl: the launch mode of the GEMV that reads them (OFF: this one launches plainly too; else
-    it launches dependently and lets that GEMV prefetch its weights meanwhile)."""
+    it launches dependently and lets that GEMV prefetch its weights meanwhile); stages: that
+    GEMV's pipeline depth, which the norm's sum of squares takes too."""
     if pro == 0:
         return x2
     out = torch.empty(x2.shape[0], k, dtype=x2.dtype, device=x2.device)
     block, launch = row_launch(k, pdl)
-    _prepare_rows_kernel[(x2.shape[0],)](x2, nw, eps, out, k, x2.stride(0), PRO=pro, BLOCK=block, **launch)
+    _prepare_rows_kernel[(x2.shape[0],)](x2, nw, eps, out, k, x2.stride(0), PRO=pro, BLOCK=block, STAGES=stages,
+                                         **launch)
     return out
 
 
