@@ -31,8 +31,8 @@ def hopper(monkeypatch):
 
 def test_auto_prefetches_for_the_4bit_gemv_only(hopper):
     assert config.launch_overlap() == "auto"
-    modes = {kind: mode_for(CUDA, kind) for kind in ("4bit", "sum", "attention", "dense", "int8")}
-    assert modes == {"4bit": PREFETCH, "sum": LAUNCH, "attention": LAUNCH, "dense": OFF, "int8": OFF}
+    modes = {kind: mode_for(CUDA, kind) for kind in ("4bit", "sum", "attention", "dense", "int8", "rope")}
+    assert modes == {"4bit": PREFETCH, "sum": LAUNCH, "attention": LAUNCH, "dense": OFF, "int8": OFF, "rope": OFF}
     assert mode_for(CUDA, "4bit", 1024, 8) == LAUNCH  # a bulk prefetch needs 16-byte multiples
 
 
@@ -65,7 +65,7 @@ def test_no_overlap_where_it_cannot_run(hopper, monkeypatch):
 
 
 COMPILE = """
-from quantbench.kernels import fourbit, gemv, int8
+from quantbench.kernels import fourbit, gemv, int8, rope
 pdl = int(sys.argv[1])
 kernels = {  # kernel, constexprs, pointer types other than fp16
     "4bit": (fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2,
@@ -94,6 +94,9 @@ if pdl:  # main loops software-pipelined (config.pipeline_stages): their loads b
         kernels[name + "-staged"] = (kernel, constexprs | {"STAGES": 3}, pointers)
 for name, (kernel, constexprs, pointers) in kernels.items():
     show(name, kernel, constexprs | {"PDL": pdl}, pointers)
+# the rotary + cache write: a dependent launch at most (no weights to prefetch)
+show("rope", rope._rope_store, {"H": 32, "KVH": 4, "D": 64, "HP": 32, "KVHP": 4, "PDL": min(pdl, 1)},
+     {"length_ptr": "*i64"})
 """
 STAGED = ("4bit-shuffle", "dense", "int8", "int8-codes")
 
@@ -104,7 +107,8 @@ def compiled() -> tuple[dict[str, str], dict[str, str]]:
     prologue and the residual epilogue, and the LLM.int8 GEMV that reads a row kernel's codes
     (its outlier list gathered after or before the dot), compiled for sm_90 (in a process of
     its own: other tests run the kernels under Triton's interpreter) with plain launches and
-    with the launch overlap, where some also pipeline their main loop: kernel name -> PTX."""
+    with the launch overlap, where some also pipeline their main loop; and the rotary + cache
+    write kernel, which has nothing to prefetch: kernel name -> PTX."""
     pytest.importorskip("triton.backends.nvidia")
     return sm90_ptx(COMPILE, str(OFF)), sm90_ptx(COMPILE, str(PREFETCH))
 
@@ -116,7 +120,7 @@ def _copies(ptx: str) -> list[int]:
 
 def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_after(compiled):
     plain, overlapped = compiled
-    assert set(overlapped) == {"4bit", "4bit-shuffle", "dense", "int8", "int8-codes", "int8-codes-early"} | {
+    assert set(overlapped) == {"4bit", "4bit-shuffle", "dense", "int8", "int8-codes", "int8-codes-early", "rope"} | {
         f"{name}-staged" for name in STAGED}
     for name, ptx in overlapped.items():
         unstaged = name.removesuffix("-staged")
@@ -125,7 +129,10 @@ def test_compiled_kernels_prefetch_weights_before_they_wait_and_read_inputs_afte
         assert ptx.count("griddepcontrol.wait") == 1
         assert ptx.index("griddepcontrol.launch_dependents") > wait
         prefetches = [i for i in range(len(ptx)) if ptx.startswith("cp.async.bulk.prefetch", i)]
-        assert prefetches and max(prefetches) < wait, name  # weight rows (and absmax), asked for early
+        if name == "rope":  # no weights: it only waits
+            assert not prefetches
+        else:
+            assert prefetches and max(prefetches) < wait, name  # weight rows (and absmax), asked for early
         assert ptx.index("st.global") > wait, name  # nothing written before the inputs are final
         # nothing read before the wait but constants: the 4-bit code table (16 floats), else nothing
         loads_before = ptx[:wait].count("ld.global")

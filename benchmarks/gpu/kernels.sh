@@ -31,6 +31,8 @@
 #   stages        main loops software-pipelined (config.pipeline_stages) against as written, per
 #                 MODEL (as in rows): the GEMVs alone (2-4 stages for 4-bit), the attention alone,
 #                 then decode (tinyllama nf4 and int8; llama-2-7b nf4, also with the attention in parts)
+#   overlap       tinyllama decode with every kernel launched dependently (the rotary + cache
+#                 write too, which "auto" leaves plain): nf4 with prefetch, int8 without
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
 # in a process of its own (a load, eager decode, a compile: about 40-60 s for tinyllama on a
 # Hopper GPU); narrow PRECISIONS or KERNELS so that their product times LIMIT fits the call.
@@ -120,6 +122,9 @@ case "$stage" in
       --batches 1 --stages 3 2>&1 | grep -v '^{' >> "$log"
     decode "$model" "${PRECISIONS:-$precisions}" "${KERNELS:-$kernels}" "${MODEL:-tinyllama}_stages" \
       "${LIMIT:-$limit}" "${extra[@]}" ;;
+  overlap)  # the rotary + cache write launched dependently too (the explicit modes; "auto" keeps it plain)
+    decode tinyllama-1.1b-arch nf4 quantbench,quantbench+prefetch tinyllama_overlap_nf4 "${LIMIT:-60}"
+    decode tinyllama-1.1b-arch int8 quantbench,quantbench+pdl tinyllama_overlap_int8 "${LIMIT:-60}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;

@@ -73,13 +73,14 @@ def wait_for_inputs(PDL: tl.constexpr):
 # dense and int8 GEMVs stream near bandwidth and lose to the extra L2 traffic. The attention
 # launches dependently too, so the 4-bit o_proj after it can prefetch during it: in a 4-bit model
 # this is the measured configuration but for the lm_head (one plain launch per token); in an fp16
-# or int8 model, where the kernels around the attention launch plainly, it is plain launches.
+# or int8 model, where the kernels around the attention launch plainly, it is plain launches. The
+# rotary + cache write kernel (rope.py) launches dependently in the explicit modes only: untimed.
 AUTO = {"4bit": PREFETCH, "sum": LAUNCH, "attention": LAUNCH}
 
 
 def mode_for(device: torch.device, kind: str, *aligned: int) -> int:
     """The PDL constexpr for a launch of a `kind` kernel ("4bit", "sum" (its split-K sum),
-    "dense", "int8", "attention") on `device`; `aligned` are byte counts and addresses the bulk
+    "dense", "int8", "attention", "rope") on `device`; `aligned` are byte counts and addresses the bulk
     prefetch needs in 16-byte multiples (else dependent launch without prefetch)."""
     mode = launch_overlap()
     if mode == "off" or interpreted() or device.type != "cuda" or _major(device.index) < 9:

@@ -10,7 +10,9 @@ rotated as [B, heads, 1, head_dim], and advances the position by one, as StaticL
 Roundings are eager torch's (transformers' apply_rotary_pos_emb): q * cos and rotate_half(q) *
 sin each rounded to the activation dtype, then their sum rounded. One program serves the whole
 step (B rows x all heads: a few thousand elements), so reading and advancing the position need
-no coordination between programs.
+no coordination between programs. Under the launch overlap's explicit modes it launches
+dependently (overlap.py: its program waits for the q/k/v GEMV before reading anything); "auto"
+leaves it on a plain launch, as timed so far.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import triton
 import triton.language as tl
 
 from quantbench.kernels.config import unfused_products
+from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, wait_for_inputs
 
 
 @triton.jit
@@ -40,7 +43,9 @@ def _rotate(x_ptr, cos, sin, heads, d, D: tl.constexpr, HEADS: tl.constexpr):
 @triton.jit
 def _rope_store(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, length_ptr, out_ptr, B, L, stride_q,
                 stride_k, stride_v, stride_cos, stride_sin, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
-                H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, KVHP: tl.constexpr):
+                H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, KVHP: tl.constexpr,
+                PDL: tl.constexpr = 0):
+    wait_for_inputs(PDL)
     pos = tl.load(length_ptr)
     d = tl.arange(0, D)
     room = (pos + 0 * d[None, :]) < L  # a full cache is left as it is (eager's index_copy_ raises there)
@@ -78,12 +83,13 @@ def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Ten
     q2, k2, v2, cos2, sin2 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q2, k2, v2, cos2, sin2))
     per_row = [t.stride(0) if t.shape[0] == batch else 0 for t in (cos2, sin2)]  # one row: all rows read it
     out = torch.empty(batch, heads, 1, dim, dtype=q.dtype, device=q.device)
+    pdl = min(mode_for(q.device, "rope"), LAUNCH)  # nothing constant to prefetch
     # eager's roundings: two rounded products, then their rounded sum (no fused multiply-add)
     _rope_store[(1,)](q2, k2, v2, cos2, sin2, keys, values, length, out, batch, slots, q2.stride(0), k2.stride(0),
                       v2.stride(0), *per_row, keys.stride(0), keys.stride(1), keys.stride(2),
                       values.stride(0), values.stride(1), values.stride(2), H=heads, KVH=kv_heads, D=dim,
-                      HP=triton.next_power_of_2(heads), KVHP=triton.next_power_of_2(kv_heads), num_warps=4,
-                      **unfused_products())
+                      HP=triton.next_power_of_2(heads), KVHP=triton.next_power_of_2(kv_heads), PDL=pdl, num_warps=4,
+                      **unfused_products(), **launch_options(pdl))
     return out
 
 
