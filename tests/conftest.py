@@ -104,7 +104,7 @@ def static_cache_step(model, plan, enabled: bool, decode=None):  # noqa: ANN001,
 # "//// name" and the kernel's sm_90 PTX, or another stage's code ("ttir": Triton's IR before
 # lowering), constexprs not named taking their defaults, as at launch.
 _SM90_PREAMBLE = """
-import sys, triton
+import re, sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -114,10 +114,10 @@ def show(name, kernel, constexprs, pointers, asm="ptx"):
     constexprs = defaults | constexprs
     signature = {arg: "constexpr" if arg in constexprs else pointers.get(arg, "*fp16") if arg.endswith("_ptr")
                  else "fp32" if arg in ("eps", "threshold", "scale") else "i32" for arg in kernel.arg_names}
-    # pointers, strides and row lengths divisible by 16, as a launch with the models' shapes
-    # specializes them (counts such as blocks per row or cache positions are left unknown)
+    # pointers, strides (stride_x, sk_h, ...) and row lengths divisible by 16, as a launch with the
+    # models' shapes specializes them (counts such as blocks per row or cache positions are left unknown)
     attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(kernel.arg_names)
-             if arg.endswith("_ptr") or arg.startswith("stride") or arg in ("K", "row_bytes")}
+             if arg.endswith("_ptr") or re.fullmatch(r"stride_\\w+|s[a-z]_[a-z]|K|row_bytes", arg)}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     print("//// " + name)
     print(triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm[asm])

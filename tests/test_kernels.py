@@ -469,20 +469,29 @@ def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters
     assert torch.allclose(wide_parts, wide_one, rtol=1e-5, atol=1e-6)
 
 
-def test_decode_attention_parts_compile_to_a_release_and_an_acquire():
+@pytest.fixture(scope="module")
+def attention_code() -> dict[str, str]:
+    """The decode attention compiled for sm_90 (in a process of its own), heads of 64 in groups of
+    8: "parts=1" and "parts=4" as PTX, "stages=None" and "stages=3" as Triton's IR."""
+    pytest.importorskip("triton.backends.nvidia")
+    return sm90_ptx("""
+from quantbench.kernels import attention
+pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
+common = {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64}
+for parts in (1, 4):
+    show(f"parts={parts}", attention._decode_attention, common | {"PARTS_P2": parts, "PDL": 1}, pointers)
+for stages in (None, 3):
+    show(f"stages={stages}", attention._decode_attention, common | {"PARTS_P2": 1, "STAGES": stages}, pointers,
+         asm="ttir")
+""")
+
+
+def test_decode_attention_parts_compile_to_a_release_and_an_acquire(attention_code):
     """sm_90 code of the split kernel: every thread's stores, a block barrier, then one
     acquire-release atomic; the combine reads the parts past L1 and resets the counter. The
     unsplit kernel has no atomic at all."""
-    pytest.importorskip("triton.backends.nvidia")
-    ptx = sm90_ptx("""
-from quantbench.kernels import attention
-pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
-for parts in (1, 4):
-    show(str(parts), attention._decode_attention,
-         {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64, "PARTS_P2": parts, "PDL": 1}, pointers)
-""")
-    assert "atom" not in ptx["1"]
-    split = ptx["4"]
+    assert "atom" not in attention_code["parts=1"]
+    split = attention_code["parts=4"]
     atomics = [line.strip() for line in split.splitlines() if line.strip().startswith(("atom", "@"))
                and "atom." in line]
     assert len(atomics) == 2, atomics
@@ -494,19 +503,22 @@ for parts in (1, 4):
     assert "ld.global.cg" in split[at:] and "ld.global.cg" not in split[:at]
 
 
-def test_decode_attention_asks_for_its_loop_over_the_cache_pipelined():
+def test_decode_attention_asks_for_keys_and_values_together(attention_code):
+    """Each step of the loop over the cache loads its key and value tiles before its first
+    reduction (the scores' sums, block barriers in the machine code), so a step waits for
+    memory once, not once for the keys and again for the values."""
+    loop = attention_code["stages=None"]
+    loop = loop[loop.rindex("scf.for"):]
+    tiles = [i for i in range(len(loop)) if loop.startswith("tt.load", i)
+             and "tensor<64x64x!tt.ptr<f16>>" in loop[i:loop.index("\n", i)]]
+    assert len(tiles) == 2 and max(tiles) < loop.index("tt.reduce")
+
+
+def test_decode_attention_asks_for_its_loop_over_the_cache_pipelined(attention_code):
     """config.pipeline_stages reaches the attention's loop over the cache: Triton's IR marks that
     loop with the depth (whether a Triton version then pipelines it is its own choice: 3.6 does,
     3.9 keeps its loads in the loop), and the loop carries no mark when the mode is off."""
-    pytest.importorskip("triton.backends.nvidia")
-    ir = sm90_ptx("""
-from quantbench.kernels import attention
-pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
-for stages in (None, 3):
-    show(str(stages), attention._decode_attention,
-         {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64, "PARTS_P2": 1, "STAGES": stages}, pointers, asm="ttir")
-""")
-    assert "tt.num_stages = 3" in ir["3"] and "tt.num_stages" not in ir["None"]
+    assert "tt.num_stages = 3" in attention_code["stages=3"] and "tt.num_stages" not in attention_code["stages=None"]
 
 
 def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypatch):

@@ -5,7 +5,8 @@ boolean [batch, 1, 1, cache length] mask (positions not yet written are masked);
 computes the same softmax(q k^T * scale) v in one launch per layer: the grouped-query head's keys
 and values read straight from the cache, only between the first and last attended positions of
 each program's part (unwritten slots of a long static cache are never read), fp32 scores and an
-online softmax (a running max and sum), the output rounded once to the activation dtype. SDPA's
+online softmax (a running max and sum), the output rounded once to the activation dtype. A
+step asks for its keys and values together, so it waits for memory once. SDPA's
 fused kernels round the probabilities to fp16 before multiplying by v; this one keeps them in
 fp32, so results differ from SDPA's by rounding.
 
@@ -71,12 +72,18 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
         span = pos < hi
         ok = (tl.load(mask_ptr + b * sm_b + pos, mask=span, other=0) != 0) & span
         k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=span[:, None], other=0.0)
+        values_at = v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :]
+        if D <= 128:  # the values asked for with the keys: after the scores' reductions (block
+            # barriers) they would cost each step a second round trip to memory (heads of 256
+            # keep them late: early, the tile's registers spill in some Triton versions)
+            v = tl.load(values_at, mask=span[:, None], other=0.0)
         s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         alive = m_new > float("-inf")  # nothing seen yet: keep the zeros
         alpha = tl.where(alive, tl.exp(m_i - m_new), 1.0)
         p = tl.where(ok, tl.exp(s - m_new), 0.0)
-        v = tl.load(v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :], mask=span[:, None], other=0.0)
+        if D > 128:
+            v = tl.load(values_at, mask=span[:, None], other=0.0)
         v = tl.where(ok[:, None], v.to(tl.float32), 0.0)  # a masked slot inside the span adds nothing, even inf
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         l_i = l_i * alpha + tl.sum(p, axis=0)
