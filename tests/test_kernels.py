@@ -136,6 +136,25 @@ def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
     assert _ulps(ours, expected) > 2.0
 
 
+def test_4bit_step_asks_for_the_absmax_with_the_weights():
+    """In each K-step of the 4-bit GEMV (the default shuffle lookup, RMSNorm prologue) the
+    absmax is loaded with the packed weights and the activation, before the activation's split
+    into the values the high and low nibbles meet (an exchange through shared memory, behind
+    block barriers in the machine code), so a step waits for memory once."""
+    pytest.importorskip("triton.backends.nvidia")
+    ir = sm90_ptx("""
+from quantbench.kernels import fourbit
+show("step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
+     "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024},
+     {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
+""")["step"]
+    loop = ir[ir.rindex("scf.for"):]
+    body = loop[:loop.index("scf.yield")].splitlines()
+    absmax = [i for i, line in enumerate(body) if "tt.load" in line and "tensor<4x16x!tt.ptr<f32>>" in line]
+    split = [i for i, line in enumerate(body) if "tt.split" in line]
+    assert len(absmax) == 1 and split and absmax[0] < split[0]
+
+
 def test_4bit_register_lookup_falls_back_where_it_cannot_run():
     """The "registers" lookup needs inline PTX: under the interpreter (and without bitsandbytes'
     numerics) the kernel takes the shared lookup, from the fp32 codes at the head of its table."""

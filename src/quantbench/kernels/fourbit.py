@@ -14,6 +14,8 @@ How it is fast:
     byte permutes over registers ("registers", nibbles.py);
   - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
     by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
+  - a step asks for its packed bytes, absmax and activation together, before the activation's
+    exchange through shared memory, so it waits for memory once;
   - split-K for matrices with few rows: SPLIT programs share a row range, each writes an fp32
     partial sum, and a second small kernel adds the partials in a fixed order (no atomics: the
     result is the same on every run).
@@ -69,6 +71,10 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
         packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
+    if not PAIRS:  # the absmax asked for with the weights: after the activation's exchange through
+        # shared memory (block barriers) below, its load would wait for the activation's first
+        scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
+        scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
     if REGS:  # byte permutes over the codes held in registers (nibbles.py)
         hi, lo = nibble_codes(packed, code_ptr, x_ptr)
     elif SHUFFLE:  # warp shuffles of each lane's code (nibbles.py); TABLE: this lane's
@@ -100,8 +106,6 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
         x_mask = elem < limit * BLOCKSIZE if MASKED else None
         x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
         x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
-        scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
-        scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
         if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
             DT: tl.constexpr = x_ptr.dtype.element_ty
             s = scale.to(DT).to(tl.float32)[:, :, None]
