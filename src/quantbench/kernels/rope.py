@@ -10,7 +10,8 @@ rotated as [B, heads, 1, head_dim], and advances the position by one, as StaticL
 Roundings are eager torch's (transformers' apply_rotary_pos_emb): q * cos and rotate_half(q) *
 sin each rounded to the activation dtype, then their sum rounded. One program serves the whole
 step (B rows x all heads: a few thousand elements), so reading and advancing the position need
-no coordination between programs. Under the launch overlap's explicit modes it launches
+no coordination between programs; it reads all of a row's q, k, v and angles before it writes
+anything, so a step waits for memory once. Under the launch overlap's explicit modes it launches
 dependently (overlap.py: its program waits for the q/k/v GEMV before reading anything); "auto"
 leaves it on a plain launch, as timed so far.
 """
@@ -26,17 +27,21 @@ from quantbench.kernels.overlap import LAUNCH, launch_options, mode_for, wait_fo
 
 
 @triton.jit
-def _rotate(x_ptr, cos, sin, heads, d, D: tl.constexpr, HEADS: tl.constexpr):
-    """x [heads, D] at x_ptr rotated: x * cos + rotate_half(x) * sin, eager's roundings."""
+def _rotate(x_ptr, cos_ptr, sin_ptr, heads, d, D: tl.constexpr, HEADS: tl.constexpr):
+    """x [heads, D] at x_ptr rotated: x * cos + rotate_half(x) * sin, eager's roundings. cos and
+    sin are read in the tile's own shape (each head's row again, from L1): a [D] vector broadcast
+    to it would go through shared memory, behind barriers that wait for its load."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     ok = (heads[:, None] < HEADS) & (d[None, :] < D)  # full shape: the interpreter does not broadcast masks
     at = x_ptr + heads[:, None] * D
     x = tl.load(at + d[None, :], mask=ok, other=0.0)
     half = tl.where(d < D // 2, d + D // 2, d - D // 2)
     partner = tl.load(at + half[None, :], mask=ok, other=0.0).to(tl.float32)
+    cos = tl.load(cos_ptr + heads[:, None] * 0 + d[None, :]).to(tl.float32)
+    sin = tl.load(sin_ptr + heads[:, None] * 0 + d[None, :]).to(tl.float32)
     rotated = tl.where((d < D // 2)[None, :], -partner, partner).to(DT)
-    first = (x.to(tl.float32) * cos[None, :]).to(DT)
-    second = (rotated.to(tl.float32) * sin[None, :]).to(DT)
+    first = (x.to(tl.float32) * cos).to(DT)
+    second = (rotated.to(tl.float32) * sin).to(DT)
     return (first.to(tl.float32) + second.to(tl.float32)).to(DT), ok
 
 
@@ -50,15 +55,16 @@ def _rope_store(q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, keys_ptr, values_ptr, len
     d = tl.arange(0, D)
     room = (pos + 0 * d[None, :]) < L  # a full cache is left as it is (eager's index_copy_ raises there)
     for b in range(B):
-        cos = tl.load(cos_ptr + b * stride_cos + d).to(tl.float32)
-        sin = tl.load(sin_ptr + b * stride_sin + d).to(tl.float32)
+        cos, sin = cos_ptr + b * stride_cos, sin_ptr + b * stride_sin
         heads = tl.arange(0, HP)
-        q, ok = _rotate(q_ptr + b * stride_q, cos, sin, heads, d, D, H)
-        tl.store(out_ptr + (b * H + heads[:, None]) * D + d[None, :], q, mask=ok)
         kv_heads = tl.arange(0, KVHP)
+        # every load before the first store: a load after a store to memory that might alias it
+        # waits for it, which made q, k and v three round trips to memory instead of one
+        q, ok = _rotate(q_ptr + b * stride_q, cos, sin, heads, d, D, H)
         k, kv_ok = _rotate(k_ptr + b * stride_k, cos, sin, kv_heads, d, D, KVH)
-        tl.store(keys_ptr + b * sk_b + kv_heads[:, None] * sk_h + pos * sk_l + d[None, :], k, mask=kv_ok & room)
         v = tl.load(v_ptr + b * stride_v + kv_heads[:, None] * D + d[None, :], mask=kv_ok, other=0.0)
+        tl.store(out_ptr + (b * H + heads[:, None]) * D + d[None, :], q, mask=ok)
+        tl.store(keys_ptr + b * sk_b + kv_heads[:, None] * sk_h + pos * sk_l + d[None, :], k, mask=kv_ok & room)
         tl.store(values_ptr + b * sv_b + kv_heads[:, None] * sv_h + pos * sv_l + d[None, :], v, mask=kv_ok & room)
     tl.debug_barrier()  # every thread has read the position before any advances it
     tl.store(length_ptr, pos + 1)
