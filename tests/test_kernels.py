@@ -185,6 +185,23 @@ def _int8_layer(w: torch.Tensor, threshold: float):
     return layer
 
 
+def test_int8_step_asks_for_its_weights_first():
+    """In each K-step of the LLM.int8 GEMV that quantizes its activation inline (the RMSNorm
+    prologue, outliers on), the int8 weights are the step's first load: behind the activation's
+    codes, which pass through shared memory, they would wait for the activation's load."""
+    pytest.importorskip("triton.backends.nvidia")
+    ir = sm90_ptx("""
+from quantbench.kernels import int8
+show("step", int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 2, "RES": True, "OUTLIERS": True,
+     "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False},
+     {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
+""")["step"]
+    lines = ir.splitlines()
+    weights = next(i for i, line in enumerate(lines) if "tt.load" in line and "tensor<8x1024x!tt.ptr<i8>>" in line)
+    loop = max(i for i in range(weights) if "scf.for" in lines[i])
+    assert next(i for i in range(loop, weights + 1) if "tt.load" in lines[i]) == weights
+
+
 def test_int8_gemv_threshold_0_is_bitsandbytes_arithmetic_exactly():
     torch.manual_seed(2)
     w, x = torch.randn(N, K, dtype=torch.float16), torch.randn(2, K, dtype=torch.float16)

@@ -149,12 +149,14 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
         k = k0 + cols
+        # the weights asked for first: behind the activation's codes, computed inline, they
+        # would wait for its exchange through shared memory (block barriers), a second round trip
+        w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
+                    other=0, eviction_policy="evict_first")
         if CODES:
             q = tl.load(q_ptr + m * K + k, mask=k < K, other=0)
         else:
             q = _codes(load_x(xm, k, k < K, K, PRO, nw_ptr, r), scale, threshold, OUTLIERS)
-        w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
-                    other=0, eviction_policy="evict_first")
         acc += w.to(tl.int32) * q.to(tl.int32)[None, :]
     # 3. bitsandbytes' epilogue: fp16 result, then the activation dtype; the outlier term is added
     # to that rounded result, as bitsandbytes adds its fp16 outlier matmul.
