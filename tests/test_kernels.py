@@ -136,11 +136,13 @@ def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
     assert _ulps(ours, expected) > 2.0
 
 
-def test_4bit_step_asks_for_the_absmax_with_the_weights():
+def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for():
     """In each K-step of the 4-bit GEMV (the default shuffle lookup, RMSNorm prologue) the
     absmax is loaded with the packed weights and the activation, before the activation's split
     into the values the high and low nibbles meet (an exchange through shared memory, behind
-    block barriers in the machine code), so a step waits for memory once."""
+    block barriers in the machine code), so a step waits for memory once; and the first step's
+    weights are asked for before the norm's sum of squares (the first loop), which they do not
+    need."""
     pytest.importorskip("triton.backends.nvidia")
     ir = sm90_ptx("""
 from quantbench.kernels import fourbit
@@ -153,6 +155,9 @@ show("step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLI
     absmax = [i for i, line in enumerate(body) if "tt.load" in line and "tensor<4x16x!tt.ptr<f32>>" in line]
     split = [i for i, line in enumerate(body) if "tt.split" in line]
     assert len(absmax) == 1 and split and absmax[0] < split[0]
+    ir_lines = ir.splitlines()
+    packed = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x16x32x!tt.ptr<i8>>" in line]
+    assert packed[0] < next(i for i, line in enumerate(ir_lines) if "scf.for" in line)
 
 
 def test_4bit_register_lookup_falls_back_where_it_cannot_run():

@@ -52,15 +52,13 @@ from quantbench.kernels.prologue import (
 
 
 @triton.jit
-def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
-          nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
-          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False):
-    # One step: quantization blocks b0 .. b0 + NB of the rows (positions in blocks, so the
-    # compiler sees 16-byte alignment of every packed row chunk). PAIRS: the activation read as
-    # int32 words in the packed bytes' layout, the absmax broadcast along each block, the result
-    # per byte (summed after the loop); else the activation split through shared memory and each
-    # block summed before its absmax multiplies it.
+def _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE: tl.constexpr,
+             NB: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr):
+    """A step's loads that need nothing from the kernel before: the packed bytes [rows, NB, bytes
+    of a block] of quantization blocks b0 .. b0 + NB (positions in blocks, so the compiler sees
+    16-byte alignment of every packed row chunk) and, in the split layout, their absmax [rows,
+    NB]: asked for together, before the activation's exchange through shared memory (block
+    barriers), behind which a load would wait for the activation's."""
     HALF: tl.constexpr = BLOCKSIZE // 2
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
@@ -71,10 +69,38 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
         packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
-    if not PAIRS:  # the absmax asked for with the weights: after the activation's exchange through
-        # shared memory (block barriers) below, its load would wait for the activation's first
+    if PAIRS:  # the absmax is loaded in the packed bytes' layout with the activation (_step_with)
+        scale = tl.zeros([1], dtype=tl.float32)
+    else:
         scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
         scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
+    return packed, scale
+
+
+@triton.jit
+def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
+          nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
+          PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
+          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False):
+    packed, scale = _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE, NB, MASKED, PAIRS)
+    return _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr,
+                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE)
+
+
+@triton.jit
+def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr, r,
+               BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
+               PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
+               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False):
+    # One step's arithmetic, on its weights from _weights. PAIRS: the activation read as int32
+    # words in the packed bytes' layout, the absmax broadcast along each block, the result per
+    # byte (summed after the loop); else the activation split through shared memory and each
+    # block summed before its absmax multiplies it.
+    HALF: tl.constexpr = BLOCKSIZE // 2
+    blk = tl.arange(0, NB)
+    byte = tl.arange(0, HALF)
+    block = b0 + blk
+    ok = block < limit
     if REGS:  # byte permutes over the codes held in registers (nibbles.py)
         hi, lo = nibble_codes(packed, code_ptr, x_ptr)
     elif SHUFFLE:  # warp shuffles of each lane's code (nibbles.py); TABLE: this lane's
@@ -155,8 +181,18 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     else:
         table = None
     wait_for_inputs(PDL)
+    loop_start = start
+    if PRO == 2:  # the first step's weights asked for before the norm's sum of squares, which they do not need
+        first_packed, first_scale = _weights(w_ptr, absmax_ptr, rows, start, row_bytes, row_blocks, full_end,
+                                             BLOCKSIZE, NB, True, PAIRS)
     r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO, STAGES=STAGES)
-    for b0 in tl.range(start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
+    if PRO == 2:
+        if start < full_end:
+            acc += _step_with(first_packed, first_scale, x_ptr, absmax_ptr, code_ptr, rows, start, row_blocks, end,
+                              m, stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
+                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
+        loop_start = start + NB
+    for b0 in tl.range(loop_start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
                      LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
