@@ -136,20 +136,39 @@ def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
     assert _ulps(ours, expected) > 2.0
 
 
-def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for():
+@pytest.fixture(scope="module")
+def compiled_code() -> dict[str, str]:
+    """Kernels compiled for sm_90 in one process of its own (this one interprets them): the 4-bit
+    GEMV (shuffle lookup, RMSNorm prologue) and the inline LLM.int8 GEMV (RMSNorm prologue,
+    outliers) as Triton's IR; the decode attention (heads of 64 in groups of 8) in one part and
+    in four as PTX, and unpipelined and three stages deep as Triton's IR."""
+    pytest.importorskip("triton.backends.nvidia")
+    return sm90_ptx("""
+from quantbench.kernels import attention, fourbit, int8
+show("4bit step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
+     "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024},
+     {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
+show("int8 step", int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 2, "RES": True, "OUTLIERS": True,
+     "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False},
+     {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
+pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
+common = {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64}
+for parts in (1, 4):
+    show(f"attention parts={parts}", attention._decode_attention, common | {"PARTS_P2": parts, "PDL": 1}, pointers)
+for stages in (None, 3):
+    show(f"attention stages={stages}", attention._decode_attention, common | {"PARTS_P2": 1, "STAGES": stages},
+         pointers, asm="ttir")
+""")
+
+
+def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for(compiled_code):
     """In each K-step of the 4-bit GEMV (the default shuffle lookup, RMSNorm prologue) the
     absmax is loaded with the packed weights and the activation, before the activation's split
     into the values the high and low nibbles meet (an exchange through shared memory, behind
     block barriers in the machine code), so a step waits for memory once; and the first step's
     weights are asked for before the norm's sum of squares (the first loop), which they do not
     need."""
-    pytest.importorskip("triton.backends.nvidia")
-    ir = sm90_ptx("""
-from quantbench.kernels import fourbit
-show("step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
-     "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024},
-     {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
-""")["step"]
+    ir = compiled_code["4bit step"]
     loop = ir[ir.rindex("scf.for"):]
     body = loop[:loop.index("scf.yield")].splitlines()
     absmax = [i for i, line in enumerate(body) if "tt.load" in line and "tensor<4x16x!tt.ptr<f32>>" in line]
@@ -190,17 +209,11 @@ def _int8_layer(w: torch.Tensor, threshold: float):
     return layer
 
 
-def test_int8_step_asks_for_its_weights_first():
+def test_int8_step_asks_for_its_weights_first(compiled_code):
     """In each K-step of the LLM.int8 GEMV that quantizes its activation inline (the RMSNorm
     prologue, outliers on), the int8 weights are the step's first load: behind the activation's
     codes, which pass through shared memory, they would wait for the activation's load."""
-    pytest.importorskip("triton.backends.nvidia")
-    ir = sm90_ptx("""
-from quantbench.kernels import int8
-show("step", int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 2, "RES": True, "OUTLIERS": True,
-     "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False},
-     {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
-""")["step"]
+    ir = compiled_code["int8 step"]
     lines = ir.splitlines()
     weights = next(i for i, line in enumerate(lines) if "tt.load" in line and "tensor<8x1024x!tt.ptr<i8>>" in line)
     loop = max(i for i in range(weights) if "scf.for" in lines[i])
@@ -510,29 +523,12 @@ def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters
     assert torch.allclose(wide_parts, wide_one, rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def attention_code() -> dict[str, str]:
-    """The decode attention compiled for sm_90 (in a process of its own), heads of 64 in groups of
-    8: "parts=1" and "parts=4" as PTX, "stages=None" and "stages=3" as Triton's IR."""
-    pytest.importorskip("triton.backends.nvidia")
-    return sm90_ptx("""
-from quantbench.kernels import attention
-pointers = {"mask_ptr": "*u8", "part_ptr": "*fp32", "max_ptr": "*fp32", "sum_ptr": "*fp32", "count_ptr": "*i32"}
-common = {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 64}
-for parts in (1, 4):
-    show(f"parts={parts}", attention._decode_attention, common | {"PARTS_P2": parts, "PDL": 1}, pointers)
-for stages in (None, 3):
-    show(f"stages={stages}", attention._decode_attention, common | {"PARTS_P2": 1, "STAGES": stages}, pointers,
-         asm="ttir")
-""")
-
-
-def test_decode_attention_parts_compile_to_a_release_and_an_acquire(attention_code):
+def test_decode_attention_parts_compile_to_a_release_and_an_acquire(compiled_code):
     """sm_90 code of the split kernel: every thread's stores, a block barrier, then one
     acquire-release atomic; the combine reads the parts past L1 and resets the counter. The
     unsplit kernel has no atomic at all."""
-    assert "atom" not in attention_code["parts=1"]
-    split = attention_code["parts=4"]
+    assert "atom" not in compiled_code["attention parts=1"]
+    split = compiled_code["attention parts=4"]
     atomics = [line.strip() for line in split.splitlines() if line.strip().startswith(("atom", "@"))
                and "atom." in line]
     assert len(atomics) == 2, atomics
@@ -544,22 +540,23 @@ def test_decode_attention_parts_compile_to_a_release_and_an_acquire(attention_co
     assert "ld.global.cg" in split[at:] and "ld.global.cg" not in split[:at]
 
 
-def test_decode_attention_asks_for_keys_and_values_together(attention_code):
+def test_decode_attention_asks_for_keys_and_values_together(compiled_code):
     """Each step of the loop over the cache loads its key and value tiles before its first
     reduction (the scores' sums, block barriers in the machine code), so a step waits for
     memory once, not once for the keys and again for the values."""
-    loop = attention_code["stages=None"]
+    loop = compiled_code["attention stages=None"]
     loop = loop[loop.rindex("scf.for"):]
     tiles = [i for i in range(len(loop)) if loop.startswith("tt.load", i)
              and "tensor<64x64x!tt.ptr<f16>>" in loop[i:loop.index("\n", i)]]
     assert len(tiles) == 2 and max(tiles) < loop.index("tt.reduce")
 
 
-def test_decode_attention_asks_for_its_loop_over_the_cache_pipelined(attention_code):
+def test_decode_attention_asks_for_its_loop_over_the_cache_pipelined(compiled_code):
     """config.pipeline_stages reaches the attention's loop over the cache: Triton's IR marks that
     loop with the depth (whether a Triton version then pipelines it is its own choice: 3.6 does,
     3.9 keeps its loads in the loop), and the loop carries no mark when the mode is off."""
-    assert "tt.num_stages = 3" in attention_code["stages=3"] and "tt.num_stages" not in attention_code["stages=None"]
+    assert "tt.num_stages = 3" in compiled_code["attention stages=3"]
+    assert "tt.num_stages" not in compiled_code["attention stages=None"]
 
 
 def test_decode_attention_serves_a_static_cache_step_of_the_real_model(monkeypatch):

@@ -154,3 +154,13 @@ def test_pipelined_main_loops_copy_their_steps_ahead_only_after_the_wait(compile
         copies = _copies(staged)
         assert copies and "cp.async.wait_group" in staged, name
         assert min(copies) > staged.index("griddepcontrol.wait"), name
+
+
+def test_rope_kernel_reads_everything_before_it_writes(compiled):
+    """The rotary + cache write kernel's code: every load of a step (q, k, v and the angles)
+    comes before its first store, so the step waits for memory once; a load after a store that
+    might alias it would wait for that store."""
+    for ptx in (code["rope"] for code in compiled):
+        loads = [i for i in range(len(ptx)) if ptx.startswith("ld.global", i)]
+        stores = [i for i in range(len(ptx)) if ptx.startswith("st.global", i)]
+        assert len(loads) > 3 and max(loads) < min(stores)
