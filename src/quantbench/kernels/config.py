@@ -152,8 +152,8 @@ def pipeline_stages(kind: str) -> int | None:
     a program keeps N steps' bytes in flight without holding them in registers. Only the order
     of the loads changes, not the arithmetic: the results are the same bit for bit. Compiled for
     sm_90 by Triton 3.6 (benchmarks/kernels_compile.py), the 4-bit GEMV's K-loop then holds no
-    global loads, at 48 registers and 6.4-19.2 KB of shared memory for 2-4 stages; with "off"
-    every kernel's machine code is what it was without the mode. Untimed, so it stays opt-in."""
+    global loads, at the same 56 registers and 6.4-19.2 KB of shared memory for 2-4 stages;
+    "off" compiles every kernel as it would be without the mode. Untimed, so it stays opt-in."""
     mode = _GATHER["stages"]
     if mode == "off":
         return None
