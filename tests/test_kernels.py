@@ -167,7 +167,7 @@ def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for(compiled_cod
     into the values the high and low nibbles meet (an exchange through shared memory, behind
     block barriers in the machine code), so a step waits for memory once; and the first step's
     weights are asked for before the norm's sum of squares (the first loop), which they do not
-    need."""
+    need, nor does the residual the epilogue adds."""
     ir = compiled_code["4bit step"]
     loop = ir[ir.rindex("scf.for"):]
     body = loop[:loop.index("scf.yield")].splitlines()
@@ -175,8 +175,10 @@ def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for(compiled_cod
     split = [i for i, line in enumerate(body) if "tt.split" in line]
     assert len(absmax) == 1 and split and absmax[0] < split[0]
     ir_lines = ir.splitlines()
+    first_loop = next(i for i, line in enumerate(ir_lines) if "scf.for" in line)
     packed = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x16x32x!tt.ptr<i8>>" in line]
-    assert packed[0] < next(i for i, line in enumerate(ir_lines) if "scf.for" in line)
+    residual = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x!tt.ptr<f16>>" in line]
+    assert packed[0] < first_loop and residual == [residual[0]] and residual[0] < first_loop
 
 
 def test_4bit_register_lookup_falls_back_where_it_cannot_run():
@@ -212,12 +214,17 @@ def _int8_layer(w: torch.Tensor, threshold: float):
 def test_int8_step_asks_for_its_weights_first(compiled_code):
     """In each K-step of the LLM.int8 GEMV that quantizes its activation inline (the RMSNorm
     prologue, outliers on), the int8 weights are the step's first load: behind the activation's
-    codes, which pass through shared memory, they would wait for the activation's load."""
+    codes, which pass through shared memory, they would wait for the activation's load; and
+    the epilogue's row scales and residual are asked for before the loops."""
     ir = compiled_code["int8 step"]
     lines = ir.splitlines()
     weights = next(i for i, line in enumerate(lines) if "tt.load" in line and "tensor<8x1024x!tt.ptr<i8>>" in line)
     loop = max(i for i in range(weights) if "scf.for" in lines[i])
     assert next(i for i in range(loop, weights + 1) if "tt.load" in lines[i]) == weights
+    # the epilogue's row scales (SCB) and residual asked for before any loop
+    first_loop = next(i for i, line in enumerate(lines) if "scf.for" in line)
+    for tile in ("tensor<8x!tt.ptr<f32>>", "tensor<8x!tt.ptr<f16>>"):
+        assert next(i for i, line in enumerate(lines) if "tt.load" in line and tile in line) < first_loop, tile
 
 
 def test_int8_gemv_threshold_0_is_bitsandbytes_arithmetic_exactly():

@@ -46,6 +46,7 @@ from quantbench.kernels.prologue import (
     load_x,
     prepare_rows,
     prologue,
+    row_ends,
     row_rsqrt,
     rows_of,
 )
@@ -181,6 +182,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     else:
         table = None
     wait_for_inputs(PDL)
+    bias, res = row_ends(bias_ptr, res_ptr + m * stride_r, rows, row_ok, HAS_BIAS and SPLIT == 1, RES)
     loop_start = start
     if PRO == 2:  # the first step's weights asked for before the norm's sum of squares, which they do not need
         first_packed, first_scale = _weights(w_ptr, absmax_ptr, rows, start, row_bytes, row_blocks, full_end,
@@ -205,8 +207,8 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
         if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
             out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
         if HAS_BIAS:
-            out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        out = add_residual(out.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
+            out += bias
+        out = add_residual(out.to(out_ptr.dtype.element_ty), res, RES)
         tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
     else:  # fp32 partials [M, SPLIT, N]; _sum_splits adds them
         tl.store(out_ptr + (m * SPLIT + split) * N + rows, out, mask=row_ok)
@@ -220,14 +222,15 @@ def _sum_splits(part_ptr, bias_ptr, res_ptr, out_ptr, N, stride_r, stride_o, HAS
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = tl.program_id(1)
     ok = rows < N
+    bias, res = row_ends(bias_ptr, res_ptr + m * stride_r, rows, ok, HAS_BIAS, RES)
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for s in tl.static_range(SPLIT):  # always in this order: a deterministic sum
         total += tl.load(part_ptr + (m * SPLIT + s) * N + rows, mask=ok, other=0.0)
     if BNB:
         total = total.to(out_ptr.dtype.element_ty).to(tl.float32)
     if HAS_BIAS:
-        total += tl.load(bias_ptr + rows, mask=ok, other=0.0).to(tl.float32)
-    out = add_residual(total.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, ok, RES)
+        total += bias
+    out = add_residual(total.to(out_ptr.dtype.element_ty), res, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=ok)
 
 

@@ -29,6 +29,7 @@ from quantbench.kernels.prologue import (
     load_x,
     prepare_rows,
     prologue,
+    row_ends,
     row_rsqrt,
     rows_of,
 )
@@ -48,6 +49,7 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
     prefetch_range(w_ptr.to(tl.pointer_type(tl.uint8)), first.to(tl.int64) * K * ELEM,
                    tl.minimum(BLOCK_N, N - first) * K * ELEM, PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
+    bias, res = row_ends(bias_ptr, res_ptr + m * stride_r, rows, row_ok, HAS_BIAS, RES)
     r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO, STAGES=STAGES)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
@@ -59,8 +61,8 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
         acc += w.to(tl.float32) * x[None, :]
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
-        out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    out = add_residual(out.to(out_ptr.dtype.element_ty), res_ptr + m * stride_r, rows, row_ok, RES)
+        out += bias
+    out = add_residual(out.to(out_ptr.dtype.element_ty), res, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
 
 

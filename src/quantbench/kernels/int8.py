@@ -45,7 +45,16 @@ from quantbench.kernels.config import (
     unfused_products,
 )
 from quantbench.kernels.overlap import OFF, launch_options, mode_for, prefetch_range, wait_for_inputs
-from quantbench.kernels.prologue import add_residual, fused_args, load_x, prologue, row_launch, row_rsqrt, rows_of
+from quantbench.kernels.prologue import (
+    add_residual,
+    fused_args,
+    load_x,
+    prologue,
+    row_ends,
+    row_launch,
+    row_rsqrt,
+    rows_of,
+)
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
 OUTLIER_SLOTS = 64  # outlier columns a row's list holds ("once"); more take the masked pass
@@ -133,6 +142,8 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     prefetch_range(w_ptr.to(tl.pointer_type(tl.uint8)), first.to(tl.int64) * K, tl.minimum(BLOCK_N, N - first) * K,
                    PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
+    col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)  # with bias and residual, before the loop
+    bias, res = row_ends(bias_ptr, res_ptr + m * stride_r, rows, row_ok, HAS_BIAS, RES)
     xm = x_ptr + m * stride_x
     gathered_w = None
     gathered_val = None
@@ -160,7 +171,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
         acc += w.to(tl.int32) * q.to(tl.int32)[None, :]
     # 3. bitsandbytes' epilogue: fp16 result, then the activation dtype; the outlier term is added
     # to that rounded result, as bitsandbytes adds its fp16 outlier matmul.
-    out = _epilogue(tl.sum(acc, axis=1), row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS, APPROX_DIV)
+    out = _epilogue(tl.sum(acc, axis=1), row_stat, col, bias, APPROX_DIV)
     out = out.to(out_ptr.dtype.element_ty)
     if OUTLIERS:  # noqa: SIM102 (a compile-time branch around a run-time one)
         if seen > 0:
@@ -172,7 +183,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
                 extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO, BLOCK_N,
                                       SKIP_CHUNKS)
             out = (out.to(tl.float32) + extra).to(out_ptr.dtype.element_ty)
-    out = add_residual(out, res_ptr + m * stride_r, rows, row_ok, RES)
+    out = add_residual(out, res, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
 
 
@@ -243,12 +254,9 @@ def _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO
 
 
 @triton.jit
-def _epilogue(acc, row_stat, scb_ptr, bias_ptr, rows, row_ok, HAS_BIAS: tl.constexpr, APPROX_DIV: tl.constexpr):
-    """bitsandbytes' int8 matmul epilogue: fp16(fmaf(acc * row * col, 1/127^2, bias))."""
-    col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
-    bias = tl.zeros(acc.shape, dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+def _epilogue(acc, row_stat, col, bias, APPROX_DIV: tl.constexpr):
+    """bitsandbytes' int8 matmul epilogue: fp16(fmaf(acc * row * col, 1/127^2, bias)); col the
+    rows' SCB, bias theirs (fp32, 0 without)."""
     product = acc.to(tl.float32) * row_stat * col
     if APPROX_DIV:  # compiled: bitsandbytes' fmaf, 1/127^2 as it writes it
         return tl.fma(product, 6.200012e-05, bias).to(tl.float16)

@@ -137,11 +137,25 @@ def load_pairs(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
 
 
 @triton.jit
-def add_residual(out, res_ptr, rows, mask, RES: tl.constexpr):
-    """`out` (already in the output dtype) plus the residual at `rows`, rounded (RES) or as is."""
+def row_ends(bias_ptr, res_ptr, rows, mask, HAS_BIAS: tl.constexpr, RES: tl.constexpr):
+    """What a GEMV adds to its output rows after its loop, the bias and the residual (fp32; 0
+    without), loaded before the loop: neither depends on it, so their round trip to memory
+    overlaps the loop's instead of following it."""
+    bias = tl.zeros(rows.shape, dtype=tl.float32)
+    res = tl.zeros(rows.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows, mask=mask, other=0.0).to(tl.float32)
     if RES:
-        res = tl.load(res_ptr + rows, mask=mask, other=0.0)
-        out = (out.to(tl.float32) + res.to(tl.float32)).to(out.dtype)
+        res = tl.load(res_ptr + rows, mask=mask, other=0.0).to(tl.float32)
+    return bias, res
+
+
+@triton.jit
+def add_residual(out, res, RES: tl.constexpr):
+    """`out` (already in the output dtype) plus the residual `res` (row_ends'), rounded (RES), or
+    as is."""
+    if RES:
+        out = (out.to(tl.float32) + res).to(out.dtype)
     return out
 
 
