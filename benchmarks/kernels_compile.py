@@ -82,9 +82,11 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
                     {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 0, "RES": True, "OUTLIERS": outliers,
                      "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False, "CODES": True, "SLOTS": 64}, 4))
         for pro, block, warps in ((2, 4096, 8), (1, 16384, 16)):
-            out.append((f"int8 row codes {label} pro={pro}, {block} columns per step", "int8", int8._quantize_rows,
-                        {"APPROX_DIV": True, "PRO": pro, "OUTLIERS": outliers, "SLOTS": 64, "BLOCK_K": block},
-                        warps))
+            for one_step in (False, True):  # the row loaded once into registers, or again in each pass
+                out.append((f"int8 row codes {label} pro={pro}, {block} columns{', one step' if one_step else ''}",
+                            "int8", int8._quantize_rows,
+                            {"APPROX_DIV": True, "PRO": pro, "OUTLIERS": outliers, "SLOTS": 64, "BLOCK_K": block,
+                             "ONE_STEP": one_step}, warps))
     for pro, block, warps in ((2, 4096, 8), (1, 16384, 16)):
         out.append((f"prepared row pro={pro}, {block} columns per step", "rows", prologue._prepare_rows_kernel,
                     {"PRO": pro, "BLOCK": block}, warps))

@@ -302,6 +302,27 @@ def test_int8_row_codes_are_bitsandbytes_activation_quantization(monkeypatch):
     assert torch.equal(q2, codes)
 
 
+@pytest.mark.parametrize("pro", [0, 1, 2])
+def test_int8_row_codes_in_one_step_or_several_are_the_same(pro, monkeypatch):
+    """quantize_rows reads a row that fits one step once, into registers, and a longer row again
+    in each pass; both give the same codes, absmax and outlier list, through every prologue."""
+    from quantbench.kernels import int8
+    from quantbench.kernels.prologue import row_launch
+
+    torch.manual_seed(9)
+    x = torch.randn(2, 2 * K if pro == 1 else K, dtype=torch.float16) * 2
+    x[1, [3, 70, 150]] = 9.0
+    nw = torch.rand(K, dtype=torch.float16) + 0.5
+    one_step = int8.quantize_rows(x, K, 3.0, pro, nw, 1e-5)
+    monkeypatch.setattr(int8, "row_launch", lambda k, pdl: (64, row_launch(k, pdl)[1]))  # three steps of 64
+    steps = int8.quantize_rows(x, K, 3.0, pro, nw, 1e-5)
+    (q, stat, idx, val, count), (q2, stat2, idx2, val2, count2) = one_step, steps
+    assert torch.equal(q, q2) and torch.equal(stat, stat2) and torch.equal(count, count2)
+    assert int(count[1]) > 0
+    for row, listed in enumerate(count.clamp(max=int8.OUTLIER_SLOTS).tolist()):  # the slots past the count: unset
+        assert torch.equal(idx[row, :listed], idx2[row, :listed]) and torch.equal(val[row, :listed], val2[row, :listed])
+
+
 @pytest.mark.parametrize("kind", ["dense", "nf4", "nf4-steps", "int8-t0", "int8-t3", "int8-t3-overflow"])
 @pytest.mark.parametrize("fusion", ["none", "act", "norm"])
 def test_row_prologue_once_gives_the_inline_results(kind, fusion, monkeypatch, row_mode, request):

@@ -47,8 +47,10 @@ from quantbench.kernels.config import (
 from quantbench.kernels.overlap import OFF, launch_options, mode_for, prefetch_range, wait_for_inputs
 from quantbench.kernels.prologue import (
     add_residual,
+    finish_x,
     fused_args,
     load_x,
+    load_x_parts,
     prologue,
     row_ends,
     row_launch,
@@ -77,11 +79,23 @@ def _row_scale(xm, nw_ptr, r, threshold, K, PRO: tl.constexpr, OUTLIERS: tl.cons
     seen = tl.zeros([BLOCK_K], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        a = tl.abs(load_x(xm, k, k < K, K, PRO, nw_ptr, r).to(tl.float16).to(tl.float32))
-        if OUTLIERS:
-            seen += (a >= threshold).to(tl.int32)
-            a = tl.where(a < threshold, a, 0.0)
-        amax = tl.maximum(amax, a)
+        amax, seen = _absmax_step(load_x(xm, k, k < K, K, PRO, nw_ptr, r), amax, seen, threshold, OUTLIERS)
+    return _scale_of(amax, seen, APPROX_DIV, BLOCK_K)
+
+
+@triton.jit
+def _absmax_step(x, amax, seen, threshold, OUTLIERS: tl.constexpr):
+    """amax and seen after one step of x: |x| in fp16 outside the outlier columns, outliers counted."""
+    a = tl.abs(x.to(tl.float16).to(tl.float32))
+    if OUTLIERS:
+        seen += (a >= threshold).to(tl.int32)
+        a = tl.where(a < threshold, a, 0.0)
+    return tl.maximum(amax, a), seen
+
+
+@triton.jit
+def _scale_of(amax, seen, APPROX_DIV: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(absmax, 127 / absmax as a [BLOCK_K] vector, outlier count) from _absmax_step's partials."""
     row_stat = tl.max(amax, axis=0)
     scale = _divide(tl.full([BLOCK_K], 127.0, tl.float32), tl.zeros([BLOCK_K], tl.float32) + row_stat,
                     APPROX_DIV)
@@ -101,29 +115,53 @@ def _codes(x, scale, threshold, OUTLIERS: tl.constexpr):
 @triton.jit
 def _quantize_rows(x_ptr, nw_ptr, eps, threshold, q_ptr, stat_ptr, idx_ptr, val_ptr, count_ptr, K, stride_x,
                    APPROX_DIV: tl.constexpr, PRO: tl.constexpr, OUTLIERS: tl.constexpr, SLOTS: tl.constexpr,
-                   BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
+                   BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None,
+                   ONE_STEP: tl.constexpr = False):
     """Row m's int8 codes, absmax and outlier list (columns and values, in column order; the
-    count may exceed SLOTS, the list stops there), for the GEMV's programs to read."""
+    count may exceed SLOTS, the list stops there), for the GEMV's programs to read. ONE_STEP
+    (the row fits one BLOCK_K step): the row and the norm's weight are loaded once, before the
+    sum of squares, and the absmax and the codes come from those registers; else each pass
+    loads them again. The same values either way."""
     m = tl.program_id(0)
     wait_for_inputs(PDL)
     xm = x_ptr + m * stride_x
-    r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
-    row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
     count = tl.sum(tl.zeros([BLOCK_K], dtype=tl.int32), axis=0)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        x = load_x(xm, k, k < K, K, PRO, nw_ptr, r)
-        tl.store(q_ptr + m * K + k, _codes(x, scale, threshold, OUTLIERS).to(tl.int8), mask=k < K)
-        if OUTLIERS:  # noqa: SIM102 (a compile-time branch around a run-time one)
-            if seen > 0:  # a row without outliers skips the list's scan (the GEMV reads none)
-                outlier = (tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold) & (k < K)
-                slot = count + tl.cumsum(outlier.to(tl.int32), axis=0) - 1
-                listed = outlier & (slot < SLOTS)
-                tl.store(idx_ptr + m * SLOTS + slot, k, mask=listed)
-                tl.store(val_ptr + m * SLOTS + slot, x.to(tl.float32), mask=listed)
-                count += tl.sum(outlier.to(tl.int32), axis=0)
+    if ONE_STEP:
+        k = tl.arange(0, BLOCK_K)
+        raw, other = load_x_parts(xm, k, k < K, K, PRO, nw_ptr)
+        r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
+        x = finish_x(raw, other, PRO, r)
+        amax, seen = _absmax_step(x, tl.zeros([BLOCK_K], dtype=tl.float32), tl.zeros([BLOCK_K], dtype=tl.int32),
+                                  threshold, OUTLIERS)
+        row_stat, scale, seen = _scale_of(amax, seen, APPROX_DIV, BLOCK_K)
+        count = _store_codes(x, k, K, m, scale, threshold, seen, count, q_ptr, idx_ptr, val_ptr, OUTLIERS, SLOTS)
+    else:
+        r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
+        row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            x = load_x(xm, k, k < K, K, PRO, nw_ptr, r)
+            count = _store_codes(x, k, K, m, scale, threshold, seen, count, q_ptr, idx_ptr, val_ptr, OUTLIERS,
+                                 SLOTS)
     tl.store(stat_ptr + m, row_stat)
     tl.store(count_ptr + m, count)
+
+
+@triton.jit
+def _store_codes(x, k, K, m, scale, threshold, seen, count, q_ptr, idx_ptr, val_ptr, OUTLIERS: tl.constexpr,
+                 SLOTS: tl.constexpr):
+    """One step of row m's codes stored, and its outliers listed after the `count` before them;
+    the count after it."""
+    tl.store(q_ptr + m * K + k, _codes(x, scale, threshold, OUTLIERS).to(tl.int8), mask=k < K)
+    if OUTLIERS:  # noqa: SIM102 (a compile-time branch around a run-time one)
+        if seen > 0:  # a row without outliers skips the list's scan (the GEMV reads none)
+            outlier = (tl.abs(x.to(tl.float16).to(tl.float32)) >= threshold) & (k < K)
+            slot = count + tl.cumsum(outlier.to(tl.int32), axis=0) - 1
+            listed = outlier & (slot < SLOTS)
+            tl.store(idx_ptr + m * SLOTS + slot, k, mask=listed)
+            tl.store(val_ptr + m * SLOTS + slot, x.to(tl.float32), mask=listed)
+            count += tl.sum(outlier.to(tl.int32), axis=0)
+    return count
 
 
 @triton.jit
@@ -293,8 +331,8 @@ def quantize_rows(x2: torch.Tensor, k: int, threshold: float, pro: int = 0, nw: 
     block, launch = row_launch(k, pdl)
     _quantize_rows[(rows,)](x2, x2 if nw is None else nw, eps, float(threshold), q, stat, idx, val, count, k,
                             x2.stride(0), APPROX_DIV=not interpreted(), PRO=pro, OUTLIERS=threshold > 0,
-                            SLOTS=OUTLIER_SLOTS, BLOCK_K=block, STAGES=pipeline_stages("int8"), **unfused_products(),
-                            **launch)
+                            SLOTS=OUTLIER_SLOTS, BLOCK_K=block, STAGES=pipeline_stages("int8"), ONE_STEP=block >= k,
+                            **unfused_products(), **launch)
     return q, stat, idx, val, count
 
 

@@ -66,11 +66,30 @@ def _load(ptr, mask):
 def load_x(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
     """The activation at `offsets` (0 where `mask` is False; mask None: all in range). half: the
     up half's offset (PRO 1); nw_ptr, r: the norm's weight and the row's rsqrt (PRO 2)."""
+    x, other = load_x_parts(x_ptr, offsets, mask, half, PRO, nw_ptr)
+    return finish_x(x, other, PRO, r)
+
+
+@triton.jit
+def load_x_parts(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr):
+    """load_x's loads alone (the row, and the up half or the norm's weight; else the row again),
+    which need no rsqrt: a kernel can issue them before it sums the squares."""
     x = _load(x_ptr + offsets, mask)
+    other = x
     if PRO == 1:
-        x = _silu_mul(x, _load(x_ptr + half + offsets, mask))
+        other = _load(x_ptr + half + offsets, mask)
     elif PRO == 2:
-        x = _rms(x, _load(nw_ptr + offsets, mask), r)
+        other = _load(nw_ptr + offsets, mask)
+    return x, other
+
+
+@triton.jit
+def finish_x(x, other, PRO: tl.constexpr, r):
+    """load_x's arithmetic on load_x_parts' values."""
+    if PRO == 1:
+        x = _silu_mul(x, other)
+    elif PRO == 2:
+        x = _rms(x, other, r)
     return x
 
 
