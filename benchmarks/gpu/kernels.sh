@@ -31,6 +31,11 @@
 #   stages        main loops software-pipelined (config.pipeline_stages) against as written, per
 #                 MODEL (as in rows): the GEMVs alone (2-4 stages for 4-bit), the attention alone,
 #                 then decode (tinyllama nf4 and int8; llama-2-7b nf4, also with the attention in parts)
+#   against       decode with the kernels of an earlier revision, then with the working tree's, on one
+#                 machine (whichever card came): before the call, `mkdir baseline && git archive REV
+#                 src benchmarks | tar -x -C baseline`, and carry baseline/ (MODEL as in rows;
+#                 PRECISIONS, nf4 by default; KERNELS for the working tree's, e.g.
+#                 quantbench,quantbench+stages3)
 #   overlap       tinyllama decode with every kernel launched dependently (the rotary + cache
 #                 write too, which "auto" leaves plain): nf4 with prefetch, int8 without
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
@@ -41,14 +46,15 @@
 set -u
 stage=$1
 log=$OUT/kernels_$stage.log
-decode() {  # model precisions kernels name limit_s_per_process [extra args]
-  local n
+decode() {  # model precisions kernels name limit_s_per_process [extra args]; TREE: another source tree
+  local n tree=${TREE:-$PWD}
   n=$(( $(echo "$2" | tr ',' '\n' | wc -l) * $(echo "$3" | tr ',' '\n' | wc -l) ))  # one process each
   # built once, outside any process's limit (random weights for a 7B architecture: ~30 s)
-  timeout 120 python3 -c "from quantbench.models import resolve; resolve('$1')" >> "$log" 2>&1
-  timeout "$(( n * $5 + 15 ))" python3 benchmarks/decode_speed.py --model "$1" --precisions "$2" --kernels "$3" \
-    --name "$4" --out "$OUT" --batches 1 --eager-tokens 32 --new-tokens 64 --repeats 2 --timeout-s "$5" \
-    "${@:6}" 2>&1 | grep -v MatMul8bitLt >> "$log"
+  PYTHONPATH=$QB_WORK/site:$tree/src timeout 120 python3 -c "from quantbench.models import resolve; resolve('$1')" \
+    >> "$log" 2>&1
+  PYTHONPATH=$QB_WORK/site:$tree/src timeout "$(( n * $5 + 15 ))" python3 "$tree/benchmarks/decode_speed.py" \
+    --model "$1" --precisions "$2" --kernels "$3" --name "$4" --out "$OUT" --batches 1 --eager-tokens "${EAGER:-32}" \
+    --new-tokens 64 --repeats 2 --timeout-s "$5" "${@:6}" 2>&1 | grep -v MatMul8bitLt >> "$log"
 }
 gemv() {  # limit_s out_subdir [args]
   mkdir -p "$OUT/$2"
@@ -125,6 +131,14 @@ case "$stage" in
   overlap)  # the rotary + cache write launched dependently too (the explicit modes; "auto" keeps it plain)
     decode tinyllama-1.1b-arch nf4 quantbench,quantbench+prefetch tinyllama_overlap_nf4 "${LIMIT:-60}"
     decode tinyllama-1.1b-arch int8 quantbench,quantbench+pdl tinyllama_overlap_int8 "${LIMIT:-60}" ;;
+  against)
+    [ -d baseline/src ] || { echo "no baseline/: see the stage's comment at the top" | tee -a "$log"; exit 1; }
+    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4) limit=90; else
+      model=tinyllama-1.1b-arch extra=() limit=60; fi
+    TREE=$PWD/baseline decode "$model" "${PRECISIONS:-nf4}" quantbench "${MODEL:-tinyllama}_baseline" \
+      "${LIMIT:-$limit}" "${extra[@]}"
+    decode "$model" "${PRECISIONS:-nf4}" "${KERNELS:-quantbench}" "${MODEL:-tinyllama}_working_tree" "${LIMIT:-$limit}" \
+      "${extra[@]}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;
