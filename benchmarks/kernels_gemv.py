@@ -189,6 +189,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         set_pipeline_stages,
     )
 
+    named, depth = _pipeline_depth(fmt)
     # int8-t6-skip: LLM.int8's outlier term by the pass that tests each chunk (the default is the
     # masked pass); nf4-bnbmath: the 4-bit kernel with bitsandbytes' roundings; nf4-bnbmath-regs:
     # and its register lookup; "-pdl" / "-prefetch": each launch overlapping the one before it
@@ -200,8 +201,8 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "4bit_lookup": "registers" if "regs" in fmt else "shuffle" if "shuffle" in fmt else "shared" if "shared" in fmt
                        else defaults["4bit_lookup"],
         "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
-        "int8_list_gather": "early" if _pipeline_depth(fmt)[0].endswith("-early") else defaults["int8_list_gather"],
-        "pipeline_stages": _pipeline_depth(fmt)[1] or defaults["pipeline_stages"],
+        "int8_list_gather": "early" if named.endswith("-early") else defaults["int8_list_gather"],
+        "pipeline_stages": depth or defaults["pipeline_stages"],
     })
     items: list[dict] = []
 
@@ -246,7 +247,6 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
                 except Exception as err:  # a shape Triton cannot build is a result too
                     times[key] = f"{type(err).__name__}"
         set_config(kind, None)
-        set_modes(defaults)
         set_fourbit_gather(before[0])
         set_fourbit_pairs(before[1])
         ok = {s: t for s, t in times.items() if isinstance(t, float)}

@@ -56,6 +56,10 @@ decode() {  # model precisions kernels name limit_s_per_process [extra args]; TR
     --model "$1" --precisions "$2" --kernels "$3" --name "$4" --out "$OUT" --batches 1 --eager-tokens "${EAGER:-32}" \
     --new-tokens 64 --repeats 2 --timeout-s "$5" "${@:6}" 2>&1 | grep -v MatMul8bitLt >> "$log"
 }
+pick_model() {  # MODEL (tinyllama, the default, or llama7b) -> model, extra (decode args), limit (s per process)
+  if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4) limit=90; else
+    model=tinyllama-1.1b-arch extra=() limit=60; fi
+}
 gemv() {  # limit_s out_subdir [args]
   mkdir -p "$OUT/$2"
   timeout "$1" python3 benchmarks/kernels_gemv.py --out "$OUT/$2" "${@:3}" 2>&1 | grep -v '^{' >> "$log"
@@ -91,8 +95,7 @@ case "$stage" in
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,int8,int8-t0,nf4-dq}" \
       bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama "${LIMIT:-60}" ;;
   rows)  # the defaults ("auto": once for LLM.int8 launches of N and K >= 4096) beside both fixed modes
-    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4); else
-      model=tinyllama-1.1b-arch extra=(); fi
+    pick_model
     decode "$model" int8 quantbench,quantbench+inline,quantbench+once "${MODEL:-tinyllama}_rows_int8" \
       "${LIMIT:-60}" "${extra[@]}"
     decode "$model" nf4 quantbench,quantbench+once "${MODEL:-tinyllama}_rows_nf4" "${LIMIT:-60}" "${extra[@]}"
@@ -103,25 +106,20 @@ case "$stage" in
     gemv 60 gemv --models llama7b --formats int8-t6-once,int8-t6-once-early,int8-t0 ;;
   shuffle)
     gemv 90 gemv --models tinyllama,llama7b --formats nf4,nf4-shuffle,nf4-dq,nf4-dq-shuffle,nf4-norm,nf4-norm-shuffle
-    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4); else
-      model=tinyllama-1.1b-arch extra=(); fi
+    pick_model
     decode "$model" nf4,nf4-dq quantbench,quantbench+shuffle "${MODEL:-tinyllama}_shuffle" "${LIMIT:-60}" \
       "${extra[@]}" ;;
   attention)
     timeout 120 python3 benchmarks/kernels_attention.py --out "$OUT/attention" 2>&1 | grep -v '^{' >> "$log"
-    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4); else
-      model=tinyllama-1.1b-arch extra=(); fi
+    pick_model
     for prompt in 128 2048; do
       decode "$model" nf4 quantbench,quantbench+parts "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
         --prompt-len "$prompt" "${extra[@]}"
     done ;;
   stages)  # MODEL as in rows; PRECISIONS and KERNELS override the decode's lists
-    if [ "${MODEL:-tinyllama}" = llama7b ]; then
-      model=llama-2-7b-arch extra=(--eager-tokens 4) limit=90 precisions=nf4
-      kernels=quantbench,quantbench+stages3,quantbench+stages3+parts
-    else
-      model=tinyllama-1.1b-arch extra=() limit=60 precisions=nf4,int8 kernels=quantbench,quantbench+stages3
-    fi
+    pick_model
+    precisions=nf4,int8 kernels=quantbench,quantbench+stages3
+    if [ "$model" = llama-2-7b-arch ]; then precisions=nf4 kernels=$kernels,quantbench+stages3+parts; fi
     gemv 100 gemv --models "${MODEL:-tinyllama}" \
       --formats nf4,nf4-stages2,nf4-stages3,nf4-stages4,int8-t0,int8-t0-stages3,fp16,fp16-stages3
     timeout 60 python3 benchmarks/kernels_attention.py --out "$OUT/attention" --models "${MODEL:-tinyllama}" \
@@ -133,12 +131,11 @@ case "$stage" in
     decode tinyllama-1.1b-arch int8 quantbench,quantbench+pdl tinyllama_overlap_int8 "${LIMIT:-60}" ;;
   against)
     [ -d baseline/src ] || { echo "no baseline/: see the stage's comment at the top" | tee -a "$log"; exit 1; }
-    if [ "${MODEL:-tinyllama}" = llama7b ]; then model=llama-2-7b-arch extra=(--eager-tokens 4) limit=90; else
-      model=tinyllama-1.1b-arch extra=() limit=60; fi
+    pick_model
     TREE=$PWD/baseline decode "$model" "${PRECISIONS:-nf4}" quantbench "${MODEL:-tinyllama}_baseline" \
       "${LIMIT:-$limit}" "${extra[@]}"
-    decode "$model" "${PRECISIONS:-nf4}" "${KERNELS:-quantbench}" "${MODEL:-tinyllama}_working_tree" "${LIMIT:-$limit}" \
-      "${extra[@]}" ;;
+    decode "$model" "${PRECISIONS:-nf4}" "${KERNELS:-quantbench}" "${MODEL:-tinyllama}_working_tree" \
+      "${LIMIT:-$limit}" "${extra[@]}" ;;
   final-7b)  # PRECISIONS narrows the list (the most asked-about first)
     decode llama-2-7b-arch "${PRECISIONS:-nf4,int8,fp16,nf4-dq,int8-t0}" "${KERNELS:-bnb,quantbench}" "${NAME:-llama7b}" \
       "${LIMIT:-100}" --eager-tokens 4 ;;
