@@ -214,16 +214,17 @@ def _int8_layer(w: torch.Tensor, threshold: float):
 def test_int8_step_asks_for_its_weights_first(compiled_code):
     """In each K-step of the LLM.int8 GEMV that quantizes its activation inline (the RMSNorm
     prologue, outliers on), the int8 weights are the step's first load: behind the activation's
-    codes, which pass through shared memory, they would wait for the activation's load; and
-    the epilogue's row scales and residual are asked for before the loops."""
+    codes, which pass through shared memory, they would wait for the activation's load. The
+    first step's weights are asked for before the row's passes (the norm's sum of squares, the
+    absmax), which they do not need, and the epilogue's row scales and residual before the loops."""
     ir = compiled_code["int8 step"]
     lines = ir.splitlines()
-    weights = next(i for i, line in enumerate(lines) if "tt.load" in line and "tensor<8x1024x!tt.ptr<i8>>" in line)
-    loop = max(i for i in range(weights) if "scf.for" in lines[i])
-    assert next(i for i in range(loop, weights + 1) if "tt.load" in lines[i]) == weights
-    # the epilogue's row scales (SCB) and residual asked for before any loop
+    weights = [i for i, line in enumerate(lines) if "tt.load" in line and "tensor<8x1024x!tt.ptr<i8>>" in line]
     first_loop = next(i for i, line in enumerate(lines) if "scf.for" in line)
-    for tile in ("tensor<8x!tt.ptr<f32>>", "tensor<8x!tt.ptr<f16>>"):
+    assert len(weights) == 2 and weights[0] < first_loop  # the peeled step's, then the main loop's
+    loop = max(i for i in range(weights[1]) if "scf.for" in lines[i])
+    assert next(i for i in range(loop, weights[1] + 1) if "tt.load" in lines[i]) == weights[1]
+    for tile in ("tensor<8x!tt.ptr<f32>>", "tensor<8x!tt.ptr<f16>>"):  # SCB, residual
         assert next(i for i, line in enumerate(lines) if "tt.load" in line and tile in line) < first_loop, tile
 
 

@@ -191,17 +191,23 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
         if OUTLIERS and EARLY:  # the list's weights in flight during the dot, not after it
             gathered_w, gathered_val = _gather_listed(idx_ptr + m * SLOTS, val_ptr + m * SLOTS, seen, w_ptr, rows,
                                                       row_ok, K, SLOTS)
-    else:  # 1. the row's absmax and scale, outliers counted
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
+    loop_start = 0
+    if not CODES:  # 1. the row's absmax and scale, outliers counted
+        # the first step's weights asked for before the row's passes (the norm's sum of squares,
+        # the absmax), which they do not need: in flight while the program walks its row
+        first_w = _weights_at(w_ptr, rows, row_ok, cols, K)
         r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
         row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
-    # 2. exact int8 x int8 -> int32 dot
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
+        q = _codes(load_x(xm, cols, cols < K, K, PRO, nw_ptr, r), scale, threshold, OUTLIERS)
+        acc += first_w.to(tl.int32) * q.to(tl.int32)[None, :]
+        loop_start = BLOCK_K
+    # 2. exact int8 x int8 -> int32 dot (integer sums: the peeled step changes no result)
+    for k0 in tl.range(loop_start, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
         k = k0 + cols
         # the weights asked for first: behind the activation's codes, computed inline, they
         # would wait for its exchange through shared memory (block barriers), a second round trip
-        w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :],
-                    other=0, eviction_policy="evict_first")
+        w = _weights_at(w_ptr, rows, row_ok, k, K)
         if CODES:
             q = tl.load(q_ptr + m * K + k, mask=k < K, other=0)
         else:
@@ -223,6 +229,13 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
             out = (out.to(tl.float32) + extra).to(out_ptr.dtype.element_ty)
     out = add_residual(out, res, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
+
+
+@triton.jit
+def _weights_at(w_ptr, rows, row_ok, k, K):
+    """The int8 weights of a program's rows at columns k, read once (evicted first)."""
+    return tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0,
+                   eviction_policy="evict_first")
 
 
 @triton.jit
