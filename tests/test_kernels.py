@@ -139,12 +139,14 @@ def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
 @pytest.fixture(scope="module")
 def compiled_code() -> dict[str, str]:
     """Kernels compiled for sm_90 in one process of its own (this one interprets them): the 4-bit
-    GEMV (shuffle lookup, RMSNorm prologue) and the inline LLM.int8 GEMV (RMSNorm prologue,
-    outliers) as Triton's IR; the decode attention (heads of 64 in groups of 8) in one part and
+    GEMV (shuffle lookup, RMSNorm prologue), the inline LLM.int8 GEMV (RMSNorm prologue,
+    outliers) and the dense GEMV (RMSNorm prologue) as Triton's IR; the decode attention (heads of 64 in groups of 8) in one part and
     in four as PTX, and unpipelined and three stages deep as Triton's IR."""
     pytest.importorskip("triton.backends.nvidia")
     return sm90_ptx("""
-from quantbench.kernels import attention, fourbit, int8
+from quantbench.kernels import attention, fourbit, gemv, int8
+show("dense step", gemv._dense_kernel, {"HAS_BIAS": False, "PRO": 2, "RES": True, "BLOCK_N": 4, "BLOCK_K": 1024},
+     {"w_ptr": "*fp16", "bias_ptr": "*fp32"}, asm="ttir")
 show("4bit step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
      "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024},
      {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
@@ -179,6 +181,16 @@ def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for(compiled_cod
     packed = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x16x32x!tt.ptr<i8>>" in line]
     residual = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x!tt.ptr<f16>>" in line]
     assert packed[0] < first_loop and residual == [residual[0]] and residual[0] < first_loop
+
+
+def test_dense_first_weights_come_before_the_norm(compiled_code):
+    """The dense GEMV with the RMSNorm prologue (fp16 q/k/v and gate/up, every lm_head) asks for
+    its first step's weights before the norm's sum of squares, the first loop, which they do not
+    need; the loop's steps load theirs as before."""
+    lines = compiled_code["dense step"].splitlines()
+    weights = [i for i, line in enumerate(lines) if "tt.load" in line and "tensor<4x1024x!tt.ptr<f16>>" in line]
+    first_loop = next(i for i, line in enumerate(lines) if "scf.for" in line)
+    assert len(weights) == 2 and weights[0] < first_loop < weights[1]
 
 
 def test_4bit_register_lookup_falls_back_where_it_cannot_run():

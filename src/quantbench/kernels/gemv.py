@@ -36,6 +36,13 @@ from quantbench.kernels.prologue import (
 
 
 @triton.jit
+def _dense_weights(w_ptr, rows, row_ok, k, K):
+    """A program's rows of 16-bit weights at columns k, read once (evicted first)."""
+    return tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0,
+                   eviction_policy="evict_first")
+
+
+@triton.jit
 def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, stride_x, stride_r, stride_o,
                   HAS_BIAS: tl.constexpr, PRO: tl.constexpr, RES: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
@@ -50,15 +57,19 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
                    tl.minimum(BLOCK_N, N - first) * K * ELEM, PDL)  # the program's rows, end to end
     wait_for_inputs(PDL)
     bias, res = row_ends(bias_ptr, res_ptr + m * stride_r, rows, row_ok, HAS_BIAS, RES)
-    r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO, STAGES=STAGES)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
+    loop_start = 0
+    if PRO == 2:  # the first step's weights asked for before the norm's sum of squares, which they do not need
+        first_w = _dense_weights(w_ptr, rows, row_ok, cols, K)
+    r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO, STAGES=STAGES)
+    if PRO == 2:  # that step first, then the loop from the second: the same sums in the same order
+        acc += first_w.to(tl.float32) * load_x(x_ptr + m * stride_x, cols, cols < K, K, PRO, nw_ptr,
+                                               r).to(tl.float32)[None, :]
+        loop_start = BLOCK_K
+    for k0 in tl.range(loop_start, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
         k = k0 + cols
-        k_ok = k < K
-        x = load_x(x_ptr + m * stride_x, k, k_ok, K, PRO, nw_ptr, r).to(tl.float32)
-        w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0, eviction_policy="evict_first")
-        acc += w.to(tl.float32) * x[None, :]
+        x = load_x(x_ptr + m * stride_x, k, k < K, K, PRO, nw_ptr, r).to(tl.float32)
+        acc += _dense_weights(w_ptr, rows, row_ok, k, K).to(tl.float32) * x[None, :]
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += bias
