@@ -32,8 +32,8 @@
 #                 MODEL (as in rows): the GEMVs alone (2-4 stages for 4-bit), the attention alone,
 #                 then decode (tinyllama nf4 and int8; llama-2-7b nf4, also with the attention in parts)
 #   against       decode with the kernels of an earlier revision, then with the working tree's, on one
-#                 machine (whichever card came): before the call, `mkdir baseline && git archive REV
-#                 src benchmarks | tar -x -C baseline`, and carry baseline/ (MODEL as in rows;
+#                 machine (whichever card it has): first `mkdir baseline && git archive REV src
+#                 benchmarks | tar -x -C baseline`, sent with the working tree (MODEL as in rows;
 #                 PRECISIONS, nf4 by default; KERNELS for the working tree's, e.g.
 #                 quantbench,quantbench+stages3)
 #   overlap       tinyllama decode with every kernel launched dependently (the rotary + cache
