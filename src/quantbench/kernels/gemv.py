@@ -32,14 +32,8 @@ from quantbench.kernels.prologue import (
     row_ends,
     row_rsqrt,
     rows_of,
+    weight_tile,
 )
-
-
-@triton.jit
-def _dense_weights(w_ptr, rows, row_ok, k, K):
-    """A program's rows of 16-bit weights at columns k, read once (evicted first)."""
-    return tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0,
-                   eviction_policy="evict_first")
 
 
 @triton.jit
@@ -60,7 +54,7 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     loop_start = 0
     if PRO == 2:  # the first step's weights asked for before the norm's sum of squares, which they do not need
-        first_w = _dense_weights(w_ptr, rows, row_ok, cols, K)
+        first_w = weight_tile(w_ptr, rows, row_ok, cols, K)
     r = row_rsqrt(x_ptr + m * stride_x, K, eps, PRO, STAGES=STAGES)
     if PRO == 2:  # that step first, then the loop from the second: the same sums in the same order
         acc += first_w.to(tl.float32) * load_x(x_ptr + m * stride_x, cols, cols < K, K, PRO, nw_ptr,
@@ -69,7 +63,7 @@ def _dense_kernel(x_ptr, w_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, K, s
     for k0 in tl.range(loop_start, K, BLOCK_K, num_stages=STAGES):  # config.pipeline_stages
         k = k0 + cols
         x = load_x(x_ptr + m * stride_x, k, k < K, K, PRO, nw_ptr, r).to(tl.float32)
-        acc += _dense_weights(w_ptr, rows, row_ok, k, K).to(tl.float32) * x[None, :]
+        acc += weight_tile(w_ptr, rows, row_ok, k, K).to(tl.float32) * x[None, :]
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += bias

@@ -56,6 +56,7 @@ from quantbench.kernels.prologue import (
     row_launch,
     row_rsqrt,
     rows_of,
+    weight_tile,
 )
 
 OUTLIER_CHUNK = tl.constexpr(256)  # columns per test-and-load of the outlier term
@@ -196,7 +197,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
     if not CODES:  # 1. the row's absmax and scale, outliers counted
         # the first step's weights asked for before the row's passes (the norm's sum of squares,
         # the absmax), which they do not need: in flight while the program walks its row
-        first_w = _weights_at(w_ptr, rows, row_ok, cols, K)
+        first_w = weight_tile(w_ptr, rows, row_ok, cols, K)
         r = row_rsqrt(xm, K, eps, PRO, STAGES=STAGES)
         row_stat, scale, seen = _row_scale(xm, nw_ptr, r, threshold, K, PRO, OUTLIERS, APPROX_DIV, BLOCK_K)
         q = _codes(load_x(xm, cols, cols < K, K, PRO, nw_ptr, r), scale, threshold, OUTLIERS)
@@ -207,7 +208,7 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
         k = k0 + cols
         # the weights asked for first: behind the activation's codes, computed inline, they
         # would wait for its exchange through shared memory (block barriers), a second round trip
-        w = _weights_at(w_ptr, rows, row_ok, k, K)
+        w = weight_tile(w_ptr, rows, row_ok, k, K)
         if CODES:
             q = tl.load(q_ptr + m * K + k, mask=k < K, other=0)
         else:
@@ -229,13 +230,6 @@ def _int8_kernel(x_ptr, w_ptr, scb_ptr, bias_ptr, nw_ptr, eps, res_ptr, threshol
             out = (out.to(tl.float32) + extra).to(out_ptr.dtype.element_ty)
     out = add_residual(out, res, RES)
     tl.store(out_ptr + m * stride_o + rows, out, mask=row_ok)
-
-
-@triton.jit
-def _weights_at(w_ptr, rows, row_ok, k, K):
-    """The int8 weights of a program's rows at columns k, read once (evicted first)."""
-    return tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0,
-                   eviction_policy="evict_first")
 
 
 @triton.jit

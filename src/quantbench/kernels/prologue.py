@@ -11,6 +11,8 @@ Epilogue (RES): the result rounded to the activation dtype, plus a residual row,
 Roundings are those of eager fp16/bf16 torch (transformers' LlamaRMSNorm and LlamaMLP): silu in
 fp32 rounded, then the product rounded; the normalised row rounded, then times the weight rounded.
 
+The dense and LLM.int8 GEMVs also share their weight tile's load (weight_tile).
+
 Inline, every program of a GEMV computes the prologue over the whole row it reads; where
 config.rows_once says so, `prepare_rows` computes it in a kernel of its own first (one
 program per row) and the GEMV reads the result as a plain row.
@@ -153,6 +155,14 @@ def load_pairs(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
         w_even, w_odd = _halves(_load(nw_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask), DT)
         even, odd = _rms(even, w_even, r), _rms(odd, w_odd, r)
     return even.to(tl.float32), odd.to(tl.float32)
+
+
+@triton.jit
+def weight_tile(w_ptr, rows, row_ok, k, K):
+    """A program's rows of a row-major [N, K] weight at columns k (0 outside), read once: evicted
+    from L2 first. The dense and LLM.int8 GEMVs' step load, and their peeled first step's."""
+    return tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0,
+                   eviction_policy="evict_first")
 
 
 @triton.jit
