@@ -257,7 +257,7 @@ def _listed_or_passed(xm, gathered_w, gathered_val, idx_ptr, val_ptr, count, w_p
             w, val = gathered_w, gathered_val
         else:
             w, val = _gather_listed(idx_ptr, val_ptr, count, w_ptr, rows, row_ok, K, SLOTS)
-        col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
+        col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)  # again, as in _outlier_term
         extra = tl.sum(_dequant(w, col, xm.dtype.element_ty) * val[None, :], axis=1)
     else:
         extra = _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, row_rsqrt(xm, K, eps, PRO), threshold, rows, row_ok, K,
@@ -275,6 +275,8 @@ def _outlier_term(xm, w_ptr, scb_ptr, nw_ptr, r, threshold, rows, row_ok, K, PRO
     block-wide test (the chunks then run one after another); else every chunk runs its masked
     loads into a 2-D sum reduced once at the end (more instructions, no reductions in the loop;
     config.set_int8_outlier_pass chooses)."""
+    # the rows' SCB again, from L1: the epilogue's copy passed in stays live through the int8 dot,
+    # up to 6 more registers in the compiled kernel (Triton 3.6), for a load only outlier rows make
     col = tl.load(scb_ptr + rows, mask=row_ok, other=0.0)
     if SKIP_CHUNKS:
         extra = tl.zeros([BLOCK_N], dtype=tl.float32)
