@@ -31,9 +31,30 @@ def hopper(monkeypatch):
 
 def test_auto_prefetches_for_the_4bit_gemv_only(hopper):
     assert config.launch_overlap() == "auto"
-    modes = {kind: mode_for(CUDA, kind) for kind in ("4bit", "sum", "attention", "dense", "int8", "rope")}
-    assert modes == {"4bit": PREFETCH, "sum": LAUNCH, "attention": LAUNCH, "dense": OFF, "int8": OFF, "rope": OFF}
+    kinds = ("4bit", "sum", "attention", "dense", "int8", "int8-rows", "rope")
+    modes = {kind: mode_for(CUDA, kind) for kind in kinds}
+    assert modes == {"4bit": PREFETCH, "sum": LAUNCH, "attention": LAUNCH, "dense": OFF, "int8": OFF,
+                     "int8-rows": LAUNCH, "rope": OFF}
     assert mode_for(CUDA, "4bit", 1024, 8) == LAUNCH  # a bulk prefetch needs 16-byte multiples
+
+
+@pytest.mark.parametrize(("rows", "kind"), [("once", "int8-rows"), ("inline", "int8")])
+def test_llm_int8_launches_dependently_where_a_row_kernel_runs_before_it(monkeypatch, rows, kind):
+    """Under "auto" an LLM.int8 GEMV with its row work done once asks for the launch mode of
+    "int8-rows" (dependent launch, for the row kernel too); one that does the row work inline
+    asks for plain int8's."""
+    from quantbench.kernels import int8
+
+    asked = []
+    monkeypatch.setattr(int8, "mode_for", lambda device, which, *aligned: asked.append(which) or OFF)
+    before = config.row_prologue()
+    config.set_row_prologue(rows)
+    try:
+        weight = torch.randint(-127, 128, (8, 64), dtype=torch.int8)
+        int8.gemv_int8(torch.randn(1, 64, dtype=torch.float16), weight, torch.rand(8) + 1, 6.0)
+    finally:
+        config.set_row_prologue(before)
+    assert asked == [kind]
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("off", OFF), ("launch", LAUNCH), ("prefetch", PREFETCH)])

@@ -37,12 +37,13 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # instructions per byte than "shared" but bank conflicts) and 212 for the pair table with int32
 # activation words.
 _GATHER = {"4bit": "shuffle", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
-           "rows": "auto", "int8_list": "end", "attention_parts": "one", "stages": "off"}
+           "rows": "auto", "int8_list": "end", "attention_parts": "one", "stages": "off", "ahead": "off"}
 PIPELINED = ("4bit", "int8", "dense", "attention")  # the kernels whose main loop config.pipeline_stages pipelines
 STAGE_COUNTS = (2, 3, 4)
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
             "rows": ("auto", "inline", "once"), "int8_list": ("end", "early"), "attention_parts": ("one", "parts"),
+            "ahead": ("off", "weights", "all"),
             "stages": ("off", *(f"{scope}{n}" for scope in ("", *(f"{kind}:" for kind in PIPELINED))
                                 for n in STAGE_COUNTS))}
 
@@ -165,6 +166,21 @@ def set_pipeline_stages(mode: str) -> None:
     _choose("stages", mode)
 
 
+def fourbit_lookahead() -> str:
+    """What the 4-bit GEMV's K-loop asks for one step ahead, into registers, while a step
+    computes: "off" (the default: a step's loads, then its arithmetic), "weights" (the next
+    step's packed bytes and absmax) or "all" (and the next step's activation; as "weights" with
+    the activation read as int32 pairs). Unlike config.pipeline_stages nothing goes through
+    shared memory: two steps' weights are in flight per program for a few registers more (16
+    bytes and an absmax per thread at 4 rows x 1024 columns). The same loads in another order,
+    so the same results bit for bit. Untimed, so it stays opt-in."""
+    return _GATHER["ahead"]
+
+
+def set_fourbit_lookahead(mode: str) -> None:
+    _choose("ahead", mode)
+
+
 def row_prologue() -> str:
     """Where a GEMV's per-row work happens: "inline" (every program redoes it: the RMSNorm's sum
     of squares, silu(gate) * up, and for LLM.int8 the activation's absmax, quantization and
@@ -197,13 +213,14 @@ def modes() -> dict[str, str]:
     return {"4bit_lookup": fourbit_gather(), "4bit_numerics": fourbit_numerics(),
             "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap(),
             "row_prologue": row_prologue(), "int8_list_gather": int8_list_gather(),
-            "attention_parts": attention_parts(), "pipeline_stages": _GATHER["stages"]}
+            "attention_parts": attention_parts(), "pipeline_stages": _GATHER["stages"],
+            "4bit_lookahead": fourbit_lookahead()}
 
 
 _MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
               "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows",
               "int8_list_gather": "int8_list", "attention_parts": "attention_parts",
-              "pipeline_stages": "stages"}
+              "pipeline_stages": "stages", "4bit_lookahead": "ahead"}
 
 
 def set_modes(chosen: dict[str, str]) -> None:

@@ -359,8 +359,8 @@ def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scb: torch.Tensor, threshol
     block_n, block_k, warps, _ = config_for("int8", n, k)
     # fp32 products round before they are added or rounded to integers, as in bitsandbytes (the
     # dot is integer arithmetic: no fused multiply-add costs little)
-    pdl = mode_for(x.device, "int8", k, weight.data_ptr())
     once = rows_once("int8", n, k)
+    pdl = mode_for(x.device, "int8-rows" if once else "int8", k, weight.data_ptr())
     if once:
         q, stat, idx, val, count = quantize_rows(x2, k, threshold, pro, nw, eps, pdl)
     else:
