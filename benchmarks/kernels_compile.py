@@ -102,12 +102,6 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
         out.append((f"4bit split shuffle pro=2, {stages} stages", "4bit", fourbit._fourbit_kernel,
                     {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2, "RES": True,
                      "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "PDL": 2, "STAGES": stages}, 4))
-    # the next step's loads issued into registers before a step computes (config.fourbit_lookahead)
-    for ahead, label in ((1, "weights"), (2, "weights + activation")):
-        for pro, block_n, warps in ((0, 8, 8), (2, 4, 4)):
-            out.append((f"4bit split shuffle pro={pro}, {label} a step ahead", "4bit", fourbit._fourbit_kernel,
-                        {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": pro, "RES": pro == 2,
-                         "PAIRS": False, "BLOCK_N": block_n, "BLOCK_K": 1024, "PDL": 2, "AHEAD": ahead}, warps))
     out.append(("dense pro=2, 3 stages", "dense", gemv._dense_kernel,
                 {"HAS_BIAS": False, "PRO": 2, "RES": True, "BLOCK_N": 4, "BLOCK_K": 1024, "STAGES": 3}, 4))
     out.append(("int8 t=0 pro=1, 3 stages", "int8", int8._int8_kernel,

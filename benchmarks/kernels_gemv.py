@@ -8,9 +8,7 @@ reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-once"
 done in a kernel of its own first, config.row_prologue "once"; "-once-early": and the outlier
 list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle" / "-shared": the
 4-bit codes looked up by warp shuffles (the default) or from shared memory, config.set_fourbit_gather;
-"-stages3": the kernel's K-loop software-pipelined three steps deep, config.pipeline_stages;
-"-ahead" / "-ahead-weights": the 4-bit K-loop's next step, or its weights alone, loaded into
-registers while a step computes, config.fourbit_lookahead):
+"-stages3": the kernel's K-loop software-pipelined three steps deep, config.pipeline_stages):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -116,8 +114,7 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
     fmt = _pipeline_depth(fmt)[0]
-    for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-ahead-weights", "-ahead"):
-        # modes: one_shape sets them
+    for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once"):  # modes: one_shape sets them
         fmt = fmt.removesuffix(mode)
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     x = torch.randn(1, k, device="cuda", dtype=dtype)
@@ -206,8 +203,6 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
         "int8_list_gather": "early" if named.endswith("-early") else defaults["int8_list_gather"],
         "pipeline_stages": depth or defaults["pipeline_stages"],
-        "4bit_lookahead": "weights" if "-ahead-weights" in fmt else "all" if "-ahead" in fmt
-                          else defaults["4bit_lookahead"],
     })
     items: list[dict] = []
 

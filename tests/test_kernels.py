@@ -106,37 +106,6 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
     assert float((out.double() - theirs).norm() / theirs.norm()) < 1e-3
 
 
-@pytest.mark.parametrize("fusion", ["plain", "act", "norm", "residual", "pairs"])
-def test_4bit_lookahead_gives_the_same_results_bit_for_bit(fusion):
-    """config.fourbit_lookahead: the next step's weights (and activation) asked for while a step
-    computes are the same loads in another order, so every output bit matches the loop without
-    it: whole steps only, a last partial step, a split-K in 3 and no whole step at all; every
-    prologue, and the int32-pair activation (where "all" asks for the weights alone)."""
-    from quantbench.kernels.config import fourbit_lookahead, set_fourbit_lookahead
-
-    torch.manual_seed(11)
-    k = 448  # 7 blocks of 64
-    w = torch.randn(N, k, dtype=torch.float16)
-    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
-    x = torch.randn(2, 2 * k if fusion == "act" else k, dtype=torch.float16)
-    kwargs = {"act": {"act": True}, "norm": {"norm": (torch.rand(k, dtype=torch.float16) + 0.5, 1e-5)},
-              "residual": {"residual": torch.randn(2, N, dtype=torch.float16)}}.get(fusion, {})
-    before = fourbit_lookahead(), fourbit_pairs()
-    set_fourbit_pairs(fusion == "pairs")
-    try:
-        for shape in ((128, 128, 4, 1), (128, 256, 4, 1), (128, 64, 4, 3), (128, 512, 4, 1)):
-            set_config("4bit", shape)
-            outs = {}
-            for mode in ("off", "weights", "all"):
-                set_fourbit_lookahead(mode)
-                outs[mode] = gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **kwargs)
-            assert torch.equal(outs["weights"], outs["off"]) and torch.equal(outs["all"], outs["off"]), shape
-    finally:
-        set_config("4bit", None)
-        set_fourbit_lookahead(before[0])
-        set_fourbit_pairs(before[1])
-
-
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize("shape", [None, (128, 128, 4, 2)])  # the table's; a split-K in 2
 def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
@@ -182,9 +151,6 @@ show("dense step", gemv._dense_kernel, {"HAS_BIAS": False, "PRO": 2, "RES": True
 show("4bit step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
      "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024},
      {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
-show("4bit step ahead", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4,
-     "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "AHEAD": 2},
-     {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
 show("int8 step", int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 2, "RES": True, "OUTLIERS": True,
      "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False},
      {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
@@ -216,20 +182,6 @@ def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for(compiled_cod
     packed = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x16x32x!tt.ptr<i8>>" in line]
     residual = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x!tt.ptr<f16>>" in line]
     assert packed[0] < first_loop and residual == [residual[0]] and residual[0] < first_loop
-
-
-def test_4bit_lookahead_loop_loads_only_the_next_step(compiled_code):
-    """config.fourbit_lookahead "all" (RMSNorm prologue): every load in the K-loop is of the next
-    step (its packed bytes, absmax, activation and norm weight), handed on to the next iteration
-    unused, so a step's arithmetic runs on values already asked for one step earlier."""
-    ir = compiled_code["4bit step ahead"]
-    loop = ir[ir.rindex("scf.for"):]
-    body = loop[:loop.index("scf.yield")].splitlines()
-    yielded = loop[loop.index("scf.yield"):].split(":")[0]
-    loads = [line.split("=")[0].strip() for line in body if "tt.load" in line]
-    tiles = [line.split(":")[-1] for line in body if "tt.load" in line]
-    assert len(loads) == 4 and all(f"{name}," in yielded or yielded.rstrip().endswith(name) for name in loads)
-    assert any("4x16x32x!tt.ptr<i8>" in tile for tile in tiles) and sum("1024x!tt.ptr<f16>" in t for t in tiles) == 2
 
 
 def test_dense_first_weights_come_before_the_norm(compiled_code):

@@ -37,13 +37,12 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # instructions per byte than "shared" but bank conflicts) and 212 for the pair table with int32
 # activation words.
 _GATHER = {"4bit": "shuffle", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
-           "rows": "auto", "int8_list": "end", "attention_parts": "one", "stages": "off", "ahead": "off"}
+           "rows": "auto", "int8_list": "end", "attention_parts": "one", "stages": "off"}
 PIPELINED = ("4bit", "int8", "dense", "attention")  # the kernels whose main loop config.pipeline_stages pipelines
 STAGE_COUNTS = (2, 3, 4)
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
             "rows": ("auto", "inline", "once"), "int8_list": ("end", "early"), "attention_parts": ("one", "parts"),
-            "ahead": ("off", "weights", "all"),
             "stages": ("off", *(f"{scope}{n}" for scope in ("", *(f"{kind}:" for kind in PIPELINED))
                                 for n in STAGE_COUNTS))}
 
@@ -124,7 +123,8 @@ def int8_list_gather() -> str:
     the end of every program) or "early" (right after the program's wait for its inputs, so the
     loads are in flight during the dot; a few registers more). Same values, same sums. Profiled
     on an H100 at llama-2-7b shapes with 8 outlier features, the list's term added 1-9 us per
-    launch over threshold 0, most at gate/up's 22k rows; "early" is untimed."""
+    launch over threshold 0, most at gate/up's 22k rows; "early" made each llama-2-7b LLM.int8
+    GEMV 17-39 % slower alone and its decode 5.29 ms/token against 4.21 (H100, run 26)."""
     return _GATHER["int8_list"]
 
 
@@ -154,7 +154,9 @@ def pipeline_stages(kind: str) -> int | None:
     of the loads changes, not the arithmetic: the results are the same bit for bit. Compiled for
     sm_90 by Triton 3.6 (benchmarks/kernels_compile.py), the 4-bit GEMV's K-loop then holds no
     global loads, at the same 56 registers and 6.4-19.2 KB of shared memory for 2-4 stages;
-    "off" compiles every kernel as it would be without the mode. Untimed, so it stays opt-in."""
+    "off" compiles every kernel as it would be without the mode. Timed slower (H100, runs 25-26:
+    llama-2-7b nf4 decode 5.05 ms/token at 3 stages against 3.62, tinyllama LLM.int8 1.32 against
+    1.07), so it stays opt-in."""
     mode = _GATHER["stages"]
     if mode == "off":
         return None
@@ -164,21 +166,6 @@ def pipeline_stages(kind: str) -> int | None:
 
 def set_pipeline_stages(mode: str) -> None:
     _choose("stages", mode)
-
-
-def fourbit_lookahead() -> str:
-    """What the 4-bit GEMV's K-loop asks for one step ahead, into registers, while a step
-    computes: "off" (the default: a step's loads, then its arithmetic), "weights" (the next
-    step's packed bytes and absmax) or "all" (and the next step's activation; as "weights" with
-    the activation read as int32 pairs). Unlike config.pipeline_stages nothing goes through
-    shared memory: two steps' weights are in flight per program for a few registers more (16
-    bytes and an absmax per thread at 4 rows x 1024 columns). The same loads in another order,
-    so the same results bit for bit. Untimed, so it stays opt-in."""
-    return _GATHER["ahead"]
-
-
-def set_fourbit_lookahead(mode: str) -> None:
-    _choose("ahead", mode)
 
 
 def row_prologue() -> str:
@@ -213,14 +200,13 @@ def modes() -> dict[str, str]:
     return {"4bit_lookup": fourbit_gather(), "4bit_numerics": fourbit_numerics(),
             "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap(),
             "row_prologue": row_prologue(), "int8_list_gather": int8_list_gather(),
-            "attention_parts": attention_parts(), "pipeline_stages": _GATHER["stages"],
-            "4bit_lookahead": fourbit_lookahead()}
+            "attention_parts": attention_parts(), "pipeline_stages": _GATHER["stages"]}
 
 
 _MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
               "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows",
               "int8_list_gather": "int8_list", "attention_parts": "attention_parts",
-              "pipeline_stages": "stages", "4bit_lookahead": "ahead"}
+              "pipeline_stages": "stages"}
 
 
 def set_modes(chosen: dict[str, str]) -> None:

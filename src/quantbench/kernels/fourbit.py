@@ -31,7 +31,6 @@ import triton.language as tl
 from quantbench.kernels.config import (
     config_for,
     fourbit_gather,
-    fourbit_lookahead,
     fourbit_numerics,
     fourbit_pairs,
     interpreted,
@@ -42,11 +41,9 @@ from quantbench.kernels.nibbles import lane_code, nibble_codes, register_code, s
 from quantbench.kernels.overlap import launch_options, mode_for, prefetch_range, prefetch_rows, wait_for_inputs
 from quantbench.kernels.prologue import (
     add_residual,
-    finish_x,
     fused_args,
     load_pairs,
     load_x,
-    load_x_parts,
     prepare_rows,
     prologue,
     row_ends,
@@ -95,12 +92,11 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
 def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr, r,
                BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
                PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, x_raw=None, x_other=None):
+               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False):
     # One step's arithmetic, on its weights from _weights. PAIRS: the activation read as int32
     # words in the packed bytes' layout, the absmax broadcast along each block, the result per
     # byte (summed after the loop); else the activation split through shared memory and each
-    # block summed before its absmax multiplies it. x_raw, x_other: the step's activation as
-    # _activation_ahead loaded it (else loaded here).
+    # block summed before its absmax multiplies it.
     HALF: tl.constexpr = BLOCKSIZE // 2
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
@@ -135,10 +131,7 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
     else:
         elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
         x_mask = elem < limit * BLOCKSIZE if MASKED else None
-        if x_raw is None:
-            x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
-        else:
-            x = finish_x(x_raw, x_other, PRO, r)
+        x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
         x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
         if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
             DT: tl.constexpr = x_ptr.dtype.element_ty
@@ -151,23 +144,11 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
 
 
 @triton.jit
-def _activation_ahead(x_ptr, b0, limit, row_blocks, PRO: tl.constexpr, nw_ptr, BLOCKSIZE: tl.constexpr,
-                      NB: tl.constexpr):
-    """The loads of a step's activation (the split layout's, before its rsqrt and silu), 0 past
-    block `limit`: what _step_with finishes when the loop asks for them a step ahead."""
-    elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
-    return load_x_parts(x_ptr, elem, elem < limit * BLOCKSIZE, row_blocks * BLOCKSIZE, PRO, nw_ptr)
-
-
-@triton.jit
 def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, res_ptr, out_ptr, N, row_bytes,
                     row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None,
-                    AHEAD: tl.constexpr = 0):
-    # AHEAD (config.fourbit_lookahead): 0 each step's loads in the step; 1 the next step's packed
-    # bytes and absmax asked for before this step computes; 2 and its activation (split layout)
+                    BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -203,42 +184,20 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     wait_for_inputs(PDL)
     bias, res = row_ends(bias_ptr, res_ptr + m * stride_r, rows, row_ok, HAS_BIAS and SPLIT == 1, RES)
     loop_start = start
-    # the first step's weights asked for before the norm's sum of squares, which they do not need
-    if PRO == 2 or AHEAD > 0:
+    if PRO == 2:  # the first step's weights asked for before the norm's sum of squares, which they do not need
         first_packed, first_scale = _weights(w_ptr, absmax_ptr, rows, start, row_bytes, row_blocks, full_end,
                                              BLOCKSIZE, NB, True, PAIRS)
-    if AHEAD == 2:
-        x_raw, x_other = _activation_ahead(x_ptr + m * stride_x, start, full_end, row_blocks, PRO, nw_ptr,
-                                           BLOCKSIZE, NB)
     r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO, STAGES=STAGES)
-    if AHEAD > 0:  # every full step's loads issued a step ahead, so two steps' weights are in flight
-        packed, scale = first_packed, first_scale
-        for b0 in tl.range(start, full_end, NB, num_stages=STAGES):
-            next_packed, next_scale = _weights(w_ptr, absmax_ptr, rows, b0 + NB, row_bytes, row_blocks, full_end,
-                                               BLOCKSIZE, NB, True, PAIRS)
-            if AHEAD == 2:
-                next_raw, next_other = _activation_ahead(x_ptr + m * stride_x, b0 + NB, full_end, row_blocks, PRO,
-                                                         nw_ptr, BLOCKSIZE, NB)
-                acc += _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, end, m,
-                                  stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                                  LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, x_raw, x_other)
-                x_raw, x_other = next_raw, next_other
-            else:
-                acc += _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, end, m,
-                                  stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                                  LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
-            packed, scale = next_packed, next_scale
-    else:
-        if PRO == 2:
-            if start < full_end:
-                acc += _step_with(first_packed, first_scale, x_ptr, absmax_ptr, code_ptr, rows, start, row_blocks,
-                                  end, m, stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                                  LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
-            loop_start = start + NB
-        for b0 in tl.range(loop_start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
-            acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
-                         nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                         LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
+    if PRO == 2:
+        if start < full_end:
+            acc += _step_with(first_packed, first_scale, x_ptr, absmax_ptr, code_ptr, rows, start, row_blocks, end,
+                              m, stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
+                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
+        loop_start = start + NB
+    for b0 in tl.range(loop_start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
+        acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
+                     nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
@@ -325,7 +284,6 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     code = code_table(code, lookup)
     target = out if split == 1 else torch.empty(rows, split, n, dtype=torch.float32, device=x.device)
     bias_arg = bias if bias is not None else absmax
-    ahead = {"off": 0, "weights": 1, "all": 2 - pairs}[fourbit_lookahead()]  # pairs: no split activation
     pdl = mode_for(x.device, "4bit", k // 2, blocksize // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
     if rows_once("4bit", n, k):
         x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl, pipeline_stages("4bit")), 0
@@ -334,7 +292,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
         PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, STAGES=pipeline_stages("4bit"),
-        AHEAD=ahead, num_warps=warps,
+        num_warps=warps,
         **launch_options(pdl))
     if split > 1:
         block = 1024
