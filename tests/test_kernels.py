@@ -717,3 +717,18 @@ def test_each_kernel_launch_takes_its_own_pipeline_depth(mode, depths, monkeypat
                         ("prepared row", depths["4bit"]), ("4bit", depths["4bit"]),
                         ("int8 row codes", depths["int8"]), ("int8", depths["int8"]),
                         ("attention", depths["attention"])]
+
+
+def test_ablation_benchmark_full_variant_is_the_4bit_gemv():
+    """benchmarks/kernels_ablate.py times the 4-bit GEMV's loop with parts of its arithmetic left
+    out; its full variant must be the default kernel, bit for bit (a partial last step included),
+    or the parts it removes would be measured off another kernel."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "kernels_ablate.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "full variant equals gemv_4bit on 3 shapes" in done.stdout

@@ -36,6 +36,9 @@
 #                 benchmarks | tar -x -C baseline`, sent with the working tree (MODEL as in rows;
 #                 PRECISIONS, nf4 by default; KERNELS for the working tree's, e.g.
 #                 quantbench,quantbench+stages3)
+#   ablate        the 4-bit GEMV's loop with parts of its arithmetic left out (kernels_ablate.py: the
+#                 loads alone, + the code lookup, + the activation split, the full loop), beside
+#                 gemv_4bit and a copy of the same bytes, at both models' shapes
 #   overlap       tinyllama decode with every kernel launched dependently (the rotary + cache
 #                 write too, which "auto" leaves plain): nf4 with prefetch, int8 without
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
@@ -126,6 +129,9 @@ case "$stage" in
       --batches 1 --stages 3 2>&1 | grep -v '^{' >> "$log"
     decode "$model" "${PRECISIONS:-$precisions}" "${KERNELS:-$kernels}" "${MODEL:-tinyllama}_stages" \
       "${LIMIT:-$limit}" "${extra[@]}" ;;
+  ablate)
+    mkdir -p "$OUT/ablate"
+    timeout "${LIMIT:-120}" python3 benchmarks/kernels_ablate.py --out "$OUT/ablate" >> "$log" 2>&1 ;;
   overlap)  # the rotary + cache write launched dependently too (the explicit modes; "auto" keeps it plain)
     decode tinyllama-1.1b-arch nf4 quantbench,quantbench+prefetch tinyllama_overlap_nf4 "${LIMIT:-60}"
     decode tinyllama-1.1b-arch int8 quantbench,quantbench+pdl tinyllama_overlap_int8 "${LIMIT:-60}" ;;
