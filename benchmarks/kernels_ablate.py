@@ -13,7 +13,8 @@ evict-first, and the absmax, asked for together), and keeps one more part of its
   full    + the absmax per block: the default kernel's arithmetic for a plain row (no fused norm,
           no residual), whose output equals gemv_4bit's bit for bit (checked on every shape)
 beside gemv_4bit itself with plain launches and with the launch overlap's default (its L2
-prefetch), and a device copy of the same bytes (read + write, so not a read-only bound).
+prefetch), a device copy of the same bytes (read + write, so not a read-only bound), and the
+loads alone at other tilings (TILINGS: up to whole 4096-column rows per step).
 Times: us per call replayed from a CUDA graph, the calls rotating over copies of the weights so
 that none is in L2 (kernels_gemv.graph_us). Writes kernels_ablate.json into --out.
 
@@ -33,6 +34,11 @@ from quantbench.kernels.fourbit import _weights
 from quantbench.kernels.nibbles import lane_code, shuffle_codes
 
 VARIANTS = ("stream", "lookup", "split", "full")
+# the loads alone at other tilings (rows, columns per step, warps): does any access pattern of
+# bitsandbytes' row-major bytes reach the copy bandwidth? (the launch-shape sweep of the full
+# kernel stopped at 1024 columns per step)
+TILINGS = [(4, 1024, 4), (8, 1024, 8), (16, 1024, 8), (4, 2048, 4), (4, 2048, 8), (8, 2048, 8), (2, 4096, 4),
+           (4, 4096, 8), (8, 512, 4), (16, 512, 8)]
 
 
 @triton.jit
@@ -90,14 +96,17 @@ def _ablated(x_ptr, w_ptr, absmax_ptr, code_ptr, out_ptr, N, row_bytes, row_bloc
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
-def ablated(variant: str, x, packed, absmax, code, n: int):  # noqa: ANN001, ANN201
-    """One variant's call on x [1, K] (fp16) against packed 4-bit [N, K]: fp16 [1, N]."""
+def ablated(variant: str, x, packed, absmax, code, n: int, tiling: tuple[int, int, int] | None = None):  # noqa: ANN001, ANN201
+    """One variant's call on x [1, K] (fp16) against packed 4-bit [N, K]: fp16 [1, N]. tiling:
+    (rows, columns per step, warps) instead of the default kernel's."""
     import torch
 
     from quantbench.kernels.config import config_for, interpreted, unfused_products
 
     k = x.shape[-1]
     block_n, block_k, warps, split = config_for("4bit64", n, k)
+    if tiling:
+        block_n, block_k, warps = tiling
     if split != 1:
         raise SystemExit(f"({n}, {k}): the default launch splits K; the ablation covers whole rows only")
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
@@ -163,8 +172,12 @@ def time_shape(model: str, name: str, n: int, k: int) -> dict:
             for overlap in ("off", "auto") if key == "gemv" else ("off",):
                 set_launch_overlap(overlap)
                 row[f"{key}_{overlap}_us" if key == "gemv" else f"{key}_us"] = graph_us(make, nbytes)
+        row["stream_tilings_us"] = {str(tiling): graph_us(
+            lambda i, t=tiling: lambda: ablated("stream", x, *weights(i)[:2], code, n, t), nbytes)
+            for tiling in TILINGS if tiling[1] <= k}
     set_launch_overlap("auto")
-    row |= {f"{key[:-3]}_tb_s": nbytes / us / 1e6 for key, us in list(row.items()) if key.endswith("_us")}
+    row |= {f"{key[:-3]}_tb_s": nbytes / us / 1e6 for key, us in list(row.items()) if key.endswith("_us")
+            and isinstance(us, float)}
     return row
 
 
@@ -187,7 +200,9 @@ def main() -> None:
             row = time_shape(model, name, n, k)
             report["rows"].append(row)
             print(f"{model:9} {name:8} " + "  ".join(f"{key[:-3]} {us:6.1f}" for key, us in row.items()
-                                                    if key.endswith("_us")), flush=True)
+                                                    if key.endswith("_us") and isinstance(us, float)), flush=True)
+            best = min(row["stream_tilings_us"].items(), key=lambda item: item[1])
+            print(f"{'':19}loads alone, best tiling {best[0]}: {best[1]:.1f} us", flush=True)
             (out / "kernels_ablate.json").write_text(json.dumps(report, indent=1))  # a stopped run keeps its rows
 
 
