@@ -93,6 +93,8 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
     for parts in (1, 4):  # the cache in one part, or split with the parts combined by the last one in
         out.append((f"decode attention, {parts} part(s)", "attention", attention._decode_attention,
                     {"GROUP": 8, "D": 64, "BLOCK_L": 64, "SCAN": 256, "PARTS_P2": parts}, 4))
+    out.append(("decode attention, heads of 128", "attention", attention._decode_attention,  # llama-2-7b's
+                {"GROUP": 1, "D": 128, "BLOCK_L": 64, "SCAN": 256, "PARTS_P2": 1}, 4))
     for pdl, label in ((1, "dependent launch"), (2, "dependent launch + L2 prefetch")):  # overlap.py
         out.append((f"4bit split shared pro=2, {label}", "4bit", fourbit._fourbit_kernel,
                     {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 1, "PRO": 2, "RES": True,

@@ -593,6 +593,17 @@ def test_decode_attention_asks_for_keys_and_values_together(compiled_code):
     assert len(tiles) == 2 and max(tiles) < loop.index("tt.reduce")
 
 
+def test_decode_attention_asks_for_its_first_step_before_the_mask_scan(compiled_code):
+    """The part's first key and value tiles are asked for before the pass over its mask bytes
+    (the first loop), which they do not need; the loop over the cache keeps its own loads."""
+    ir = compiled_code["attention stages=None"]
+    lines = ir.splitlines()
+    tiles = [i for i, line in enumerate(lines) if "tt.load" in line and "tensor<64x64x!tt.ptr<f16>>" in line]
+    loops = [i for i, line in enumerate(lines) if "scf.for" in line]
+    assert len(tiles) == 4 and len(loops) == 2
+    assert max(tiles[:2]) < loops[0] and min(tiles[2:]) > loops[1]
+
+
 def test_decode_attention_asks_for_its_loop_over_the_cache_pipelined(compiled_code):
     """config.pipeline_stages reaches the attention's loop over the cache: Triton's IR marks that
     loop with the depth (whether a Triton version then pipelines it is its own choice: 3.6 does,

@@ -39,6 +39,33 @@ HEAD_DIMS = (32, 64, 128, 256)  # the head sizes the kernel serves (others go to
 
 
 @triton.jit
+def _keys_values(k_ptr, v_ptr, pos, span, sk_l, sv_l, d):
+    """A step's key and value tiles [positions, D] (0 outside `span`), asked for together."""
+    k = tl.load(k_ptr + pos[:, None] * sk_l + d[None, :], mask=span[:, None], other=0.0)
+    v = tl.load(v_ptr + pos[:, None] * sv_l + d[None, :], mask=span[:, None], other=0.0)
+    return k, v
+
+
+@triton.jit
+def _softmax_step(s, v, ok, m_i, l_i, acc):
+    """Online softmax over one step's scores `s` (-inf where not `ok`) and values: the running
+    max, sum and weighted values."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=0))
+    alive = m_new > float("-inf")  # nothing seen yet: keep the zeros
+    alpha = tl.where(alive, tl.exp(m_i - m_new), 1.0)
+    p = tl.where(ok, tl.exp(s - m_new), 0.0)
+    v = tl.where(ok[:, None], v.to(tl.float32), 0.0)  # a masked slot inside the span adds nothing, even inf
+    return m_new, l_i * alpha + tl.sum(p, axis=0), acc * alpha + tl.sum(p[:, None] * v, axis=0)
+
+
+@triton.jit
+def _attend(q, k, v, ok, m_i, l_i, acc):
+    """One step on its key and value tiles: scores, then _softmax_step."""
+    s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    return _softmax_step(s, v, ok, m_i, l_i, acc)
+
+
+@triton.jit
 def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr, sum_ptr, count_ptr, L, CHUNK,
                       PARTS, scale, sq_b, sq_h, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, sm_b, so_b, so_h,
                       GROUP: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr, SCAN: tl.constexpr,
@@ -52,9 +79,17 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
     q = tl.load(q_ptr + b * sq_b + h * sq_h + d).to(tl.float32) * scale
     # The span of attended positions in this part first (one pass over its mask bytes), so the
     # loop below reads no unwritten cache slots and its loads do not wait on the mask: they
-    # overlap across steps.
+    # overlap across steps. The part's first step is asked for before that pass, which it does
+    # not need: where the span starts at the part's start (a decode's cache, written from position
+    # 0 on), it is the loop's first step, and the scan and its loads share one wait for memory.
+    # (Heads of 256 keep the loop as it is: more tiles in registers spill there.)
     start = part * CHUNK
     end = tl.minimum(start + CHUNK, L)
+    EARLY: tl.constexpr = D <= 128
+    if EARLY:
+        first_pos = start + tl.arange(0, BLOCK_L)
+        first_k, first_v = _keys_values(k_ptr + b * sk_b + kv * sk_h, v_ptr + b * sv_b + kv * sv_h, first_pos,
+                                        first_pos < end, sk_l, sv_l, d)
     first = tl.full([SCAN], L, tl.int32)
     last = tl.full([SCAN], -1, tl.int32)
     for l0 in range(start, end, SCAN):
@@ -67,27 +102,29 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
     m_i = tl.max(tl.full([BLOCK_L], float("-inf"), tl.float32), axis=0)
     l_i = tl.sum(tl.zeros([BLOCK_L], tl.float32), axis=0)
     acc = tl.zeros([D], dtype=tl.float32)
-    for l0 in tl.range(lo, hi, BLOCK_L, num_stages=STAGES):  # config.pipeline_stages
+    loop_lo = lo
+    if EARLY:  # noqa: SIM102  (a compile-time branch in Triton, around one at run time)
+        if (lo == start) & (lo < hi):
+            span = first_pos < hi  # the slots in [hi, end) it read meet a False `ok` below
+            ok = (tl.load(mask_ptr + b * sm_b + first_pos, mask=span, other=0) != 0) & span
+            m_i, l_i, acc = _attend(q, first_k, first_v, ok, m_i, l_i, acc)
+            loop_lo = lo + BLOCK_L
+    for l0 in tl.range(loop_lo, hi, BLOCK_L, num_stages=STAGES):  # config.pipeline_stages
         pos = l0 + tl.arange(0, BLOCK_L)
         span = pos < hi
         ok = (tl.load(mask_ptr + b * sm_b + pos, mask=span, other=0) != 0) & span
-        k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=span[:, None], other=0.0)
-        values_at = v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :]
-        if D <= 128:  # the values asked for with the keys: after the scores' reductions (block
-            # barriers) they would cost each step a second round trip to memory (heads of 256
-            # keep them late: early, the tile's registers spill in some Triton versions)
-            v = tl.load(values_at, mask=span[:, None], other=0.0)
-        s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        alive = m_new > float("-inf")  # nothing seen yet: keep the zeros
-        alpha = tl.where(alive, tl.exp(m_i - m_new), 1.0)
-        p = tl.where(ok, tl.exp(s - m_new), 0.0)
-        if D > 128:
-            v = tl.load(values_at, mask=span[:, None], other=0.0)
-        v = tl.where(ok[:, None], v.to(tl.float32), 0.0)  # a masked slot inside the span adds nothing, even inf
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
+        if EARLY:  # the values asked for with the keys: after the scores' reductions (block
+            # barriers) they would cost each step a second round trip to memory
+            k, v = _keys_values(k_ptr + b * sk_b + kv * sk_h, v_ptr + b * sv_b + kv * sv_h, pos, span, sk_l,
+                                sv_l, d)
+            m_i, l_i, acc = _attend(q, k, v, ok, m_i, l_i, acc)
+        else:
+            k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=span[:, None],
+                        other=0.0)
+            s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+            v = tl.load(v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :], mask=span[:, None],
+                        other=0.0)
+            m_i, l_i, acc = _softmax_step(s, v, ok, m_i, l_i, acc)
     if PARTS_P2 == 1:
         tl.store(out_ptr + b * so_b + h * so_h + d, (acc / l_i).to(out_ptr.dtype.element_ty))
     else:
