@@ -56,10 +56,11 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
                 out.append((name, "4bit-bytes" if lookup == 2 else "4bit", fourbit._fourbit_kernel,
                             {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": lookup, "PRO": pro,
                              "RES": pro == 2, "PAIRS": pairs, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
-    for pro in (0, 2):  # the codes by warp shuffles
-        out.append((f"4bit split shuffle pro={pro}", "4bit", fourbit._fourbit_kernel,
-                    {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": pro, "RES": pro == 2,
-                     "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))
+    for pairs in (False, True):  # the codes by warp shuffles, at the engine's launch shape for llama-2-7b
+        for pro in (0, 2):
+            out.append((f"4bit {'pairs' if pairs else 'split'} shuffle pro={pro}", "4bit", fourbit._fourbit_kernel,
+                        {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": pro, "RES": pro == 2,
+                         "PAIRS": pairs, "BLOCK_N": 4, "BLOCK_K": 1024}, 4))
     for lookup, table in ((1, "shared"), (3, "registers")):  # bitsandbytes' roundings
         for pro in (0, 2):
             out.append((f"4bit split {table} bnb-rounding pro={pro}", "4bit", fourbit._fourbit_kernel,
