@@ -8,10 +8,12 @@ programs, rows and K-steps, a last partial step included) and its loads (the pac
 evict-first, and the absmax, asked for together), and keeps one more part of its arithmetic:
   stream  the packed bytes summed as integers and the absmax as floats: the access pattern alone
   lookup  + the codes by warp shuffle (the activation taken as 1)
-  split   + the activation, split into the values the high and low nibbles meet (an exchange
-          through shared memory in the machine code)
+  split   + the activation, split into the values the high and low nibbles meet and carried
+          through shared memory to the threads that hold the bytes
   full    + the absmax per block: the default kernel's arithmetic for a plain row (no fused norm,
           no residual), whose output equals gemv_4bit's bit for bit (checked on every shape)
+  full-xsplit  the same with the activation carried as split fp32 values, not as 32-bit words
+          of pairs (config.fourbit_activation's two modes)
 beside gemv_4bit itself with plain launches and with the launch overlap's default (its L2
 prefetch), a device copy of the same bytes (read + write, so not a read-only bound), and the
 loads alone at other tilings (TILINGS: up to whole 4096-column rows per step).
@@ -32,8 +34,9 @@ import triton.language as tl
 
 from quantbench.kernels.fourbit import _weights
 from quantbench.kernels.nibbles import lane_code, shuffle_codes
+from quantbench.kernels.prologue import word_halves
 
-VARIANTS = ("stream", "lookup", "split", "full")
+VARIANTS = ("stream", "lookup", "split", "full", "full-xsplit")
 # the loads alone at other tilings (rows, columns per step, warps): does any access pattern of
 # bitsandbytes' row-major bytes reach the copy bandwidth? (the launch-shape sweep of the full
 # kernel stopped at 1024 columns per step)
@@ -43,7 +46,7 @@ TILINGS = [(4, 1024, 4), (8, 1024, 8), (16, 1024, 8), (4, 2048, 4), (4, 2048, 8)
 
 @triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, table, acc, count, VARIANT: tl.constexpr,
-          SHUFFLE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr):
+          SHUFFLE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, WORDS: tl.constexpr):
     """One K-step of VARIANT, as the default kernel's _step loads it (masked: the last partial step)."""
     BLOCKSIZE: tl.constexpr = 64
     packed, scale = _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, row_blocks, BLOCKSIZE, NB,
@@ -66,8 +69,14 @@ def _step(x_ptr, w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, table, acc,
                 x = tl.load(x_ptr + elem, mask=elem < row_blocks * BLOCKSIZE, other=0.0)
             else:
                 x = tl.load(x_ptr + elem)
-            x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, BLOCKSIZE // 2, 2]))
-            products = tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2)
+            if WORDS:  # as the default kernel: 32-bit words of (even, odd) pairs cross (config.fourbit_activation)
+                even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, BLOCKSIZE // 2, 2]))
+                x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], x_ptr.dtype.element_ty)
+                x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
+            else:  # split fp32 values cross
+                x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, BLOCKSIZE // 2, 2]))
+                x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]
+            products = tl.sum(hi * x_hi + lo * x_lo, axis=2)
             if VARIANT == 2:
                 acc += products + scale
             else:
@@ -77,7 +86,7 @@ def _step(x_ptr, w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, table, acc,
 
 @triton.jit
 def _ablated(x_ptr, w_ptr, absmax_ptr, code_ptr, out_ptr, N, row_bytes, row_blocks, VARIANT: tl.constexpr,
-             SHUFFLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+             SHUFFLE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = True):
     NB: tl.constexpr = BLOCK_K // 64
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -88,10 +97,10 @@ def _ablated(x_ptr, w_ptr, absmax_ptr, code_ptr, out_ptr, N, row_bytes, row_bloc
     count = tl.zeros([BLOCK_N], dtype=tl.int32)
     for b0 in tl.range(0, full_end, NB):
         acc, count = _step(x_ptr, w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, table, acc, count, VARIANT,
-                           SHUFFLE, NB, False)
+                           SHUFFLE, NB, False, WORDS)
     if full_end < row_blocks:
         acc, count = _step(x_ptr, w_ptr, absmax_ptr, rows, full_end, row_bytes, row_blocks, table, acc, count,
-                           VARIANT, SHUFFLE, NB, True)
+                           VARIANT, SHUFFLE, NB, True, WORDS)
     out = tl.sum(acc, axis=1) + count.to(tl.float32)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
@@ -101,7 +110,7 @@ def ablated(variant: str, x, packed, absmax, code, n: int, tiling: tuple[int, in
     (rows, columns per step, warps) instead of the default kernel's."""
     import torch
 
-    from quantbench.kernels.config import config_for, interpreted, unfused_products
+    from quantbench.kernels.config import config_for, interpreted
 
     k = x.shape[-1]
     block_n, block_k, warps, split = config_for("4bit64", n, k)
@@ -111,8 +120,9 @@ def ablated(variant: str, x, packed, absmax, code, n: int, tiling: tuple[int, in
         raise SystemExit(f"({n}, {k}): the default launch splits K; the ablation covers whole rows only")
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     _ablated[(triton.cdiv(n, block_n),)](x, packed, absmax, code, out, n, k // 2, k // 64,
-                                         VARIANT=VARIANTS.index(variant), SHUFFLE=not interpreted(),
-                                         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, **unfused_products())
+                                         VARIANT=min(VARIANTS.index(variant), 3), SHUFFLE=not interpreted(),
+                                         BLOCK_N=block_n, BLOCK_K=block_k, WORDS=variant != "full-xsplit",
+                                         num_warps=warps)
     return out
 
 
@@ -126,7 +136,7 @@ def _quantized(n: int, k: int, device: str):  # noqa: ANN202
 
 
 def check(shapes: list[tuple[int, int]], device: str) -> None:
-    """The full variant equals gemv_4bit (plain launch) bit for bit on every shape."""
+    """The full variants equal gemv_4bit (plain launch) bit for bit on every shape."""
     import torch
 
     from quantbench.kernels import gemv
@@ -137,10 +147,10 @@ def check(shapes: list[tuple[int, int]], device: str) -> None:
         set_launch_overlap("off")
         expected = gemv.gemv_4bit(x, packed, state.absmax, state.code.float(), n, 64)
         set_launch_overlap("auto")
-        got = ablated("full", x, packed, state.absmax, state.code.float(), n)
-        if not torch.equal(got, expected):
-            raise SystemExit(f"({n}, {k}): the full variant differs from gemv_4bit")
-    print(f"full variant equals gemv_4bit on {len(shapes)} shapes")
+        for variant in ("full", "full-xsplit"):
+            if not torch.equal(ablated(variant, x, packed, state.absmax, state.code.float(), n), expected):
+                raise SystemExit(f"({n}, {k}): the {variant} variant differs from gemv_4bit")
+    print(f"full variants equal gemv_4bit on {len(shapes)} shapes")
 
 
 def time_shape(model: str, name: str, n: int, k: int) -> dict:

@@ -106,6 +106,43 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
     assert float((out.double() - theirs).norm() / theirs.norm()) < 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
+    """config.fourbit_activation: the activation crosses to the packed bytes' threads as 32-bit
+    words of 16-bit pairs ("words") or as split fp32 values ("split"); the same values meet the
+    same arithmetic, so every output bit matches: whole and partial steps, a split-K in 3, bias
+    and residual, both numerics, the RMSNorm and silu * up prologues inline and done once."""
+    from quantbench.kernels.config import fourbit_activation, set_fourbit_activation
+
+    torch.manual_seed(12)
+    k = 448  # 7 blocks of 64
+    w = torch.randn(N, k, dtype=dtype)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="fp4")
+    x, bias, residual = torch.randn(2, k, dtype=dtype), torch.randn(N, dtype=dtype), torch.randn(2, N, dtype=dtype)
+    norm = (torch.rand(k, dtype=dtype) + 0.5, 1e-5)
+    before = fourbit_activation()
+    try:
+        for shape, numerics, kwargs in (((128, 128, 4, 1), "fp32", {}), ((128, 256, 4, 1), "fp32", {"bias": bias}),
+                                        ((128, 64, 4, 3), "fp32", {"residual": residual}),
+                                        ((128, 512, 4, 1), "bitsandbytes", {"bias": bias}),
+                                        ((128, 256, 4, 1), "fp32", {"norm": norm}),
+                                        ((128, 256, 4, 1), "fp32", {"norm": norm, "once": True}),
+                                        ((128, 128, 4, 1), "fp32", {"act": True})):
+            set_config("4bit", shape)
+            set_fourbit_numerics(numerics)
+            row_mode("once" if kwargs.pop("once", False) else "inline")
+            xin = torch.cat([x, x.flip(-1)], dim=-1) if "act" in kwargs else x
+            outs = []
+            for mode in ("split", "words"):
+                set_fourbit_activation(mode)
+                outs.append(gemv.gemv_4bit(xin, packed, state.absmax, state.code, N, 64, **kwargs))
+            assert torch.equal(*outs), (shape, numerics, list(kwargs))
+    finally:
+        set_config("4bit", None)
+        set_fourbit_numerics("fp32")
+        set_fourbit_activation(before)
+
+
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize("shape", [None, (128, 128, 4, 2)])  # the table's; a split-K in 2
 def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
@@ -151,6 +188,10 @@ show("dense step", gemv._dense_kernel, {"HAS_BIAS": False, "PRO": 2, "RES": True
 show("4bit step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
      "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024},
      {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
+for words in (False, True):
+    show(f"4bit words={words}", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1,
+         "LOOKUP": 4, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": words},
+         {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttgir")
 show("int8 step", int8._int8_kernel, {"HAS_BIAS": False, "APPROX_DIV": True, "PRO": 2, "RES": True, "OUTLIERS": True,
      "BLOCK_N": 8, "BLOCK_K": 1024, "SKIP_CHUNKS": False},
      {"w_ptr": "*i8", "scb_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
@@ -182,6 +223,18 @@ def test_4bit_steps_ask_for_their_weights_before_what_they_wait_for(compiled_cod
     packed = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x16x32x!tt.ptr<i8>>" in line]
     residual = [i for i, line in enumerate(ir_lines) if "tt.load" in line and "tensor<4x!tt.ptr<f16>>" in line]
     assert packed[0] < first_loop and residual == [residual[0]] and residual[0] < first_loop
+
+
+def test_4bit_activation_crosses_to_the_bytes_threads_as_words(compiled_code):
+    """config.fourbit_activation "words" (RMSNorm prologue): each K-step's activation, once its
+    norm is applied, crosses to the threads holding the packed bytes as one tensor of 32-bit
+    (even, odd) pairs, where "split" converts two fp32 tensors; both load the same four tiles."""
+    for words, crossing in ((True, ["tensor<16x32xi32"]), (False, ["tensor<16x32xf32"] * 2)):
+        ir = compiled_code[f"4bit words={words}"]
+        loop = ir[ir.rindex("scf.for"):]
+        body = loop[:loop.index("scf.yield")]
+        converted = [line.split(":")[-1].strip()[:16] for line in body.splitlines() if "ttg.convert_layout" in line]
+        assert converted == crossing and body.count("tt.load") == 4, words
 
 
 def test_dense_first_weights_come_before_the_norm(compiled_code):
@@ -732,8 +785,9 @@ def test_each_kernel_launch_takes_its_own_pipeline_depth(mode, depths, monkeypat
 
 def test_ablation_benchmark_full_variant_is_the_4bit_gemv():
     """benchmarks/kernels_ablate.py times the 4-bit GEMV's loop with parts of its arithmetic left
-    out; its full variant must be the default kernel, bit for bit (a partial last step included),
-    or the parts it removes would be measured off another kernel."""
+    out; its full variants (activation as words, or exchanged) must be the default kernel, bit
+    for bit (a partial last step included), or the parts it removes would be measured off
+    another kernel."""
     import subprocess
     import sys
     from pathlib import Path
@@ -742,4 +796,4 @@ def test_ablation_benchmark_full_variant_is_the_4bit_gemv():
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300,
                           env=os.environ | {"TRITON_INTERPRET": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "full variant equals gemv_4bit on 3 shapes" in done.stdout
+    assert "full variants equal gemv_4bit on 3 shapes" in done.stdout

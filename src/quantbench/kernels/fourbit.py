@@ -7,11 +7,12 @@ block never straddles a row); a weight is code[nibble] * absmax.
 How it is fast:
   - a program's tile is [rows, quant blocks, bytes of a block]: each thread loads 16 contiguous
     packed bytes, and the activation arrives as contiguous pairs split into the values the high
-    and the low nibbles meet (no strided loads);
-  - the codes are looked up per nibble from the 16-entry table gathered through shared memory
-    (tl.gather on a register copy; fastest in the H100 sweep), or by config.set_fourbit_gather:
-    per byte from a 256-entry table of (high, low) pairs ("bytes"), from L1 ("global"), or by
-    byte permutes over registers ("registers", nibbles.py);
+    and the low nibbles meet (no strided loads), crossing to the bytes' threads as one 32-bit
+    word per pair (config.fourbit_activation);
+  - the codes are looked up per nibble by warp shuffles of the 16 codes held one per lane (the
+    default, nibbles.py), or by config.set_fourbit_gather: from the 16-entry table gathered
+    through shared memory ("shared"), per byte from a 256-entry table of (high, low) pairs
+    ("bytes"), from L1 ("global"), or by byte permutes over registers ("registers");
   - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
     by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
   - a step asks for its packed bytes, absmax and activation together, before the activation's
@@ -30,6 +31,7 @@ import triton.language as tl
 
 from quantbench.kernels.config import (
     config_for,
+    fourbit_activation,
     fourbit_gather,
     fourbit_numerics,
     fourbit_pairs,
@@ -49,6 +51,7 @@ from quantbench.kernels.prologue import (
     row_ends,
     row_rsqrt,
     rows_of,
+    word_halves,
 )
 
 
@@ -82,21 +85,23 @@ def _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZ
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
           PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False):
+          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False):
     packed, scale = _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE, NB, MASKED, PAIRS)
     return _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr,
-                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE)
+                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE, WORDS)
 
 
 @triton.jit
 def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr, r,
                BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
                PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False):
+               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False):
     # One step's arithmetic, on its weights from _weights. PAIRS: the activation read as int32
     # words in the packed bytes' layout, the absmax broadcast along each block, the result per
-    # byte (summed after the loop); else the activation split through shared memory and each
-    # block summed before its absmax multiplies it.
+    # byte (summed after the loop); else the activation split through shared memory into the
+    # values the high and low nibbles meet (as 32-bit words of 16-bit pairs with WORDS,
+    # config.fourbit_activation, else as fp32 values) and each block summed before its absmax
+    # multiplies it.
     HALF: tl.constexpr = BLOCKSIZE // 2
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
@@ -132,15 +137,21 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
         elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
         x_mask = elem < limit * BLOCKSIZE if MASKED else None
         x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
-        x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
+        if WORDS:  # the (even, odd) pairs as one 32-bit word each cross to the bytes' threads
+            DT: tl.constexpr = x_ptr.dtype.element_ty
+            even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, HALF, 2]))
+            x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], DT)
+            x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
+        else:
+            x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
+            x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]  # the rows' tiles share them
         if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
             DT: tl.constexpr = x_ptr.dtype.element_ty
             s = scale.to(DT).to(tl.float32)[:, :, None]
             w_hi = (hi.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
             w_lo = (lo.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
-            return tl.sum((w_hi * x_hi[None, :, :]).to(DT).to(tl.float32)
-                          + (w_lo * x_lo[None, :, :]).to(DT).to(tl.float32), axis=2)
-        return tl.sum(hi * x_hi[None, :, :] + lo * x_lo[None, :, :], axis=2) * scale  # [rows, blocks]
+            return tl.sum((w_hi * x_hi).to(DT).to(tl.float32) + (w_lo * x_lo).to(DT).to(tl.float32), axis=2)
+        return tl.sum(hi * x_hi + lo * x_lo, axis=2) * scale  # [rows, blocks]
 
 
 @triton.jit
@@ -148,7 +159,8 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                     row_blocks, split_blocks, stride_x, stride_r, stride_o, HAS_BIAS: tl.constexpr,
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None):
+                    BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None,
+                    WORDS: tl.constexpr = False):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -192,16 +204,16 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
         if start < full_end:
             acc += _step_with(first_packed, first_scale, x_ptr, absmax_ptr, code_ptr, rows, start, row_blocks, end,
                               m, stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
+                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
         loop_start = start + NB
     for b0 in tl.range(loop_start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
     out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
@@ -287,12 +299,13 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     pdl = mode_for(x.device, "4bit", k // 2, blocksize // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
     if rows_once("4bit", n, k):
         x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl, pipeline_stages("4bit")), 0
+    words = fourbit_activation() == "words" and x.dtype in (torch.float16, torch.bfloat16)
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
         PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, STAGES=pipeline_stages("4bit"),
-        num_warps=warps,
+        WORDS=words, num_warps=warps,
         **launch_options(pdl))
     if split > 1:
         block = 1024

@@ -134,7 +134,8 @@ def row_launch(k: int, pdl: int) -> tuple[int, dict]:
 
 
 @triton.jit
-def _halves(words, DT: tl.constexpr):
+def word_halves(words, DT: tl.constexpr):
+    """The (even, odd) 16-bit elements in DT of 32-bit words that hold them low half first."""
     even = (words & 0xFFFF).to(tl.uint16).to(DT, bitcast=True)
     odd = ((words >> 16) & 0xFFFF).to(tl.uint16).to(DT, bitcast=True)
     return even, odd
@@ -147,12 +148,12 @@ def load_pairs(x_ptr, offsets, mask, half, PRO: tl.constexpr, nw_ptr, r):
     the layout of the packed weights that meet them (no shuffle through shared memory)."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     words = _load(x_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask)
-    even, odd = _halves(words, DT)
+    even, odd = word_halves(words, DT)
     if PRO == 1:
-        up_even, up_odd = _halves(_load(x_ptr.to(tl.pointer_type(tl.int32)) + half + offsets, mask), DT)
+        up_even, up_odd = word_halves(_load(x_ptr.to(tl.pointer_type(tl.int32)) + half + offsets, mask), DT)
         even, odd = _silu_mul(even, up_even), _silu_mul(odd, up_odd)
     elif PRO == 2:
-        w_even, w_odd = _halves(_load(nw_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask), DT)
+        w_even, w_odd = word_halves(_load(nw_ptr.to(tl.pointer_type(tl.int32)) + offsets, mask), DT)
         even, odd = _rms(even, w_even, r), _rms(odd, w_odd, r)
     return even.to(tl.float32), odd.to(tl.float32)
 
