@@ -69,7 +69,8 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
         for pro in (0, 2):
             out.append((f"4bit split {table} bnb-rounding pro={pro}", "4bit", fourbit._fourbit_kernel,
                         {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": lookup, "PRO": pro,
-                         "RES": pro == 2, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "BNB": True}, 4))
+                         "RES": pro == 2, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "BNB": True,
+                         "WORDS": True}, 4))
     out.append(("4bit split-K partials", "4bit-bytes", fourbit._fourbit_kernel,
                 {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 2, "LOOKUP": 2, "PRO": 0, "RES": False,
                  "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 512}, 4))

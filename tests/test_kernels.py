@@ -188,6 +188,11 @@ show("dense step", gemv._dense_kernel, {"HAS_BIAS": False, "PRO": 2, "RES": True
 show("4bit step", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
      "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024},
      {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
+for lookup in (1, 3):  # bitsandbytes' roundings (an opt-in numerics) with the words crossing
+    show(f"4bit bnb-rounding lookup={lookup}", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64,
+         "SPLIT": 1, "LOOKUP": lookup, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024,
+         "BNB": True, "WORDS": True}, {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32",
+         "bias_ptr": "*fp32"}, asm="ttir")
 for words in (False, True):
     show(f"4bit words={words}", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1,
          "LOOKUP": 4, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": words},
@@ -235,6 +240,13 @@ def test_4bit_activation_crosses_to_the_bytes_threads_as_words(compiled_code):
         body = loop[:loop.index("scf.yield")]
         converted = [line.split(":")[-1].strip()[:16] for line in body.splitlines() if "ttg.convert_layout" in line]
         assert converted == crossing and body.count("tt.load") == 4, words
+
+
+def test_4bit_kernel_compiles_with_bitsandbytes_roundings_and_the_words_crossing(compiled_code):
+    """The opt-in numerics of bitsandbytes' gemv_4bit (shared and register lookups) compile for
+    sm_90 with the default activation crossing: products rounded to the activation dtype."""
+    for lookup in (1, 3):
+        assert "arith.truncf" in compiled_code[f"4bit bnb-rounding lookup={lookup}"]
 
 
 def test_dense_first_weights_come_before_the_norm(compiled_code):

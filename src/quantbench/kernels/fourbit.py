@@ -103,6 +103,7 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
     # config.fourbit_activation, else as fp32 values) and each block summed before its absmax
     # multiplies it.
     HALF: tl.constexpr = BLOCKSIZE // 2
+    DT: tl.constexpr = x_ptr.dtype.element_ty
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
     block = b0 + blk
@@ -138,7 +139,6 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
         x_mask = elem < limit * BLOCKSIZE if MASKED else None
         x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
         if WORDS:  # the (even, odd) pairs as one 32-bit word each cross to the bytes' threads
-            DT: tl.constexpr = x_ptr.dtype.element_ty
             even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, HALF, 2]))
             x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], DT)
             x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
@@ -146,7 +146,6 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
             x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
             x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]  # the rows' tiles share them
         if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
-            DT: tl.constexpr = x_ptr.dtype.element_ty
             s = scale.to(DT).to(tl.float32)[:, :, None]
             w_hi = (hi.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
             w_lo = (lo.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
