@@ -4,7 +4,8 @@
 
 For every linear shape of the models (q/k/v and gate/up merged as the engine merges them) and
 every format (fp16, bf16, nf4, nf4-dq, int8 threshold 0, int8 threshold 6; "-norm": the kernel
-reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-once": that row work
+reads its row RMSNorm-ed, as the engine's q/k/v and gate/up launches do; "-act": silu(gate) * up
+of a [gate | up] row, as its down_proj launches do; "-once": that row work
 done in a kernel of its own first, config.row_prologue "once"; "-once-early": and the outlier
 list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle" / "-shared": the
 4-bit codes looked up by warp shuffles (the default) or from shared memory, config.set_fourbit_gather;
@@ -119,19 +120,24 @@ def build(fmt: str, n: int, k: int) -> dict:
     for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-xsplit"):  # one_shape sets them
         fmt = fmt.removesuffix(mode)
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
-    x = torch.randn(1, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
     # "-norm": ours reads x RMSNorm-ed (weight 1, so the torch row below is the kernel's exactly
-    # but for the rsqrt's last bit); the references read that row
+    # but for the rsqrt's last bit); "-act": ours reads silu(gate) * up of a [gate | up] row, as
+    # the engine's down_proj launches do; the references read the finished row
     norm = {"norm": (torch.ones(k, device="cuda", dtype=dtype), 1e-5)} if fmt.endswith("-norm") else {}
-    fmt = fmt.removesuffix("-norm")
-    xin = x
+    if fmt.endswith("-act"):
+        norm = {"act": True}
+    fmt = fmt.removesuffix("-norm").removesuffix("-act")
+    xin = torch.randn(1, 2 * k if "act" in norm else k, device="cuda", dtype=dtype)
 
     def normed(row):  # noqa: ANN001, ANN202
-        return (row.float() * torch.rsqrt(row.float().pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+        if "act" in norm:  # torch's rounding: silu in the dtype, then the product in the dtype
+            return torch.nn.functional.silu(row[..., :k]) * row[..., k:]
+        if "norm" in norm:
+            return (row.float() * torch.rsqrt(row.float().pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+        return row
 
-    if norm:
-        x = normed(xin)
+    x = normed(xin)
     item: dict = {"cublas": lambda: torch.nn.functional.linear(x, w), "check": {}}
     if fmt in ("fp16", "bf16"):
         item |= {"kind": "dense", "bytes": w.numel() * 2, "ours": lambda: gemv.gemv_dense(xin, w, **norm),
@@ -163,7 +169,7 @@ def build(fmt: str, n: int, k: int) -> dict:
         cb, scb = layer.state.CB, layer.state.SCB
         if threshold and "clean" not in fmt:  # int8-t6-clean: the threshold's cost without outliers
             xin[0, torch.randperm(k, device="cuda")[:8]] = 8.0  # a few outlier features (~7.5 normed)
-            x = normed(xin) if norm else xin
+            x = normed(xin)
         item |= {"kind": "int8", "bytes": cb.numel() + scb.numel() * 4, "capturable": not threshold,
                  "ours": lambda: gemv.gemv_int8(xin, cb, scb, threshold, **norm),
                  "theirs": lambda: layer(x)}
