@@ -32,9 +32,8 @@ import json
 import triton
 import triton.language as tl
 
-from quantbench.kernels.fourbit import _weights
+from quantbench.kernels.fourbit import _weights, gathered_codes, split_pairs
 from quantbench.kernels.nibbles import lane_code, shuffle_codes
-from quantbench.kernels.prologue import word_halves
 
 VARIANTS = ("stream", "lookup", "split", "full", "full-xsplit")
 # the loads alone at other tilings (rows, columns per step, warps): does any access pattern of
@@ -58,9 +57,7 @@ def _step(x_ptr, w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, table, acc,
         if SHUFFLE:
             hi, lo = shuffle_codes(packed, table)
         else:  # the interpreter: the same codes gathered from a register copy of the table
-            shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
-            hi = tl.reshape(tl.gather(table, tl.reshape((packed >> 4).to(tl.int32), shape), 0), packed.shape)
-            lo = tl.reshape(tl.gather(table, tl.reshape((packed & 15).to(tl.int32), shape), 0), packed.shape)
+            hi, lo = gathered_codes(packed, table)
         if VARIANT == 1:
             acc += tl.sum(hi + lo, axis=2) + scale
         else:
@@ -69,13 +66,7 @@ def _step(x_ptr, w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, table, acc,
                 x = tl.load(x_ptr + elem, mask=elem < row_blocks * BLOCKSIZE, other=0.0)
             else:
                 x = tl.load(x_ptr + elem)
-            if WORDS:  # as the default kernel: 32-bit words of (even, odd) pairs cross (config.fourbit_activation)
-                even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, BLOCKSIZE // 2, 2]))
-                x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], x_ptr.dtype.element_ty)
-                x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
-            else:  # split fp32 values cross
-                x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, BLOCKSIZE // 2, 2]))
-                x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]
+            x_hi, x_lo = split_pairs(x, NB, BLOCKSIZE // 2, WORDS)
             products = tl.sum(hi * x_hi + lo * x_lo, axis=2)
             if VARIANT == 2:
                 acc += products + scale

@@ -39,11 +39,15 @@ HEAD_DIMS = (32, 64, 128, 256)  # the head sizes the kernel serves (others go to
 
 
 @triton.jit
+def _tile(ptr, pos, span, stride, d):
+    """A step's key or value tile [positions, D] of one head's cache (0 outside `span`)."""
+    return tl.load(ptr + pos[:, None] * stride + d[None, :], mask=span[:, None], other=0.0)
+
+
+@triton.jit
 def _keys_values(k_ptr, v_ptr, pos, span, sk_l, sv_l, d):
-    """A step's key and value tiles [positions, D] (0 outside `span`), asked for together."""
-    k = tl.load(k_ptr + pos[:, None] * sk_l + d[None, :], mask=span[:, None], other=0.0)
-    v = tl.load(v_ptr + pos[:, None] * sv_l + d[None, :], mask=span[:, None], other=0.0)
-    return k, v
+    """A step's key and value tiles, asked for together."""
+    return _tile(k_ptr, pos, span, sk_l, d), _tile(v_ptr, pos, span, sv_l, d)
 
 
 @triton.jit
@@ -119,11 +123,9 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
                                 sv_l, d)
             m_i, l_i, acc = _attend(q, k, v, ok, m_i, l_i, acc)
         else:
-            k = tl.load(k_ptr + b * sk_b + kv * sk_h + pos[:, None] * sk_l + d[None, :], mask=span[:, None],
-                        other=0.0)
+            k = _tile(k_ptr + b * sk_b + kv * sk_h, pos, span, sk_l, d)
             s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-            v = tl.load(v_ptr + b * sv_b + kv * sv_h + pos[:, None] * sv_l + d[None, :], mask=span[:, None],
-                        other=0.0)
+            v = _tile(v_ptr + b * sv_b + kv * sv_h, pos, span, sv_l, d)  # after the scores' reductions
             m_i, l_i, acc = _softmax_step(s, v, ok, m_i, l_i, acc)
     if PARTS_P2 == 1:
         tl.store(out_ptr + b * so_b + h * so_h + d, (acc / l_i).to(out_ptr.dtype.element_ty))

@@ -82,6 +82,30 @@ def _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZ
 
 
 @triton.jit
+def gathered_codes(packed, TABLE):
+    """(high, low) codes of every packed byte from the 16-entry table, gathered per nibble."""
+    shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
+    hi = tl.reshape(tl.gather(TABLE, tl.reshape((packed >> 4).to(tl.int32), shape), 0), packed.shape)
+    lo = tl.reshape(tl.gather(TABLE, tl.reshape((packed & 15).to(tl.int32), shape), 0), packed.shape)
+    return hi, lo
+
+
+@triton.jit
+def split_pairs(x, NB: tl.constexpr, HALF: tl.constexpr, WORDS: tl.constexpr):
+    """A step's 16-bit activation [NB * 2 * HALF] as the fp32 values a byte's high and low nibbles
+    meet, [1, NB, HALF] each, for the packed bytes' threads: the (even, odd) pairs cross to them
+    as one 32-bit word each (WORDS, config.fourbit_activation) or as two fp32 values."""
+    if WORDS:
+        even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, HALF, 2]))
+        x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], x.dtype)
+        x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
+    else:
+        x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
+        x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]  # the rows' tiles share them
+    return x_hi, x_lo
+
+
+@triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
           PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
@@ -103,7 +127,6 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
     # config.fourbit_activation, else as fp32 values) and each block summed before its absmax
     # multiplies it.
     HALF: tl.constexpr = BLOCKSIZE // 2
-    DT: tl.constexpr = x_ptr.dtype.element_ty
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
     block = b0 + blk
@@ -121,9 +144,7 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
         hi = (both >> 32).to(tl.int32).to(tl.float32, bitcast=True)
         lo = both.to(tl.int32).to(tl.float32, bitcast=True)
     else:
-        shape: tl.constexpr = [packed.shape[0] * packed.shape[1] * packed.shape[2]]
-        hi = tl.reshape(tl.gather(TABLE, tl.reshape((packed >> 4).to(tl.int32), shape), 0), packed.shape)
-        lo = tl.reshape(tl.gather(TABLE, tl.reshape((packed & 15).to(tl.int32), shape), 0), packed.shape)
+        hi, lo = gathered_codes(packed, TABLE)
     if PAIRS:
         # every tile in the packed bytes' own shape: each thread reads the words and the absmax its
         # bytes meet (the same ones as the threads of other rows, from L1), no layout exchange
@@ -138,14 +159,9 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
         elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
         x_mask = elem < limit * BLOCKSIZE if MASKED else None
         x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
-        if WORDS:  # the (even, odd) pairs as one 32-bit word each cross to the bytes' threads
-            even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, HALF, 2]))
-            x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], DT)
-            x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
-        else:
-            x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
-            x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]  # the rows' tiles share them
+        x_hi, x_lo = split_pairs(x, NB, HALF, WORDS)
         if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
+            DT: tl.constexpr = x_ptr.dtype.element_ty
             s = scale.to(DT).to(tl.float32)[:, :, None]
             w_hi = (hi.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
             w_lo = (lo.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
