@@ -143,39 +143,6 @@ def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
         set_fourbit_activation(before)
 
 
-@pytest.mark.parametrize(("shape", "kwargs"), [(None, {}), ((128, 128, 4, 2), {"norm": True}),
-                                             ((128, 256, 4, 1), {"act": True})])
-def test_4bit_products_added_one_by_one_keep_fp32_sums(shape, kwargs):
-    """config.fourbit_sum "chain": each block's products added in turn (one fused multiply-add
-    each when compiled) round once, as the pairs' sum does: within an ulp of the exact product,
-    whole and partial steps, a split-K in 2, the RMSNorm and silu * up prologues."""
-    from quantbench.kernels.config import fourbit_sum, set_fourbit_sum
-
-    torch.manual_seed(13)
-    w = torch.randn(N, K, dtype=torch.float16)
-    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
-    exact = copy.copy(state)
-    exact.dtype = torch.float32
-    weight = bnbf.dequantize_4bit(packed, exact).double()
-    x = torch.randn(2, 2 * K if "act" in kwargs else K, dtype=torch.float16)
-    if "act" in kwargs:
-        row = torch.nn.functional.silu(x[:, :K]) * x[:, K:]
-    elif "norm" in kwargs:
-        kwargs = {"norm": (torch.ones(K, dtype=torch.float16), 1e-5)}
-        row = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5)).half()
-    else:
-        row = x
-    before = fourbit_sum()
-    set_config("4bit", shape)
-    try:
-        set_fourbit_sum("chain")
-        out = gemv.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **kwargs)
-    finally:
-        set_config("4bit", None)
-        set_fourbit_sum(before)
-    assert _ulps(out, row.double() @ weight.T) <= 1.0
-
-
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize("shape", [None, (128, 128, 4, 2)])  # the table's; a split-K in 2
 def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
@@ -226,9 +193,6 @@ for lookup in (1, 3):  # bitsandbytes' roundings (an opt-in numerics) with the w
          "SPLIT": 1, "LOOKUP": lookup, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024,
          "BNB": True, "WORDS": True}, {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32",
          "bias_ptr": "*fp32"}, asm="ttir")
-show("4bit chain", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 2,
-     "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": True, "CHAIN": True},
-     {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttir")
 for words in (False, True):
     show(f"4bit words={words}", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1,
          "LOOKUP": 4, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": words},
@@ -276,15 +240,6 @@ def test_4bit_activation_crosses_to_the_bytes_threads_as_words(compiled_code):
         body = loop[:loop.index("scf.yield")]
         converted = [line.split(":")[-1].strip()[:16] for line in body.splitlines() if "ttg.convert_layout" in line]
         assert converted == crossing and body.count("tt.load") == 4, words
-
-
-def test_4bit_chain_sums_every_product_of_a_block_in_one_reduction(compiled_code):
-    """config.fourbit_sum "chain": the step reduces the 64 products of each block (both nibbles'
-    interleaved) in one sum, which the backend lowers to one fused multiply-add per product; the
-    default adds each byte's two products first and reduces the 32 sums."""
-    for name, summed, other in (("4bit chain", 64, 32), ("4bit step", 32, 64)):
-        assert f"(tensor<4x16x{summed}xf32>) -> tensor<4x16xf32>" in compiled_code[name], name
-        assert f"(tensor<4x16x{other}xf32>) -> tensor<4x16xf32>" not in compiled_code[name], name
 
 
 def test_4bit_kernel_compiles_with_bitsandbytes_roundings_and_the_words_crossing(compiled_code):
