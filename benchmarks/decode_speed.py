@@ -41,7 +41,7 @@ VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> p
 # "+stages3" every kernel's main loop software-pipelined three steps deep, "+4bit-stages3" only the
 # 4-bit GEMV's (config.pipeline_stages: one depth mode per engine, the last one named), "+xsplit"
 # the 4-bit activation exchanged as split fp32 values, not as 32-bit words of 16-bit pairs
-# (config.fourbit_activation), "+chain" the 4-bit products added one by one (config.fourbit_sum).
+# (config.fourbit_activation).
 KERNEL_MODES = {
     "bnbmath": ("4bit_numerics", "bitsandbytes"),
     "regs": ("4bit_lookup", "registers"),
@@ -58,7 +58,6 @@ KERNEL_MODES = {
     "shared": ("4bit_lookup", "shared"),
     "parts": ("attention_parts", "parts"),
     "xsplit": ("4bit_activation", "split"),
-    "chain": ("4bit_sum", "chain"),
 } | {f"{kind}-stages{n}".lstrip("-"): ("pipeline_stages", f"{kind}:{n}".lstrip(":"))
      for kind in ("", "4bit", "int8", "dense", "attention") for n in (2, 3, 4)}
 DEFAULT_MODES: dict[str, str] = {}  # config.modes() before any kernels choice's own (measure sets it)

@@ -38,13 +38,13 @@ _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # activation words.
 _GATHER = {"4bit": "shuffle", "pairs": False, "4bit_numerics": "fp32", "int8_outliers": "masked", "overlap": "auto",
            "rows": "auto", "int8_list": "end", "attention_parts": "one", "stages": "off",
-           "4bit_x": "words", "4bit_sum": "pairs"}
+           "4bit_x": "words"}
 PIPELINED = ("4bit", "int8", "dense", "attention")  # the kernels whose main loop config.pipeline_stages pipelines
 STAGE_COUNTS = (2, 3, 4)
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
             "rows": ("auto", "inline", "once"), "int8_list": ("end", "early"), "attention_parts": ("one", "parts"),
-            "4bit_x": ("words", "split"), "4bit_sum": ("pairs", "chain"),
+            "4bit_x": ("words", "split"),
             "stages": ("off", *(f"{scope}{n}" for scope in ("", *(f"{kind}:" for kind in PIPELINED))
                                 for n in STAGE_COUNTS))}
 
@@ -94,20 +94,6 @@ def fourbit_activation() -> str:
 
 def set_fourbit_activation(mode: str) -> None:
     _choose("4bit_x", mode)
-
-
-def fourbit_sum() -> str:
-    """How the 4-bit kernel adds a block's products in fp32: "pairs" (the default: each byte's
-    two products added, then the bytes' sums) or "chain" (every product added in turn, each one
-    fused multiply-add). Compiled for sm_90 (Triton 3.6) at 4 rows x 1024 columns, "chain" is
-    15 instructions shorter per K-step (164 against 179 with no prologue): 32 FFMA where there
-    were 17 FFMA, 16 FMUL and 16 FADD. Another rounding order of the same fp32 sums, not the same
-    bits. Untimed."""
-    return _GATHER["4bit_sum"]
-
-
-def set_fourbit_sum(mode: str) -> None:
-    _choose("4bit_sum", mode)
 
 
 def fourbit_numerics() -> str:
@@ -233,13 +219,13 @@ def modes() -> dict[str, str]:
             "int8_outlier_pass": int8_outlier_pass(), "launch_overlap": launch_overlap(),
             "row_prologue": row_prologue(), "int8_list_gather": int8_list_gather(),
             "attention_parts": attention_parts(), "pipeline_stages": _GATHER["stages"],
-            "4bit_activation": fourbit_activation(), "4bit_sum": fourbit_sum()}
+            "4bit_activation": fourbit_activation()}
 
 
 _MODE_KEYS = {"4bit_lookup": "4bit", "4bit_numerics": "4bit_numerics",
               "int8_outlier_pass": "int8_outliers", "launch_overlap": "overlap", "row_prologue": "rows",
               "int8_list_gather": "int8_list", "attention_parts": "attention_parts",
-              "pipeline_stages": "stages", "4bit_activation": "4bit_x", "4bit_sum": "4bit_sum"}
+              "pipeline_stages": "stages", "4bit_activation": "4bit_x"}
 
 
 def set_modes(chosen: dict[str, str]) -> None:

@@ -35,7 +35,6 @@ from quantbench.kernels.config import (
     fourbit_gather,
     fourbit_numerics,
     fourbit_pairs,
-    fourbit_sum,
     interpreted,
     pipeline_stages,
     rows_once,
@@ -110,19 +109,17 @@ def split_pairs(x, NB: tl.constexpr, HALF: tl.constexpr, WORDS: tl.constexpr):
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
           PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False,
-          CHAIN: tl.constexpr = False):
+          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False):
     packed, scale = _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE, NB, MASKED, PAIRS)
     return _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr,
-                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE, WORDS, CHAIN)
+                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE, WORDS)
 
 
 @triton.jit
 def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr, r,
                BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
                PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False,
-               CHAIN: tl.constexpr = False):
+               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False):
     # One step's arithmetic, on its weights from _weights. PAIRS: the activation read as int32
     # words in the packed bytes' layout, the absmax broadcast along each block, the result per
     # byte (summed after the loop); else the activation split through shared memory into the
@@ -169,10 +166,7 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
             w_hi = (hi.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
             w_lo = (lo.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
             return tl.sum((w_hi * x_hi).to(DT).to(tl.float32) + (w_lo * x_lo).to(DT).to(tl.float32), axis=2)
-        if CHAIN:  # config.fourbit_sum "chain": one product per fused multiply-add
-            products = tl.reshape(tl.join(hi * x_hi, lo * x_lo), [hi.shape[0], NB, BLOCKSIZE])
-            return tl.sum(products, axis=2) * scale  # [rows, blocks]
-        return tl.sum(hi * x_hi + lo * x_lo, axis=2) * scale
+        return tl.sum(hi * x_hi + lo * x_lo, axis=2) * scale  # [rows, blocks]
 
 
 @triton.jit
@@ -181,7 +175,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None,
-                    WORDS: tl.constexpr = False, CHAIN: tl.constexpr = False):
+                    WORDS: tl.constexpr = False):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -225,16 +219,16 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
         if start < full_end:
             acc += _step_with(first_packed, first_scale, x_ptr, absmax_ptr, code_ptr, rows, start, row_blocks, end,
                               m, stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, CHAIN)
+                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
         loop_start = start + NB
     for b0 in tl.range(loop_start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, CHAIN)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, CHAIN)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
     out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
@@ -326,7 +320,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
         PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, STAGES=pipeline_stages("4bit"),
-        WORDS=words, CHAIN=fourbit_sum() == "chain", num_warps=warps,
+        WORDS=words, num_warps=warps,
         **launch_options(pdl))
     if split > 1:
         block = 1024
