@@ -36,8 +36,8 @@ VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> p
 # register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py),
 # "+once" each GEMV's row work (norm, silu * up, LLM.int8's quantization) in a kernel before it,
 # "+early" LLM.int8's outlier list gathered before its int8 dot, "+shuffle" / "+shared" the 4-bit
-# codes looked up by warp shuffles (the default) or from shared memory, "+parts" the decode
-# attention's cache split into parts (flash-decoding; the default walks it in one program per head),
+# codes looked up by warp shuffles (the default) or from shared memory, "+parts" / "+one" the decode
+# attention's cache split into parts (flash-decoding; the default) or walked in one program per head,
 # "+stages3" every kernel's main loop software-pipelined three steps deep, "+4bit-stages3" only the
 # 4-bit GEMV's (config.pipeline_stages: one depth mode per engine, the last one named), "+xsplit"
 # the 4-bit activation exchanged as split fp32 values, not as 32-bit words of 16-bit pairs
@@ -57,6 +57,7 @@ KERNEL_MODES = {
     "shuffle": ("4bit_lookup", "shuffle"),
     "shared": ("4bit_lookup", "shared"),
     "parts": ("attention_parts", "parts"),
+    "one": ("attention_parts", "one"),
     "xsplit": ("4bit_activation", "split"),
 } | {f"{kind}-stages{n}".lstrip("-"): ("pipeline_stages", f"{kind}:{n}".lstrip(":"))
      for kind in ("", "4bit", "int8", "dense", "attention") for n in (2, 3, 4)}

@@ -599,14 +599,16 @@ def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from quantbench.kernels import attention
-    from quantbench.kernels.config import set_attention_parts
+    from quantbench.kernels.config import SMS, attention_parts, set_attention_parts
 
     torch.manual_seed(6)
     batch, heads, kv_heads, length, dim = 2, 4, 2, 300, 32
-    assert attention.parts_for(batch, heads, length) == (1, length)  # the default: one part
-    set_attention_parts("parts")
+    assert attention_parts() == "parts"  # the default
     parts, chunk = attention.parts_for(batch, heads, length)
     assert parts == 3 and chunk == 128
+    # programs enough without parts: one part for a short cache, parts for a long one
+    assert attention.parts_for(SMS, 1, attention.SHORT_CACHE - 64) == (1, attention.SHORT_CACHE - 64)
+    assert attention.parts_for(SMS, 1, attention.SHORT_CACHE)[0] == 2
     q = torch.randn(batch, heads, 1, dim, dtype=torch.float16)
     k, v = (torch.randn(batch, kv_heads, length, dim, dtype=torch.float16) for _ in range(2))
     mask = torch.zeros(batch, 1, 1, length, dtype=torch.bool)
@@ -616,16 +618,18 @@ def test_decode_attention_split_into_parts_combines_them_and_resets_its_counters
     module = types.SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True)
     ref, _ = sdpa_attention_forward(module, q.double(), k.double(), v.double(), mask, scaling=dim**-0.5)
     wide = [t.float() for t in (q, k, v)]  # fp32 in and out: the parts' other sums show
-    try:
-        first = attention.decode_attention(q, k, v, mask, dim**-0.5)
-        again = attention.decode_attention(q, k, v, mask, dim**-0.5)
-        wide_parts = attention.decode_attention(*wide, mask, dim**-0.5)
-    finally:
-        set_attention_parts("one")
+    first = attention.decode_attention(q, k, v, mask, dim**-0.5)
+    again = attention.decode_attention(q, k, v, mask, dim**-0.5)
+    wide_parts = attention.decode_attention(*wide, mask, dim**-0.5)
     assert _ulps(first, ref) <= 1.0
     assert torch.equal(first, again)
     assert not attention.counters(q.device).any()
-    wide_one = attention.decode_attention(*wide, mask, dim**-0.5)  # one program per head, whole cache
+    set_attention_parts("one")
+    try:
+        assert attention.parts_for(batch, heads, length) == (1, length)
+        wide_one = attention.decode_attention(*wide, mask, dim**-0.5)  # one program per head, whole cache
+    finally:
+        set_attention_parts("parts")
     assert not torch.equal(wide_parts, wide_one)  # the parts did run
     assert torch.allclose(wide_parts, wide_one, rtol=1e-5, atol=1e-6)
 

@@ -10,7 +10,7 @@ step asks for its keys and values together, so it waits for memory once. SDPA's
 fused kernels round the probabilities to fp16 before multiplying by v; this one keeps them in
 fp32, so results differ from SDPA's by rounding.
 
-With config.attention_parts "parts" (opt-in), the cache positions are split into parts
+With config.attention_parts "parts" (the default), the cache positions are split into parts
 (flash-decoding): one program per (row, query head, part), so that a step has programs enough
 to keep the GPU busy and none walks a long cache alone. Each program leaves its part's max, sum
 and weighted values in a scratch buffer and counts itself in at a per-(row, head) counter; the
@@ -154,6 +154,7 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 COUNTER_SLOTS = 1 << 16  # (row, head) pairs a launch may split; a larger launch runs one part
+SHORT_CACHE = 1024  # positions under which a launch whose (row, head) programs fill the SMs runs one part
 
 
 def counters(device: torch.device) -> torch.Tensor:
@@ -172,11 +173,14 @@ def _capturing(device: torch.device) -> bool:
 
 def parts_for(batch: int, heads: int, length: int, block: int = 64) -> tuple[int, int]:
     """(parts, positions per part) of a cache of `length`: enough programs to fill the SMs about
-    twice over, each part whole steps of the kernel's loop (`block` positions); one part unless
-    config.attention_parts is "parts"."""
+    twice over, each part whole steps of the kernel's loop (`block` positions); one part when
+    config.attention_parts is "one", and where the (row, head) programs alone fill the SMs and
+    the cache is short (under SHORT_CACHE positions: there the combine costs more than the
+    parts save, H100 measurements in config.attention_parts)."""
     want = max(1, -(-2 * SMS // (batch * heads)))
     parts = max(1, min(want, length // block))
-    if parts == 1 or batch * heads > COUNTER_SLOTS or attention_parts() != "parts":
+    filled = batch * heads >= SMS and length < SHORT_CACHE
+    if parts == 1 or filled or batch * heads > COUNTER_SLOTS or attention_parts() != "parts":
         return 1, length
     chunk = triton.cdiv(triton.cdiv(length, parts), block) * block
     return triton.cdiv(length, chunk), chunk
