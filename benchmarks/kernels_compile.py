@@ -65,6 +65,9 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
         out.append((f"4bit split shuffle pro={pro}, x as words", "4bit", fourbit._fourbit_kernel,
                     {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": pro, "RES": pro == 2,
                      "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": True}, 4))
+    out.append(("4bit split shuffle pro=0, x read directly", "4bit", fourbit._fourbit_kernel,  # fourbit_activation
+                {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 0, "RES": False,
+                 "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "DIRECT": True}, 4))
     for lookup, table in ((1, "shared"), (3, "registers")):  # bitsandbytes' roundings
         for pro in (0, 2):
             out.append((f"4bit split {table} bnb-rounding pro={pro}", "4bit", fourbit._fourbit_kernel,

@@ -10,8 +10,8 @@ done in a kernel of its own first, config.row_prologue "once"; "-once-early": an
 list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle" / "-shared": the
 4-bit codes looked up by warp shuffles (the default) or from shared memory, config.set_fourbit_gather;
 "-stages3": the kernel's K-loop software-pipelined three steps deep, config.pipeline_stages;
-"-xsplit": the 4-bit activation exchanged as split fp32 values, not as 32-bit words of 16-bit
-pairs, config.fourbit_activation):
+"-xsplit" / "-xdirect": the 4-bit activation exchanged as split fp32 values, or read by every
+thread from memory, not exchanged as 32-bit words of 16-bit pairs, config.fourbit_activation):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -117,7 +117,8 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
     fmt = _pipeline_depth(fmt)[0]
-    for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-xsplit"):  # one_shape sets them
+    # one_shape sets these modes
+    for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-xsplit", "-xdirect"):
         fmt = fmt.removesuffix(mode)
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
@@ -211,7 +212,8 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "row_prologue": "once" if "-once" in fmt else defaults["row_prologue"],
         "int8_list_gather": "early" if named.endswith("-early") else defaults["int8_list_gather"],
         "pipeline_stages": depth or defaults["pipeline_stages"],
-        "4bit_activation": "split" if "-xsplit" in fmt else defaults["4bit_activation"],
+        "4bit_activation": "split" if "-xsplit" in fmt else "direct" if "-xdirect" in fmt
+                           else defaults["4bit_activation"],
     })
     items: list[dict] = []
 

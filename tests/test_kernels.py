@@ -109,9 +109,10 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
     """config.fourbit_activation: the activation crosses to the packed bytes' threads as 32-bit
-    words of 16-bit pairs ("words") or as split fp32 values ("split"); the same values meet the
-    same arithmetic, so every output bit matches: whole and partial steps, a split-K in 3, bias
-    and residual, both numerics, the RMSNorm and silu * up prologues inline and done once."""
+    words of 16-bit pairs ("words") or as split fp32 values ("split"), or the threads read their
+    words themselves ("direct", in launches without a prologue); the same values meet the same
+    arithmetic, so every output bit matches: whole and partial steps, a split-K in 3, bias and
+    residual, both numerics, the RMSNorm and silu * up prologues inline and done once."""
     from quantbench.kernels.config import fourbit_activation, set_fourbit_activation
 
     torch.manual_seed(12)
@@ -133,10 +134,10 @@ def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
             row_mode("once" if kwargs.pop("once", False) else "inline")
             xin = torch.cat([x, x.flip(-1)], dim=-1) if "act" in kwargs else x
             outs = []
-            for mode in ("split", "words"):
+            for mode in ("split", "words", "direct"):
                 set_fourbit_activation(mode)
                 outs.append(gemv.gemv_4bit(xin, packed, state.absmax, state.code, N, 64, **kwargs))
-            assert torch.equal(*outs), (shape, numerics, list(kwargs))
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), (shape, numerics, list(kwargs))
     finally:
         set_config("4bit", None)
         set_fourbit_numerics("fp32")
@@ -193,6 +194,9 @@ for lookup in (1, 3):  # bitsandbytes' roundings (an opt-in numerics) with the w
          "SPLIT": 1, "LOOKUP": lookup, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024,
          "BNB": True, "WORDS": True}, {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32",
          "bias_ptr": "*fp32"}, asm="ttir")
+show("4bit direct", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 0,
+     "RES": False, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "DIRECT": True},
+     {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttgir")
 for words in (False, True):
     show(f"4bit words={words}", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1,
          "LOOKUP": 4, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": words},
@@ -240,6 +244,15 @@ def test_4bit_activation_crosses_to_the_bytes_threads_as_words(compiled_code):
         body = loop[:loop.index("scf.yield")]
         converted = [line.split(":")[-1].strip()[:16] for line in body.splitlines() if "ttg.convert_layout" in line]
         assert converted == crossing and body.count("tt.load") == 4, words
+
+
+def test_4bit_activation_read_directly_crosses_nothing(compiled_code):
+    """config.fourbit_activation "direct" (no prologue): the K-step's activation is loaded in the
+    packed bytes' layout, so nothing in the loop changes layout (the words crossing converts one
+    int32 tile); the packed bytes, absmax and activation are its three loads."""
+    loop = compiled_code["4bit direct"][compiled_code["4bit direct"].rindex("scf.for"):]
+    body = loop[:loop.index("scf.yield")]
+    assert "ttg.convert_layout" not in body and body.count("tt.load") == 3
 
 
 def test_4bit_kernel_compiles_with_bitsandbytes_roundings_and_the_words_crossing(compiled_code):

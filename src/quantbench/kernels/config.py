@@ -44,7 +44,7 @@ STAGE_COUNTS = (2, 3, 4)
 _CHOICES = {"4bit": ("shared", "bytes", "global", "registers", "shuffle"), "4bit_numerics": ("fp32", "bitsandbytes"),
             "int8_outliers": ("skip", "masked"), "overlap": ("auto", "off", "launch", "prefetch"),
             "rows": ("auto", "inline", "once"), "int8_list": ("end", "early"), "attention_parts": ("one", "parts"),
-            "4bit_x": ("words", "split"),
+            "4bit_x": ("words", "split", "direct"),
             "stages": ("off", *(f"{scope}{n}" for scope in ("", *(f"{kind}:" for kind in PIPELINED))
                                 for n in STAGE_COUNTS))}
 
@@ -90,8 +90,13 @@ def fourbit_activation() -> str:
     columns, a K-step is 16 instructions shorter with words (179 against 195 with no prologue,
     209 against 225 with the RMSNorm, 296 against 312 with silu * up), with 4 shared loads where
     there were 20 and one barrier where there were two. H100, nf4 decode at batch 1: llama-2-7b
-    3.24 ms/token against 3.51, tinyllama 0.89 against 0.92. fp32 activations always take
-    "split"."""
+    3.24 ms/token against 3.51, tinyllama 0.89 against 0.92. "direct" (opt-in, untimed): in a
+    launch without a prologue (o_proj; every launch whose row work is done once, rows_once)
+    nothing crosses: every thread reads the (even, odd) words its bytes meet from memory, in the
+    packed bytes' layout (the rows share them through L1), so the K-step has no shared memory
+    and no barrier (181 instructions); launches with a prologue keep the words crossing, since
+    there each thread would norm or silu its 32 values itself (300 and 648 instructions).
+    fp32 activations always take "split"."""
     return _GATHER["4bit_x"]
 
 

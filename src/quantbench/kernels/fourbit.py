@@ -106,20 +106,35 @@ def split_pairs(x, NB: tl.constexpr, HALF: tl.constexpr, WORDS: tl.constexpr):
 
 
 @triton.jit
+def pair_words(x_ptr, rows, b0, ok, m, stride_x, row_blocks, nw_ptr, r, NB: tl.constexpr, HALF: tl.constexpr,
+               MASKED: tl.constexpr, PRO: tl.constexpr):
+    """The activation's (even, odd) 16-bit pairs that the packed bytes of blocks b0 .. b0 + NB
+    meet, as fp32 [rows, NB, HALF] each, read by every byte's own thread from memory as 32-bit
+    words in the packed bytes' layout (load_pairs, the prologue applied there): the rows share
+    them through L1, and nothing crosses shared memory."""
+    zero = rows[:, None, None] * 0
+    words = zero + (b0 + tl.arange(0, NB))[None, :, None] * HALF + tl.arange(0, HALF)[None, None, :]
+    x_mask = ok[None, :, None] & (zero == 0) if MASKED else None
+    return load_pairs(x_ptr + m * stride_x, words, x_mask, row_blocks * HALF, PRO, nw_ptr, r)
+
+
+@triton.jit
 def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, limit, m, stride_x,
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
           PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False):
+          REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False,
+          DIRECT: tl.constexpr = False):
     packed, scale = _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE, NB, MASKED, PAIRS)
     return _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr,
-                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE, WORDS)
+                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE, WORDS, DIRECT)
 
 
 @triton.jit
 def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr, r,
                BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
                PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
-               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False):
+               REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False,
+               DIRECT: tl.constexpr = False):
     # One step's arithmetic, on its weights from _weights. PAIRS: the activation read as int32
     # words in the packed bytes' layout, the absmax broadcast along each block, the result per
     # byte (summed after the loop); else the activation split through shared memory into the
@@ -148,18 +163,19 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
     if PAIRS:
         # every tile in the packed bytes' own shape: each thread reads the words and the absmax its
         # bytes meet (the same ones as the threads of other rows, from L1), no layout exchange
-        zero = rows[:, None, None] * 0
-        words = zero + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]  # a word per byte
-        x_mask = ok[None, :, None] & (zero == 0) if MASKED else None
-        x_hi, x_lo = load_pairs(x_ptr + m * stride_x, words, x_mask, row_blocks * HALF, PRO, nw_ptr, r)
+        x_hi, x_lo = pair_words(x_ptr, rows, b0, ok, m, stride_x, row_blocks, nw_ptr, r, NB, HALF, MASKED, PRO)
+        x_mask = ok[None, :, None] & (rows[:, None, None] == rows[:, None, None]) if MASKED else None
         scale_at = absmax_ptr + rows[:, None, None] * row_blocks + block[None, :, None] + byte[None, None, :] * 0
         scale = tl.load(scale_at, mask=x_mask, other=0.0) if MASKED else tl.load(scale_at)
         return (hi * x_hi + lo * x_lo) * scale
     else:
-        elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
-        x_mask = elem < limit * BLOCKSIZE if MASKED else None
-        x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
-        x_hi, x_lo = split_pairs(x, NB, HALF, WORDS)
+        if DIRECT:  # config.fourbit_activation "direct": no exchange through shared memory
+            x_hi, x_lo = pair_words(x_ptr, rows, b0, ok, m, stride_x, row_blocks, nw_ptr, r, NB, HALF, MASKED, PRO)
+        else:
+            elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
+            x_mask = elem < limit * BLOCKSIZE if MASKED else None
+            x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
+            x_hi, x_lo = split_pairs(x, NB, HALF, WORDS)
         if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
             DT: tl.constexpr = x_ptr.dtype.element_ty
             s = scale.to(DT).to(tl.float32)[:, :, None]
@@ -175,7 +191,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None,
-                    WORDS: tl.constexpr = False):
+                    WORDS: tl.constexpr = False, DIRECT: tl.constexpr = False):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -219,16 +235,16 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
         if start < full_end:
             acc += _step_with(first_packed, first_scale, x_ptr, absmax_ptr, code_ptr, rows, start, row_blocks, end,
                               m, stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
+                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT)
         loop_start = start + NB
     for b0 in tl.range(loop_start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT)
     out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
@@ -314,13 +330,17 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     pdl = mode_for(x.device, "4bit", k // 2, blocksize // 2, blocks * 4, packed.data_ptr(), absmax.data_ptr())
     if rows_once("4bit", n, k):
         x2, pro = prepare_rows(x2, k, pro, nw, eps, pdl, pipeline_stages("4bit")), 0
-    words = fourbit_activation() == "words" and x.dtype in (torch.float16, torch.bfloat16)
+    sixteen_bit = x.dtype in (torch.float16, torch.bfloat16)
+    # "direct" where the launch has no prologue: with one, each thread would norm or silu its own
+    # 32 values per step, four times over the words crossing's count (config.fourbit_activation)
+    direct = fourbit_activation() == "direct" and sixteen_bit and pro == 0
+    words = fourbit_activation() != "split" and sixteen_bit and not direct
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
         PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, STAGES=pipeline_stages("4bit"),
-        WORDS=words, num_warps=warps,
+        WORDS=words, DIRECT=direct, num_warps=warps,
         **launch_options(pdl))
     if split > 1:
         block = 1024
