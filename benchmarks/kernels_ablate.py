@@ -13,7 +13,7 @@ evict-first, and the absmax, asked for together), and keeps one more part of its
   full    + the absmax per block: the default kernel's arithmetic for a plain row (no fused norm,
           no residual), whose output equals gemv_4bit's bit for bit (checked on every shape)
   full-xsplit  the same with the activation carried as split fp32 values, not as 32-bit words
-          of pairs (config.fourbit_activation's two modes)
+          of pairs (two of config.fourbit_activation's modes)
 beside gemv_4bit itself with plain launches and with the launch overlap's default (its L2
 prefetch), a device copy of the same bytes (read + write, so not a read-only bound), and the
 loads alone at other tilings (TILINGS: up to whole 4096-column rows per step).

@@ -117,9 +117,9 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
     fmt = _pipeline_depth(fmt)[0]
-    # one_shape sets these modes
-    for mode in ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-xsplit", "-xdirect"):
-        fmt = fmt.removesuffix(mode)
+    modes = ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-xsplit", "-xdirect")  # one_shape's
+    while fmt.endswith(modes):  # in any order, e.g. nf4-norm-once-xdirect
+        fmt = next(fmt.removesuffix(mode) for mode in modes if fmt.endswith(mode))
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
     w = torch.randn(n, k, device="cuda", dtype=dtype) * 0.02
     # "-norm": ours reads x RMSNorm-ed (weight 1, so the torch row below is the kernel's exactly

@@ -144,6 +144,38 @@ def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
         set_fourbit_activation(before)
 
 
+def test_4bit_direct_activation_only_where_the_launch_has_no_prologue(monkeypatch, row_mode):
+    """config.fourbit_activation "direct": launches without a prologue (a plain row, and a norm
+    done once by a row kernel) read their words directly; a norm or silu * up inline keeps the
+    words crossing; fp32 activations take the split crossing."""
+    from quantbench.kernels import fourbit
+    from quantbench.kernels.config import fourbit_activation, set_fourbit_activation
+
+    launched = []
+
+    def spy(*args, _run=fourbit._fourbit_kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        launched.append((kwargs["DIRECT"], kwargs["WORDS"]))
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(fourbit._fourbit_kernel, "run", spy)
+    torch.manual_seed(14)
+    w = torch.randn(N, K, dtype=torch.float16)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    x = torch.randn(1, K, dtype=torch.float16)
+    norm = {"norm": (torch.ones(K, dtype=torch.float16), 1e-5)}
+    before = fourbit_activation()
+    set_fourbit_activation("direct")
+    try:
+        row_mode("inline")
+        for xin, kwargs in ((x, {}), (x, norm), (torch.cat([x, x], -1), {"act": True}), (x.float(), {})):
+            fourbit.gemv_4bit(xin, packed, state.absmax, state.code, N, 64, **kwargs)
+        row_mode("once")
+        fourbit.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **norm)
+    finally:
+        set_fourbit_activation(before)
+    assert launched == [(True, False), (False, True), (False, True), (False, False), (True, False)]
+
+
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize("shape", [None, (128, 128, 4, 2)])  # the table's; a split-K in 2
 def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
@@ -178,9 +210,9 @@ def test_4bit_gemv_can_round_as_bitsandbytes_gemv_4bit(double_quant, shape):
 def compiled_code() -> dict[str, str]:
     """Kernels compiled for sm_90 in one process of its own (this one interprets them): the 4-bit
     GEMV (shuffle lookup, RMSNorm prologue), the inline LLM.int8 GEMV (RMSNorm prologue,
-    outliers) and the dense GEMV (RMSNorm prologue) as Triton's IR; the decode attention (heads
-    of 64 in groups of 8) in one part and in four as PTX, and unpipelined and three stages deep
-    as Triton's IR."""
+    outliers) and the dense GEMV (RMSNorm prologue) as Triton's IR, and the 4-bit GEMV's other
+    activation crossings and sums; the decode attention (heads of 64 in groups of 8) in one part
+    and in four as PTX, and unpipelined and three stages deep as Triton's IR."""
     pytest.importorskip("triton.backends.nvidia")
     return sm90_ptx("""
 from quantbench.kernels import attention, fourbit, gemv, int8

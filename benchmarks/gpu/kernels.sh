@@ -27,10 +27,10 @@
 #                 the GEMVs alone (both models, nf4 and nf4-dq), then decode (MODEL as in rows)
 #   attention     the decode attention with its cache in parts against one part and SDPA (both
 #                 models' shapes, cache lengths 192-4096), then nf4 decode at prompt 128 and 2048
-#                 with and without the parts (MODEL as in rows)
+#                 in one part and in parts, the default (MODEL as in rows)
 #   stages        main loops software-pipelined (config.pipeline_stages) against as written, per
 #                 MODEL (as in rows): the GEMVs alone (2-4 stages for 4-bit), the attention alone,
-#                 then decode (tinyllama nf4 and int8; llama-2-7b nf4, also with the attention in parts)
+#                 then decode (tinyllama nf4 and int8; llama-2-7b nf4, also with the attention in one part)
 #   against       decode with the kernels of an earlier revision, then with the working tree's, on one
 #                 machine (whichever card it has): first `mkdir baseline && git archive REV src
 #                 benchmarks | tar -x -C baseline`, sent with the working tree (MODEL as in rows;
@@ -116,13 +116,13 @@ case "$stage" in
     timeout 120 python3 benchmarks/kernels_attention.py --out "$OUT/attention" 2>&1 | grep -v '^{' >> "$log"
     pick_model
     for prompt in 128 2048; do
-      decode "$model" nf4 quantbench,quantbench+parts "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
+      decode "$model" nf4 quantbench+one,quantbench "${MODEL:-tinyllama}_attention_p$prompt" "${LIMIT:-60}" \
         --prompt-len "$prompt" "${extra[@]}"
     done ;;
   stages)  # MODEL as in rows; PRECISIONS and KERNELS override the decode's lists
     pick_model
     precisions=nf4,int8 kernels=quantbench,quantbench+stages3
-    if [ "$model" = llama-2-7b-arch ]; then precisions=nf4 kernels=$kernels,quantbench+stages3+parts; fi
+    if [ "$model" = llama-2-7b-arch ]; then precisions=nf4 kernels=$kernels,quantbench+stages3+one; fi
     gemv 100 gemv --models "${MODEL:-tinyllama}" \
       --formats nf4,nf4-stages2,nf4-stages3,nf4-stages4,int8-t0,int8-t0-stages3,fp16,fp16-stages3
     timeout 60 python3 benchmarks/kernels_attention.py --out "$OUT/attention" --models "${MODEL:-tinyllama}" \

@@ -16,7 +16,8 @@ to keep the GPU busy and none walks a long cache alone. Each program leaves its 
 and weighted values in a scratch buffer and counts itself in at a per-(row, head) counter; the
 last one in combines the parts in part order (the same order whichever program comes last:
 deterministic) and resets the counter for the next step, so a CUDA graph replays it as it is. A
-cache too short to split runs one part.
+cache too short to split runs one part, and so does a short cache (under SHORT_CACHE positions)
+whose (row, head) programs alone fill the SMs (parts_for).
 
 It is an attention implementation of transformers' registry ("quantbench_sdpa"): install()
 points a model's config at it, and it hands every call it does not serve (prefill, no or

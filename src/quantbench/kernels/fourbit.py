@@ -139,8 +139,8 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
     # words in the packed bytes' layout, the absmax broadcast along each block, the result per
     # byte (summed after the loop); else the activation split through shared memory into the
     # values the high and low nibbles meet (as 32-bit words of 16-bit pairs with WORDS,
-    # config.fourbit_activation, else as fp32 values) and each block summed before its absmax
-    # multiplies it.
+    # config.fourbit_activation, else as fp32 values), or with DIRECT read by each byte's thread
+    # as pair_words reads them, and each block summed before its absmax multiplies it.
     HALF: tl.constexpr = BLOCKSIZE // 2
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
@@ -333,7 +333,7 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     sixteen_bit = x.dtype in (torch.float16, torch.bfloat16)
     # "direct" where the launch has no prologue: with one, each thread would norm or silu its own
     # 32 values per step, four times over the words crossing's count (config.fourbit_activation)
-    direct = fourbit_activation() == "direct" and sixteen_bit and pro == 0
+    direct = fourbit_activation() == "direct" and sixteen_bit and pro == 0 and not pairs
     words = fourbit_activation() != "split" and sixteen_bit and not direct
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
