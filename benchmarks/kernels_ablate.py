@@ -133,22 +133,20 @@ def check(shapes: list[tuple[int, int]], device: str) -> None:
     import torch
 
     from quantbench.kernels import gemv
-    from quantbench.kernels.config import fourbit_activation, set_fourbit_activation, set_launch_overlap
+    from quantbench.kernels.config import modes, set_fourbit_activation, set_launch_overlap, set_modes
 
-    before = fourbit_activation()
+    before = modes()
+    set_launch_overlap("off")  # gemv_4bit as the variants launch: plainly
     try:
         for n, k in shapes:
             x, packed, state = _quantized(n, k, device)
             for variant, crossing in (("full", "words"), ("full-xsplit", "split")):
-                set_launch_overlap("off")
                 set_fourbit_activation(crossing)
                 expected = gemv.gemv_4bit(x, packed, state.absmax, state.code.float(), n, 64)
-                set_launch_overlap("auto")
                 if not torch.equal(ablated(variant, x, packed, state.absmax, state.code.float(), n), expected):
                     raise SystemExit(f"({n}, {k}): the {variant} variant differs from gemv_4bit")
     finally:
-        set_launch_overlap("auto")
-        set_fourbit_activation(before)
+        set_modes(before)
     print(f"full variants equal gemv_4bit on {len(shapes)} shapes")
 
 

@@ -211,7 +211,7 @@ def compiled_code() -> dict[str, str]:
     """Kernels compiled for sm_90 in one process of its own (this one interprets them): the 4-bit
     GEMV (shuffle lookup, RMSNorm prologue), the inline LLM.int8 GEMV (RMSNorm prologue,
     outliers) and the dense GEMV (RMSNorm prologue) as Triton's IR, and the 4-bit GEMV's other
-    activation crossings and sums; the decode attention (heads of 64 in groups of 8) in one part
+    activation crossings and bitsandbytes' roundings; the decode attention (heads of 64 in groups of 8) in one part
     and in four as PTX, and unpipelined and three stages deep as Triton's IR."""
     pytest.importorskip("triton.backends.nvidia")
     return sm90_ptx("""

@@ -106,15 +106,21 @@ def split_pairs(x, NB: tl.constexpr, HALF: tl.constexpr, WORDS: tl.constexpr):
 
 
 @triton.jit
+def _block_mask(rows, ok):
+    """A step's quantization blocks in range (`ok`, [NB]) as a [rows, NB, 1] mask, which the
+    loads of its [rows, NB, HALF] tiles broadcast."""
+    return ok[None, :, None] & (rows[:, None, None] * 0 == 0)
+
+
+@triton.jit
 def pair_words(x_ptr, rows, b0, ok, m, stride_x, row_blocks, nw_ptr, r, NB: tl.constexpr, HALF: tl.constexpr,
                MASKED: tl.constexpr, PRO: tl.constexpr):
     """The activation's (even, odd) 16-bit pairs that the packed bytes of blocks b0 .. b0 + NB
     meet, as fp32 [rows, NB, HALF] each, read by every byte's own thread from memory as 32-bit
     words in the packed bytes' layout (load_pairs, the prologue applied there): the rows share
     them through L1, and nothing crosses shared memory."""
-    zero = rows[:, None, None] * 0
-    words = zero + (b0 + tl.arange(0, NB))[None, :, None] * HALF + tl.arange(0, HALF)[None, None, :]
-    x_mask = ok[None, :, None] & (zero == 0) if MASKED else None
+    words = rows[:, None, None] * 0 + (b0 + tl.arange(0, NB))[None, :, None] * HALF + tl.arange(0, HALF)[None, None, :]
+    x_mask = _block_mask(rows, ok) if MASKED else None
     return load_pairs(x_ptr + m * stride_x, words, x_mask, row_blocks * HALF, PRO, nw_ptr, r)
 
 
@@ -164,7 +170,7 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
         # every tile in the packed bytes' own shape: each thread reads the words and the absmax its
         # bytes meet (the same ones as the threads of other rows, from L1), no layout exchange
         x_hi, x_lo = pair_words(x_ptr, rows, b0, ok, m, stride_x, row_blocks, nw_ptr, r, NB, HALF, MASKED, PRO)
-        x_mask = ok[None, :, None] & (rows[:, None, None] == rows[:, None, None]) if MASKED else None
+        x_mask = _block_mask(rows, ok) if MASKED else None
         scale_at = absmax_ptr + rows[:, None, None] * row_blocks + block[None, :, None] + byte[None, None, :] * 0
         scale = tl.load(scale_at, mask=x_mask, other=0.0) if MASKED else tl.load(scale_at)
         return (hi * x_hi + lo * x_lo) * scale
@@ -333,8 +339,9 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     sixteen_bit = x.dtype in (torch.float16, torch.bfloat16)
     # "direct" where the launch has no prologue: with one, each thread would norm or silu its own
     # 32 values per step, four times over the words crossing's count (config.fourbit_activation)
-    direct = fourbit_activation() == "direct" and sixteen_bit and pro == 0 and not pairs
-    words = fourbit_activation() != "split" and sixteen_bit and not direct
+    crossing = fourbit_activation()
+    direct = crossing == "direct" and sixteen_bit and pro == 0 and not pairs
+    words = crossing != "split" and sixteen_bit and not direct
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
