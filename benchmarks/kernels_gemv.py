@@ -294,6 +294,10 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="also time every candidate launch shape")
     p.add_argument("--lookups", default=None,
                    help="the 4-bit lookups the sweep tries, e.g. shuffle or shared,shuffle (default: all)")
+    p.add_argument("--shapes", default=None, help="only these launches, e.g. o,down (default: every one)")
+    p.add_argument("--candidates", default=None,
+                   help="the launch shapes the sweep tries instead of its own, BLOCK_N x BLOCK_K x warps x SPLIT "
+                        "(SPLIT 0: config.py's rule), e.g. 8x2048x8x0,8x1024x8x2")
     p.add_argument("--stages", default=None,
                    help="pipeline depths the sweep tries, e.g. off,2,3 (config.pipeline_stages; default: the "
                         "format's own)")
@@ -307,10 +311,21 @@ def main() -> None:
         if unknown := set(wanted) - {gather for gather, _ in GATHERS["4bit"]}:
             raise SystemExit(f"unknown 4-bit lookup(s): {', '.join(sorted(unknown))}")
         GATHERS["4bit"] = tuple(g for g in GATHERS["4bit"] if g[0] in wanted)
+    if args.candidates:
+        try:
+            shapes = [tuple(int(v) for v in c.split("x")) for c in args.candidates.split(",")]
+        except ValueError:
+            shapes = []
+        if not shapes or any(len(shape) != 4 for shape in shapes):
+            raise SystemExit(f"--candidates: BLOCK_NxBLOCK_KxWARPSxSPLIT, comma-separated, not {args.candidates!r}")
+        for kind in SWEEP:
+            SWEEP[kind] = shapes
     report, out = new_report(args.out)
     for model in args.models.split(","):
         for fmt in args.formats.split(","):
             for name, (n, k) in SHAPES[model].items():
+                if args.shapes and name not in args.shapes.split(","):
+                    continue
                 if name == "lm_head" and fmt.startswith("nf4"):
                     continue  # bitsandbytes leaves lm_head unquantized: the dense kernel serves it
                 row = {"model": model, "shape": name, **one_shape(fmt, n, k, args.sweep)}
