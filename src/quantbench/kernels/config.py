@@ -27,8 +27,8 @@ LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down
 # fused RMSNorm the sweep's plain GEMV does not have).
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (2560, 2048): (4, 1024, 4, 0), (2048, 2048): (8, 1024, 8, 0), (11264, 2048): (4, 1024, 4, 0),
-    (2048, 5632): (4, 1024, 4, 0), (12288, 4096): (4, 1024, 4, 0), (4096, 4096): (8, 1024, 8, 0),
-    (22016, 4096): (4, 1024, 4, 0), (4096, 11008): (8, 1024, 8, 0),
+    (2048, 5632): (4, 1024, 4, 0), (12288, 4096): (4, 1024, 4, 0), (4096, 4096): (8, 2048, 8, 0),
+    (22016, 4096): (4, 1024, 4, 0), (4096, 11008): (8, 2048, 8, 0),
 }
 _OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # From the H100 sweeps (benchmarks/kernels_gemv.py --sweep): the codes by warp shuffle with the
