@@ -38,7 +38,7 @@ SHAPES = {  # name -> (N, K) per linear launch; q/k/v and gate/up merged
 }
 SWEEP = {  # (BLOCK_N, BLOCK_K, warps, SPLIT); SPLIT 0: config.py's rule
     "dense": [(*s, 1) for s in itertools.product((2, 4, 8), (512, 1024, 2048), (4, 8))],
-    "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024), (4, 8), (0,))),
+    "4bit": list(itertools.product((4, 8, 16), (256, 512, 1024, 2048), (4, 8), (0,))),
     "int8": [(*s, 1) for s in itertools.product((4, 8, 16), (1024, 2048), (4, 8))],
 }
 # 4-bit variants: code lookup (per byte / per nibble from shared memory) x activation as int32 pairs

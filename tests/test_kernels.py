@@ -781,15 +781,18 @@ def test_fused_norm_and_residual_equal_the_separate_steps(kind, monkeypatch):
         assert float((got.double() - expected.double()).abs().max()) / scale <= 2 * torch.finfo(torch.float16).eps
 
 
-def test_auto_row_prologue_is_once_for_long_int8_rows_only(row_mode):
-    """"auto" does the row work once where it measured faster (LLM.int8 launches of llama-2-7b's
-    sizes, N and K >= 4096) and inline elsewhere; "once" and "inline" override it for every kernel."""
+def test_auto_row_prologue_is_once_for_long_quantized_rows_only(row_mode):
+    """"auto" does the row work once where it measured faster (LLM.int8 and 4-bit launches of
+    llama-2-7b's sizes, N and K >= 4096) and inline elsewhere; "once" and "inline" override it for
+    every kernel."""
     from quantbench.kernels.config import rows_once
 
     row_mode("auto")
     assert rows_once("int8", 4096, 11008) and rows_once("int8", 22016, 4096)
     assert not rows_once("int8", 2048, 5632) and not rows_once("int8", 11264, 2048)  # tinyllama's down, gate/up
-    assert not rows_once("4bit", 4096, 4096) and not rows_once("dense", 4096, 11008)
+    assert rows_once("4bit", 4096, 4096) and rows_once("4bit", 12288, 4096)
+    assert not rows_once("4bit", 2048, 5632) and not rows_once("4bit", 11264, 2048)
+    assert not rows_once("dense", 4096, 11008)
     row_mode("once")
     assert rows_once("dense", 64, 64) and rows_once("4bit", 64, 64)
     row_mode("inline")

@@ -97,7 +97,7 @@ case "$stage" in
   next)
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,int8,int8-t0,nf4-dq}" \
       bnb,quantbench,quantbench+nopdl,quantbench/dense/4bit/int8/attention/fuse tinyllama "${LIMIT:-60}" ;;
-  rows)  # the defaults ("auto": once for LLM.int8 launches of N and K >= 4096) beside both fixed modes
+  rows)  # the defaults ("auto": once for LLM.int8 and 4-bit launches of N and K >= 4096) beside both fixed modes
     pick_model
     decode "$model" int8 quantbench,quantbench+inline,quantbench+once "${MODEL:-tinyllama}_rows_int8" \
       "${LIMIT:-60}" "${extra[@]}"

@@ -24,7 +24,9 @@ LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down
 # lookup's sweep winners (its nf4 decode: 3.81 ms/token against 4.24-4.36 with the shared lookup
 # and its shapes); tinyllama keeps the shared lookup's, with which the shuffle lookup decoded in
 # 0.95 ms/token against 1.03 with its own sweep's (wider programs for q/k/v and gate/up, whose
-# fused RMSNorm the sweep's plain GEMV does not have).
+# fused RMSNorm the sweep's plain GEMV does not have). llama-2-7b's o_proj and down_proj read
+# 2048 elements per step, a shape the first sweeps did not try: 7.6 and 21.9 us against 9.5 and
+# 23.8 (nf4 decode 3.08 against 3.17 ms/token).
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (2560, 2048): (4, 1024, 4, 0), (2048, 2048): (8, 1024, 8, 0), (11264, 2048): (4, 1024, 4, 0),
     (2048, 5632): (4, 1024, 4, 0), (12288, 4096): (4, 1024, 4, 0), (4096, 4096): (8, 2048, 8, 0),
@@ -201,8 +203,8 @@ def row_prologue() -> str:
     of squares, silu(gate) * up, and for LLM.int8 the activation's absmax, quantization and
     outlier test, over the whole row), "once" (a one-program-per-row kernel before the GEMV
     writes the prepared row, or for LLM.int8 its int8 codes, scale and outlier list, which every
-    program then reads) or "auto" (the default: once for LLM.int8 launches of N and K >= 4096,
-    inline otherwise; see rows_once). The same arithmetic either way, and the same results but for the
+    program then reads) or "auto" (the default: once for LLM.int8 and 4-bit launches of N and K >=
+    4096, inline otherwise; see rows_once). The same arithmetic either way, and the same results but for the
     order in which LLM.int8's outlier term is summed."""
     return _GATHER["rows"]
 
@@ -211,12 +213,13 @@ def rows_once(kind: str, n: int, k: int) -> bool:
     """Whether a `kind` GEMV ("dense", "4bit", "int8") of N = n, K = k does its row work once.
     "auto" is what measured faster on an H100 (one process each, same machine): llama-2-7b-arch
     LLM.int8 decode took 7.43-7.96 ms per token inline and 4.6-4.9 once, its int8 GEMVs' device
-    time falling from 6.38 to 2.98 ms with the row kernels adding 1.16; tinyllama-1.1b-arch's
-    step replayed in 1.15 ms inline and 1.29 once. Every 7B launch has N and K >= 4096, no
-    tinyllama launch has both. The dense and 4-bit GEMVs' norm and silu * up done once did not
-    pay (llama-2-7b nf4 4.36 once against 4.24 inline; tinyllama even)."""
+    time falling from 6.38 to 2.98 ms with the row kernels adding 1.16; llama-2-7b-arch nf4 3.02
+    once against 3.08 inline (with the words crossing and the shuffle lookup; with the split
+    crossing and the shared lookup once had lost, 4.36 against 4.24); tinyllama-1.1b-arch's
+    LLM.int8 step replayed in 1.15 ms inline and 1.29 once. Every 7B launch has N and K >= 4096,
+    no tinyllama launch has both. The dense GEMV's norm and silu * up done once did not pay."""
     mode = _GATHER["rows"]
-    return mode == "once" or (mode == "auto" and kind == "int8" and min(n, k) >= 4096)
+    return mode == "once" or (mode == "auto" and kind in ("int8", "4bit") and min(n, k) >= 4096)
 
 
 def set_row_prologue(mode: str) -> None:
