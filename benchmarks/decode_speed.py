@@ -410,7 +410,9 @@ def main() -> None:
         "versions": library_versions(), "bandwidth_bytes_per_s": args.bandwidth,
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "eager_tokens": args.eager_tokens, "repeats": args.repeats,
-        "compile_mode": args.compile_mode, "results": [],
+        "compile_mode": args.compile_mode,
+        "fourbit_table": json.loads(Path(args.fourbit_table).read_text()) if args.fourbit_table else None,
+        "results": [],
     }
     stem = Path(args.out) / args.name
     for name in [n.strip() for n in args.precisions.split(",") if n.strip()]:
