@@ -29,8 +29,10 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     fp32 arithmetic, codes by warp shuffles); a "+pdl" or "+prefetch"
     suffix overlaps each launch with the one before it (modes not given are `defaults`, a
     config.modes() snapshot), "+fp16" / "+bf16" sets the compute dtype (the
-    device's best, bf16 on an H100, otherwise), "+norope" leaves the rotary + cache-write kernel
-    out of the default kinds, "+once" / "+inline" sets where each GEMV's row work runs."""
+    device's best, bf16 on an H100, otherwise), "+noKIND" leaves a kind of kernel out of the
+    default kinds ("+norope": the rotary + cache-write kernel; "+noattention", "+nofuse",
+    "+nodense", ...: which kernel's roundings part the fast engine from eager), "+once" /
+    "+inline" sets where each GEMV's row work runs."""
     import torch
 
     import quantbench
@@ -39,6 +41,9 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     from quantbench.kernels.config import set_modes
 
     base, *flags = spec.split("+")
+    known = {"pdl", "prefetch", "once", "inline", "fp16", "bf16", *(f"no{kind}" for kind in DEFAULT_KINDS)}
+    if unknown := set(flags) - known:
+        raise ValueError(f"unknown flag(s) {', '.join(sorted(unknown))}: one of {', '.join(sorted(known))}")
     precision_name, numerics, gather = (base.split(":") + ["", ""])[:3]
     overlap = "prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else defaults["launch_overlap"]
     rows = "once" if "once" in flags else "inline" if "inline" in flags else defaults["row_prologue"]
@@ -57,7 +62,8 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
                                output_logits=True, return_dict_in_generate=True)
     tokens = eager.sequences[:, ids.shape[1]:]
     eager_logits = torch.stack(eager.logits, dim=1).float()  # [1, steps, vocab]
-    kinds = tuple(kind for kind in DEFAULT_KINDS if kind != "rope") if "norope" in flags else None
+    dropped = {flag[2:] for flag in flags if flag.startswith("no") and flag[2:] in DEFAULT_KINDS}
+    kinds = tuple(kind for kind in DEFAULT_KINDS if kind not in dropped) if dropped else None
     fast = FastEngine(model, 1, ids.shape[1] + new_tokens + 1, kernels=kernels, kernel_kinds=kinds,
                       keep_logits=True)
     fast.warmup(ids, 4)
