@@ -19,6 +19,7 @@ from conftest import sm90_ptx, static_cache_step  # noqa: E402
 
 from quantbench.kernels import gemv  # noqa: E402
 from quantbench.kernels.config import (  # noqa: E402
+    config_for,
     fourbit_gather,
     fourbit_pairs,
     set_config,
@@ -104,6 +105,33 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
     # and within fp16 rounding of bitsandbytes' own weights (rounded to fp16 by dequantize_4bit)
     theirs = x.double() @ bnbf.dequantize_4bit(packed, state).double().T + bias.double()
     assert float((out.double() - theirs).norm() / theirs.norm()) < 1e-3
+
+
+def test_4bit_gemv_in_2048_element_steps(row_mode):
+    """llama-2-7b's launch shapes read 2048 elements (32 quantization blocks) per step: a whole
+    step and a partial one (K = 35 blocks, as down_proj's 11008 ends in a partial step) within
+    an fp16 rounding of dequantize_4bit + an fp64 matmul, and the RMSNorm done once gives the
+    bits it gives inline."""
+    torch.manual_seed(7)
+    n, k = 24, 64 * 35
+    x, w = torch.randn(2, k, dtype=torch.float16), torch.randn(n, k, dtype=torch.float16)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    exact = copy.copy(state)
+    exact.dtype = torch.float32
+    ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T
+    norm = (torch.rand(k, dtype=torch.float16) + 0.5, 1e-5)
+    set_config("4bit", (8, 2048, 8, 0))
+    try:
+        assert config_for("4bit64", n, k)[1] == 2048
+        out = gemv.gemv_4bit(x, packed, state.absmax, state.code, n, 64)
+        normed = []
+        for mode in ("inline", "once"):
+            row_mode(mode)
+            normed.append(gemv.gemv_4bit(x, packed, state.absmax, state.code, n, 64, norm=norm))
+    finally:
+        set_config("4bit", None)
+    assert _ulps(out, ref) <= 1.0
+    assert torch.equal(normed[0], normed[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
