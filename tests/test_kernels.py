@@ -596,6 +596,11 @@ def test_plan_merges_projections_and_gives_the_layers_results(rows, row_mode):
         original = gemv.gemv_4bit
         gemv.gemv_4bit = lambda *a, **kw: launches.append(1) or original(*a, **kw)
         row_mode(rows)
+        layers = plan.describe()["layers"]
+        assert ("RMSNorm once per launch" in layers["q_proj+k_proj+v_proj"]) == (rows == "once")
+        assert ("RMSNorm once per launch" in layers["gate_proj+up_proj"]) == (rows == "once")
+        assert ("silu * up once per launch" in layers["down_proj"]) == (rows == "once")
+        assert layers["o_proj"] == "quantbench gemv nf4, x2"  # no row work: nothing done once
         try:
             plan.enabled = True
             step = torch.compile(lambda i, c: model(i, past_key_values=c, use_cache=True).logits,

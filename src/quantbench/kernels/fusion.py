@@ -36,8 +36,12 @@ def fuse(model: nn.Module, plan: Any) -> None:
             _override(plan, module, "block", _block_forward(plan, module, *parts))
             _override(plan, module.self_attn, "rope", _rope_forward(plan, module.self_attn))
             done.add(id(module.mlp))
+            qkv, _, gate_up, down = parts[:4]
+            qkv.prologue = gate_up.prologue = "RMSNorm"
+            down.prologue = "silu * up"
         elif parts := _mlp_parts(module, launch_of):
             _override(plan, module, "act_fn", _mlp_forward(plan, *parts))
+            parts[1].prologue = "silu * up"
 
 
 def _override(plan: Any, module: nn.Module, what: str, make: Callable) -> None:

@@ -54,6 +54,7 @@ class _Launch:
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     # (x or None: any x, {"norm": ..., "res": ...}) for the next call (fusion.py)
     fusion: tuple[torch.Tensor | None, dict[str, Any]] | None = None
+    prologue: str = ""  # the row work fusion.py gives its activation: "RMSNorm", "silu * up"
 
     def forward(self, index: int, original: Callable[..., Any]) -> Callable[..., Any]:
         last = len(self.names) - 1
@@ -120,8 +121,11 @@ class KernelPlan:
                     counts[(key, "")] = counts.get((key, ""), 0) + 1
                 continue
             kind = launch.kind
-            if launch.base == "int8" and config.rows_once("int8", launch.splits[-1], launch.modules[0].in_features):
+            once = config.rows_once(launch.base, launch.splits[-1], launch.modules[0].in_features)
+            if launch.base == "int8" and once:
                 kind += ", activation quantized once per launch"
+            elif launch.prologue and once and "fuse" in kinds:
+                kind += f", its {launch.prologue} once per launch"
             key = ("+".join(_short(n) for n in launch.names), kind)
             counts[key] = counts.get(key, 0) + 1
         layers = {
