@@ -12,7 +12,8 @@
 #   final-decode  tinyllama decode table: eager / fast+bnb / fast+quantbench (DEFAULT_KINDS),
 #                 five precisions
 #   final-check   teacher-forced equivalence on the real SmolLM2-135M (needs its GGUF, joined by
-#                 setup.sh); a "+prefetch" suffix runs a precision with launch overlap
+#                 setup.sh); a "+prefetch" suffix runs a precision with launch overlap, "+noattention"
+#                 (any kind) without that kernel; EQ_KERNELS=bnb: the fast engine without our kernels
 #   final-gemv    per-kernel times and profiler bandwidth (int8-t6-clean: the threshold with no
 #                 outlier in the activation)
 #   final-7b      llama-2-7b-arch decode table (nf4, int8, fp16, nf4-dq, int8-t0)
@@ -89,7 +90,7 @@ case "$stage" in
     decode tinyllama-1.1b-arch "${PRECISIONS:-fp16,nf4,nf4-dq,int8-t0,int8}" "${KERNELS:-bnb,quantbench}" "${NAME:-tinyllama}" \
       "${LIMIT:-60}" ;;
   final-check)  # needs the SmolLM2 GGUF joined by setup.sh; EQUIVALENCE narrows the list
-    timeout 540 python3 benchmarks/kernels_equivalence.py --out "$OUT" \
+    timeout 540 python3 benchmarks/kernels_equivalence.py --out "$OUT" --kernels "${EQ_KERNELS:-quantbench}" \
       --precisions "${EQUIVALENCE:-int8,int8-t0,nf4:bitsandbytes:registers,fp16,nf4}" 2>&1 \
       | grep -v MatMul8bitLt >> "$log" ;;
   final-gemv)
