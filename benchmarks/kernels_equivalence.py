@@ -31,7 +31,8 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     config.modes() snapshot), "+fp16" / "+bf16" sets the compute dtype (the
     device's best, bf16 on an H100, otherwise), "+noKIND" leaves a kind of kernel out of the
     default kinds ("+norope": the rotary + cache-write kernel; "+noattention", "+nofuse",
-    "+nodense", ...: which kernel's roundings part the fast engine from eager), "+once" /
+    "+nodense", ...: which kernel's roundings part the fast engine from eager; "+noattention"
+    leaves the rotary kernel out too, since it feeds the attention kernel), "+once" /
     "+inline" sets where each GEMV's row work runs."""
     import torch
 
