@@ -8,7 +8,10 @@ On the real SmolLM2-135M (GPU), per precision, in this one process:
              step sees the same prefix: mean and max KL(eager || fast) over the decode steps and
              the share of steps with the same top-1 token;
   free       the fast engine's own greedy tokens: the first step where they leave eager's, and
-             there eager's score gap between its choice and the fast one (a near tie flips).
+             there eager's score gap between its choice and the fast one (a near tie flips);
+  reference  the same weights with fp32 activations (the fp32 model for fp16 / bf16) fed the
+             same tokens: mean KL(reference || eager) and KL(reference || fast), which of the two
+             16-bit runs is nearer the fp32 arithmetic (eager's roundings are one choice of many).
 Writes kernels_equivalence.json into --out and prints a table.
 """
 
@@ -17,10 +20,35 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}
 PROMPT = ("The history of the printing press begins in the fifteenth century, when movable metal type "
           "made books cheaper than ever before. Within fifty years")
+
+
+def reference_logits(precision: str, options: dict, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits [1, len(tokens), vocab] that the same weights with fp32 activations give, fed the
+    prompt `ids` and then `tokens` (teacher-forced: position i scores tokens[i], as generate's
+    i-th logits do); for fp16 / bf16 the fp32 model, whose weights they round."""
+    import torch
+
+    import quantbench
+
+    name = "fp32" if precision in ("fp16", "bf16") else precision
+    loaded = quantbench.load("smollm2-135m", name, **(options | {"compute_dtype": "fp32"}))
+    sequence = torch.cat([ids, tokens.to(ids.device)], dim=1).to(loaded.device)
+    with torch.no_grad():
+        logits = loaded.model(sequence).logits[:, ids.shape[1] - 1:-1].float()
+    del loaded
+    return logits
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> dict:
@@ -72,7 +100,7 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     steps = slice(1, new_tokens)  # step 0 is the prefill, eager in both
     log_e = torch.log_softmax(eager_logits[0, steps], -1)
     log_f = torch.log_softmax(forced[0, steps], -1)
-    kl = (log_e.exp() * (log_e - log_f)).sum(-1)
+    kl = _kl(log_e, log_f)
     same_top1 = (eager_logits[0, steps].argmax(-1) == forced[0, steps].argmax(-1)).float()
     own = fast.generate(ids, new_tokens)
     differ = (own != tokens).nonzero()
@@ -81,12 +109,25 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     if first is not None:
         scores = eager_logits[0, first]
         gap = float(scores[tokens[0, first]] - scores[own[0, first]])
-    return {
+    described = fast.describe()
+    del fast, model, loaded
+    torch.cuda.empty_cache()
+    row = {
         "precision": spec, "options": options, "decode_steps": new_tokens - 1,
-        "engine": fast.describe(), "mean_kl": float(kl.mean()), "max_kl": float(kl.max()),
+        "engine": described, "mean_kl": float(kl.mean()), "max_kl": float(kl.max()),
         "top1_agreement": float(same_top1.mean()), "free_run_first_divergence": first,
         "free_run_gap_at_divergence": gap,
         "passes": bool(kl.mean() <= 1e-4 and same_top1.mean() >= 0.995),
+    }
+    try:  # an extra: its failure leaves the row above as measured
+        ref = reference_logits(precision, options, ids, tokens)[0, steps].to(forced.device)
+    except Exception as err:
+        return row | {"reference_error": f"{type(err).__name__}: {str(err)[:300]}"}
+    log_r, top1_ref = torch.log_softmax(ref, -1), ref.argmax(-1)
+    return row | {
+        "reference_kl": {"eager": float(_kl(log_r, log_e).mean()), "fast": float(_kl(log_r, log_f).mean())},
+        "reference_top1": {"eager": float((eager_logits[0, steps].argmax(-1) == top1_ref).float().mean()),
+                           "fast": float((forced[0, steps].argmax(-1) == top1_ref).float().mean())},
     }
 
 
@@ -117,13 +158,16 @@ def main() -> None:
         (out / "kernels_equivalence.json").write_text(json.dumps(report, indent=1))
         print(json.dumps({k: v for k, v in row.items() if k != "engine"}), flush=True)
         torch.cuda.empty_cache()
-    print("\n| precision | mean KL | max KL | top-1 same | free-run first divergence (gap) | pass |")
+    print("\n| precision | mean KL | max KL | top-1 same | free-run first divergence (gap) | pass "
+          "| KL(fp32 ref, eager) | KL(fp32 ref, fast) |")
     for r in report["rows"]:
         if "error" in r:
             print(f"| {r['precision']} | error: {r['error'][:100]} |")
             continue
         print(f"| {r['precision']} | {r['mean_kl']:.2e} | {r['max_kl']:.2e} | {r['top1_agreement']:.1%} "
-              f"| {r['free_run_first_divergence']} ({r['free_run_gap_at_divergence']}) | {r['passes']} |")
+              f"| {r['free_run_first_divergence']} ({r['free_run_gap_at_divergence']}) | {r['passes']} "
+              + (f"| {r['reference_kl']['eager']:.2e} | {r['reference_kl']['fast']:.2e} |" if "reference_kl" in r
+                 else f"| {r['reference_error'][:60]} | |"))
 
 
 if __name__ == "__main__":

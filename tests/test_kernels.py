@@ -894,3 +894,30 @@ def test_ablation_benchmark_full_variant_is_the_4bit_gemv():
                           env=os.environ | {"TRITON_INTERPRET": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "full variants equal gemv_4bit on 3 shapes" in done.stdout
+
+
+def test_equivalence_reference_scores_the_tokens_generate_scored():
+    """benchmarks/kernels_equivalence.py's fp32 reference is one forward pass over the prompt and
+    eager's tokens: its i-th logits must be those generate scored the i-th token with (real
+    SmolLM2, fp32 on the CPU, where both compute the same function), not those of a neighbour."""
+    import importlib.util
+    from pathlib import Path
+
+    import quantbench
+
+    path = Path(__file__).parents[1] / "benchmarks" / "kernels_equivalence.py"
+    spec = importlib.util.spec_from_file_location("kernels_equivalence", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = quantbench.load("smollm2-135m", "fp32", device="cpu").model
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        eager = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                               do_sample=False, num_beams=1, pad_token_id=model.generation_config.eos_token_id,
+                               output_logits=True, return_dict_in_generate=True)
+    tokens = eager.sequences[:, ids.shape[1]:]
+    scored = torch.stack(eager.logits, dim=1).float()
+    reference = module.reference_logits("fp32", {}, ids, tokens)
+    assert reference.shape == scored.shape
+    assert torch.allclose(reference, scored, atol=2e-3, rtol=1e-3)
+    assert torch.equal(reference.argmax(-1), tokens)
