@@ -9,9 +9,11 @@ On the real SmolLM2-135M (GPU), per precision, in this one process:
              the share of steps with the same top-1 token;
   free       the fast engine's own greedy tokens: the first step where they leave eager's, and
              there eager's score gap between its choice and the fast one (a near tie flips);
-  reference  the same weights with fp32 activations (the fp32 model for fp16 / bf16) fed the
-             same tokens: mean KL(reference || eager) and KL(reference || fast), which of the two
-             16-bit runs is nearer the fp32 arithmetic (eager's roundings are one choice of many).
+  reference  the same stored weights (loaded as eager's, so quantized alike) widened to fp32 and
+             run in fp32 (4-bit: code x absmax unrounded; LLM.int8's GEMV still casts its input
+             to fp16 itself), fed the same tokens: mean KL(reference || eager) and
+             KL(reference || fast), which of the two 16-bit runs is nearer the fp32 arithmetic
+             (eager's roundings are one choice of many).
 Writes kernels_equivalence.json into --out and prints a table.
 """
 
@@ -30,25 +32,42 @@ PROMPT = ("The history of the printing press begins in the fifteenth century, wh
           "made books cheaper than ever before. Within fifty years")
 
 
-def reference_logits(precision: str, options: dict, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits [1, len(tokens), vocab] that the same weights with fp32 activations give, fed the
-    prompt `ids` and then `tokens` (teacher-forced: position i scores tokens[i], as generate's
-    i-th logits do); for fp16 / bf16 the fp32 model, whose weights they round."""
+def reference_logits(precision: str, options: dict, ids: torch.Tensor, tokens: torch.Tensor,
+                     device: str | None = None) -> torch.Tensor:
+    """Logits [1, len(tokens), vocab] of the model loaded as eager's (`precision`, `options`: the
+    same quantization of the same 16-bit weights) with every floating tensor widened to fp32 and
+    the 4-bit layers computing and dequantizing in fp32, fed the prompt `ids` and then `tokens`
+    (teacher-forced: position i scores tokens[i], as generate's i-th logits do)."""
+    import bitsandbytes as bnb
     import torch
 
     import quantbench
 
-    name = "fp32" if precision in ("fp16", "bf16") else precision
-    loaded = quantbench.load("smollm2-135m", name, **(options | {"compute_dtype": "fp32"}))
-    sequence = torch.cat([ids, tokens.to(ids.device)], dim=1).to(loaded.device)
+    loaded = quantbench.load("smollm2-135m", precision, **options, **({"device": device} if device else {}))
+    # exact; the packed and int8 weights are not floating and stay (nn.Module's own float():
+    # transformers refuses it on quantized models, to keep users from undoing the quantization)
+    model = torch.nn.Module.float(loaded.model)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.compute_dtype = torch.float32
+            module.weight.quant_state.dtype = torch.float32  # code * absmax, not rounded to 16 bits
+    sequence = torch.cat([ids, tokens], dim=1).to(loaded.device)
     with torch.no_grad():
-        logits = loaded.model(sequence).logits[:, ids.shape[1] - 1:-1].float()
-    del loaded
+        logits = model(sequence).logits[:, ids.shape[1] - 1:-1].float()
+    del loaded, model
     return logits
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def unknown_flags(spec: str) -> set[str]:
+    """The "+" flags of `spec` that one() does not know."""
+    from quantbench.kernels import DEFAULT_KINDS
+
+    known = {"pdl", "prefetch", "once", "inline", "fp16", "bf16", *(f"no{kind}" for kind in DEFAULT_KINDS)}
+    return set(spec.split("+")[1:]) - known
 
 
 def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> dict:
@@ -70,9 +89,6 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     from quantbench.kernels.config import set_modes
 
     base, *flags = spec.split("+")
-    known = {"pdl", "prefetch", "once", "inline", "fp16", "bf16", *(f"no{kind}" for kind in DEFAULT_KINDS)}
-    if unknown := set(flags) - known:
-        raise ValueError(f"unknown flag(s) {', '.join(sorted(unknown))}: one of {', '.join(sorted(known))}")
     precision_name, numerics, gather = (base.split(":") + ["", ""])[:3]
     overlap = "prefetch" if "prefetch" in flags else "launch" if "pdl" in flags else defaults["launch_overlap"]
     rows = "once" if "once" in flags else "inline" if "inline" in flags else defaults["row_prologue"]
@@ -139,6 +155,8 @@ def main() -> None:
                    help="decode steps; 400 lets the 99.5 %% top-1 bar tolerate two near ties")
     p.add_argument("--kernels", default="quantbench")
     args = p.parse_args()
+    if unknown := set().union(*(unknown_flags(spec) for spec in args.precisions.split(","))):
+        raise SystemExit(f"unknown flag(s): {', '.join(sorted(unknown))} (see one()'s docstring)")
     import torch
 
     from quantbench.kernels.config import modes

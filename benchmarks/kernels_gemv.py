@@ -320,6 +320,8 @@ def main() -> None:
             raise SystemExit(f"--candidates: BLOCK_NxBLOCK_KxWARPSxSPLIT, comma-separated, not {args.candidates!r}")
         for kind in SWEEP:
             SWEEP[kind] = shapes
+    if args.shapes and (unknown := set(args.shapes.split(",")) - {n for shapes in SHAPES.values() for n in shapes}):
+        raise SystemExit(f"unknown launch(es): {', '.join(sorted(unknown))}; one of {', '.join(SHAPES['llama7b'])}")
     report, out = new_report(args.out)
     for model in args.models.split(","):
         for fmt in args.formats.split(","):

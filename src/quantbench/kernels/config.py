@@ -26,8 +26,8 @@ LONG_ROWS = {"int8": (8, 2048, 8, 1)}  # K >= 4096: longer steps (tinyllama down
 # 0.95 ms/token against 1.03 with its own sweep's (wider programs for q/k/v and gate/up, whose
 # fused RMSNorm the sweep's plain GEMV does not have). llama-2-7b's launches read 2048 elements
 # per step, a shape the first sweeps did not try: o_proj 7.6 and down_proj 21.9 us against 9.5
-# and 23.8 (nf4 decode 3.08 against 3.17 ms/token), q/k/v 17.4 and gate/up 28.0 against 18.1 and
-# 29.2 as they run with their rows prepared once (rows_once; nf4 decode 2.89).
+# and 23.8 (nf4 decode 3.08 against 3.17 ms/token), q/k/v 17.4 and gate/up 28.0 against 18.0 and
+# 29.2 as they run with their rows prepared once (rows_once; nf4 decode 2.89; q/k/v within the spread).
 FOURBIT: dict[tuple[int, int], tuple[int, int, int, int]] = {
     (2560, 2048): (4, 1024, 4, 0), (2048, 2048): (8, 1024, 8, 0), (11264, 2048): (4, 1024, 4, 0),
     (2048, 5632): (4, 1024, 4, 0), (12288, 4096): (4, 2048, 4, 0), (4096, 4096): (8, 2048, 8, 0),
