@@ -320,13 +320,14 @@ def main() -> None:
             raise SystemExit(f"--candidates: BLOCK_NxBLOCK_KxWARPSxSPLIT, comma-separated, not {args.candidates!r}")
         for kind in SWEEP:
             SWEEP[kind] = shapes
-    if args.shapes and (unknown := set(args.shapes.split(",")) - {n for shapes in SHAPES.values() for n in shapes}):
+    launches = set(args.shapes.split(",")) if args.shapes else set(SHAPES["llama7b"])
+    if unknown := launches - set(SHAPES["llama7b"]):  # both models have the same launches
         raise SystemExit(f"unknown launch(es): {', '.join(sorted(unknown))}; one of {', '.join(SHAPES['llama7b'])}")
     report, out = new_report(args.out)
     for model in args.models.split(","):
         for fmt in args.formats.split(","):
             for name, (n, k) in SHAPES[model].items():
-                if args.shapes and name not in args.shapes.split(","):
+                if name not in launches:
                     continue
                 if name == "lm_head" and fmt.startswith("nf4"):
                     continue  # bitsandbytes leaves lm_head unquantized: the dense kernel serves it

@@ -72,6 +72,14 @@ def test_dense_gemv_is_a_rounded_fp32_matmul(dtype, act):
     assert _ulps(out, ref) <= 1.0  # fp32 sums, one rounding (the interpreter's bf16 cast truncates)
 
 
+def _exact_weights(packed: torch.Tensor, state) -> torch.Tensor:  # noqa: ANN001
+    """bitsandbytes' 4-bit weights as dequantize_4bit computes them, code * absmax per block,
+    never rounded to 16 bits (fp64)."""
+    exact = copy.copy(state)
+    exact.dtype = torch.float32
+    return bnbf.dequantize_4bit(packed, exact).double()
+
+
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize(("shape", "gather", "pairs"),
@@ -87,9 +95,7 @@ def test_4bit_gemv_reads_bitsandbytes_storage(quant_type, double_quant, shape, g
     absmax = state.absmax
     if state.nested:  # what dequantize_4bit computes on every call
         absmax = (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
-    exact = copy.copy(state)
-    exact.dtype = torch.float32  # absmax applied per block: code * absmax is never rounded to fp16
-    ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T + bias.double()
+    ref = x.double() @ _exact_weights(packed, state).T + bias.double()
     before = fourbit_gather(), fourbit_pairs()
     set_config("4bit", shape)
     set_fourbit_gather(gather)
@@ -116,9 +122,8 @@ def test_4bit_gemv_in_2048_element_steps(row_mode):
     n, k = 24, 64 * 35
     x, w = torch.randn(2, k, dtype=torch.float16), torch.randn(n, k, dtype=torch.float16)
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
-    exact = copy.copy(state)
-    exact.dtype = torch.float32
-    ref = x.double() @ bnbf.dequantize_4bit(packed, exact).double().T
+    weights = _exact_weights(packed, state)
+    ref = x.double() @ weights.T
     norm = (torch.rand(k, dtype=torch.float16) + 0.5, 1e-5)
     set_config("4bit", (8, 2048, 8, 0))
     try:
@@ -134,7 +139,7 @@ def test_4bit_gemv_in_2048_element_steps(row_mode):
     assert torch.equal(normed[0], normed[1])
     weight, eps = norm  # eager's RMSNorm: the normalised row rounded, then times the weight rounded
     row = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).half()
-    expected = (weight.float() * row.float()).half().double() @ bnbf.dequantize_4bit(packed, exact).double().T
+    expected = (weight.float() * row.float()).half().double() @ weights.T
     assert _ulps(normed[0], expected) <= 1.0
 
 

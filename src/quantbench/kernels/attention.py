@@ -64,10 +64,15 @@ def _softmax_step(s, v, ok, m_i, l_i, acc):
 
 
 @triton.jit
+def _scores(q, k, ok):
+    """A step's scores q . k per position, -inf where not `ok`."""
+    return tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+
+
+@triton.jit
 def _attend(q, k, v, ok, m_i, l_i, acc):
     """One step on its key and value tiles: scores, then _softmax_step."""
-    s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-    return _softmax_step(s, v, ok, m_i, l_i, acc)
+    return _softmax_step(_scores(q, k, ok), v, ok, m_i, l_i, acc)
 
 
 @triton.jit
@@ -125,7 +130,7 @@ def _decode_attention(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_ptr, max_ptr,
             m_i, l_i, acc = _attend(q, k, v, ok, m_i, l_i, acc)
         else:
             k = _tile(k_ptr + b * sk_b + kv * sk_h, pos, span, sk_l, d)
-            s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+            s = _scores(q, k, ok)
             v = _tile(v_ptr + b * sv_b + kv * sv_h, pos, span, sv_l, d)  # after the scores' reductions
             m_i, l_i, acc = _softmax_step(s, v, ok, m_i, l_i, acc)
     if PARTS_P2 == 1:

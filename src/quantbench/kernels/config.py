@@ -93,12 +93,14 @@ def fourbit_activation() -> str:
     columns, a K-step is 16 instructions shorter with words (179 against 195 with no prologue,
     209 against 225 with the RMSNorm, 296 against 312 with silu * up), with 4 shared loads where
     there were 20 and one barrier where there were two. H100, nf4 decode at batch 1: llama-2-7b
-    3.24 ms/token against 3.51, tinyllama 0.89 against 0.92. "direct" (opt-in, untimed): in a
+    3.24 ms/token against 3.51, tinyllama 0.89 against 0.92. "direct" (opt-in): in a
     launch without a prologue (o_proj; every launch whose row work is done once, rows_once)
     nothing crosses: every thread reads the (even, odd) words its bytes meet from memory, in the
     packed bytes' layout (the rows share them through L1), so the K-step has no shared memory
     and no barrier (181 instructions); launches with a prologue keep the words crossing, since
     there each thread would norm or silu its 32 values itself (300 and 648 instructions).
+    Timed on an H100 it gained nothing: llama-2-7b nf4 decode 3.18 ms/token against 3.17, and
+    the GEMVs alone 1-12 % slower than with words but for tinyllama's gate/up.
     fp32 activations always take "split"."""
     return _GATHER["4bit_x"]
 
