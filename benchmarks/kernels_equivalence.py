@@ -7,6 +7,9 @@ On the real SmolLM2-135M (GPU), per precision, in this one process:
   forced     the fast engine (kernels=quantbench, compiled, captured) fed eager's tokens, so each
              step sees the same prefix: mean and max KL(eager || fast) over the decode steps and
              the share of steps with the same top-1 token;
+  one pass   eager's own second path: the prompt and eager's tokens in one forward (prefill
+             kernels): KL(eager || one pass) and top-1, how far two eager computations of the
+             precision already are;
   free       the fast engine's own greedy tokens: the first step where they leave eager's, and
              there eager's score gap between its choice and the fast one (a near tie flips);
   reference  the same stored weights (loaded as eager's, so quantized alike) widened to fp32 and
@@ -51,11 +54,19 @@ def reference_logits(precision: str, options: dict, ids: torch.Tensor, tokens: t
         if isinstance(module, bnb.nn.Linear4bit):
             module.compute_dtype = torch.float32
             module.weight.quant_state.dtype = torch.float32  # code * absmax, not rounded to 16 bits
-    sequence = torch.cat([ids, tokens], dim=1).to(loaded.device)
-    with torch.no_grad():
-        logits = model(sequence).logits[:, ids.shape[1] - 1:-1].float()
+    logits = sequence_logits(model, ids, tokens)
     del loaded, model
     return logits
+
+
+def sequence_logits(model: torch.nn.Module, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """fp32 logits [1, len(tokens), vocab] of one forward pass over the prompt `ids` and then
+    `tokens`: position i scores tokens[i], as generate's i-th logits do."""
+    import torch
+
+    sequence = torch.cat([ids, tokens], dim=1).to(model.device)
+    with torch.no_grad():
+        return model(sequence).logits[:, ids.shape[1] - 1:-1].float()
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -107,6 +118,9 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
                                output_logits=True, return_dict_in_generate=True)
     tokens = eager.sequences[:, ids.shape[1]:]
     eager_logits = torch.stack(eager.logits, dim=1).float()  # [1, steps, vocab]
+    # bitsandbytes' and torch's own second path through the same model (prefill kernels, one
+    # pass): how far two eager computations of this precision already are from each other
+    one_pass = sequence_logits(model, ids, tokens)
     dropped = {flag[2:] for flag in flags if flag.startswith("no") and flag[2:] in DEFAULT_KINDS}
     kinds = tuple(kind for kind in DEFAULT_KINDS if kind not in dropped) if dropped else None
     fast = FastEngine(model, 1, ids.shape[1] + new_tokens + 1, kernels=kernels, kernel_kinds=kinds,
@@ -117,6 +131,7 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
     log_e = torch.log_softmax(eager_logits[0, steps], -1)
     log_f = torch.log_softmax(forced[0, steps], -1)
     kl = _kl(log_e, log_f)
+    log_o = torch.log_softmax(one_pass[0, steps], -1)
     same_top1 = (eager_logits[0, steps].argmax(-1) == forced[0, steps].argmax(-1)).float()
     own = fast.generate(ids, new_tokens)
     differ = (own != tokens).nonzero()
@@ -134,6 +149,8 @@ def one(spec: str, new_tokens: int, kernels: str, defaults: dict[str, str]) -> d
         "top1_agreement": float(same_top1.mean()), "free_run_first_divergence": first,
         "free_run_gap_at_divergence": gap,
         "passes": bool(kl.mean() <= 1e-4 and same_top1.mean() >= 0.995),
+        "eager_one_pass": {"mean_kl": float(_kl(log_e, log_o).mean()),
+                           "top1_agreement": float((log_e.argmax(-1) == log_o.argmax(-1)).float().mean())},
     }
     try:  # an extra: its failure leaves the row above as measured
         ref = reference_logits(precision, options, ids, tokens)[0, steps].to(forced.device)
@@ -177,13 +194,14 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "engine"}), flush=True)
         torch.cuda.empty_cache()
     print("\n| precision | mean KL | max KL | top-1 same | free-run first divergence (gap) | pass "
-          "| KL(fp32 ref, eager) | KL(fp32 ref, fast) |")
+          "| KL(eager, eager one pass) | KL(fp32 ref, eager) | KL(fp32 ref, fast) |")
     for r in report["rows"]:
         if "error" in r:
             print(f"| {r['precision']} | error: {r['error'][:100]} |")
             continue
         print(f"| {r['precision']} | {r['mean_kl']:.2e} | {r['max_kl']:.2e} | {r['top1_agreement']:.1%} "
               f"| {r['free_run_first_divergence']} ({r['free_run_gap_at_divergence']}) | {r['passes']} "
+              f"| {r['eager_one_pass']['mean_kl']:.2e} "
               + (f"| {r['reference_kl']['eager']:.2e} | {r['reference_kl']['fast']:.2e} |" if "reference_kl" in r
                  else f"| {r['reference_error'][:60]} | |"))
 
