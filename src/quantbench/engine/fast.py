@@ -29,7 +29,8 @@ on its own forward (bitsandbytes' kernels, cuBLAS). `describe()` names the kerne
 
 Numbers: the uncompiled step gives exactly eager's tokens (CPU test; GPU check in
 benchmarks/NOTES-decode.md). The compiled step fuses and reorders reductions, so its logits
-differ from eager ones by rounding, and a near tie between two tokens can flip (seen on random
+differ from eager ones by rounding (on real weights in bf16 about as much as eager's own prefill
+path differs from its decode path), and a near tie between two tokens can flip (seen on random
 weights, where ties are common; `emulate_precision_casts` makes that rarer). For bitwise
 eager tokens on the GPU pass `compile=False, capture=False` (eager speed).
 """
