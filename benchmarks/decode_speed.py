@@ -41,7 +41,8 @@ VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> p
 # "+stages3" every kernel's main loop software-pipelined three steps deep, "+4bit-stages3" only the
 # 4-bit GEMV's (config.pipeline_stages: one depth mode per engine, the last one named), "+xsplit"
 # the 4-bit activation exchanged as split fp32 values, not as 32-bit words of 16-bit pairs, and
-# "+xdirect" read by every thread from memory, not exchanged (config.fourbit_activation).
+# "+xdirect" read by every thread from memory, not exchanged (config.fourbit_activation), "+column"
+# the 4-bit K-step's tiles ordered [blocks, rows, bytes] (config.fourbit_tile).
 KERNEL_MODES = {
     "bnbmath": ("4bit_numerics", "bitsandbytes"),
     "regs": ("4bit_lookup", "registers"),
@@ -60,6 +61,7 @@ KERNEL_MODES = {
     "one": ("attention_parts", "one"),
     "xsplit": ("4bit_activation", "split"),
     "xdirect": ("4bit_activation", "direct"),
+    "column": ("4bit_tile", "column"),
 } | {f"{kind}-stages{n}".lstrip("-"): ("pipeline_stages", f"{kind}:{n}".lstrip(":"))
      for kind in ("", "4bit", "int8", "dense", "attention") for n in (2, 3, 4)}
 DEFAULT_MODES: dict[str, str] = {}  # config.modes() before any kernels choice's own (measure sets it)

@@ -65,6 +65,12 @@ def variants() -> list[tuple[str, str, object, dict, int]]:
         out.append((f"4bit split shuffle pro={pro}, x as words", "4bit", fourbit._fourbit_kernel,
                     {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": pro, "RES": pro == 2,
                      "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": True}, 4))
+    for block_n in (4, 8):  # config.fourbit_tile "column", at llama-2-7b's 2048-column steps, beside "row"
+        for column in (False, True):
+            out.append((f"4bit split shuffle pro=0, x as words, {block_n} rows x 2048, "
+                        f"{'column' if column else 'row'} tile", "4bit", fourbit._fourbit_kernel,
+                        {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 0, "RES": False,
+                         "PAIRS": False, "BLOCK_N": block_n, "BLOCK_K": 2048, "WORDS": True, "COLUMN": column}, 4))
     out.append(("4bit split shuffle pro=0, x read directly", "4bit", fourbit._fourbit_kernel,  # fourbit_activation
                 {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 0, "RES": False,
                  "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "DIRECT": True}, 4))

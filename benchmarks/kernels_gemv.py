@@ -11,7 +11,8 @@ list's weights gathered before the int8 dot, config.int8_list_gather; "-shuffle"
 4-bit codes looked up by warp shuffles (the default) or from shared memory, config.set_fourbit_gather;
 "-stages3": the kernel's K-loop software-pipelined three steps deep, config.pipeline_stages;
 "-xsplit" / "-xdirect": the 4-bit activation exchanged as split fp32 values, or read by every
-thread from memory, not exchanged as 32-bit words of 16-bit pairs, config.fourbit_activation):
+thread from memory, not exchanged as 32-bit words of 16-bit pairs, config.fourbit_activation;
+"-column": the 4-bit K-step's tiles ordered [blocks, rows, bytes], config.fourbit_tile):
   check  quantbench's kernel against bitsandbytes' own functions on fresh random data:
          int8 threshold 0 must equal Linear8bitLt's forward bit for bit; 4-bit is compared with
          dequantize_4bit + an fp32 matmul (relative error), and bitsandbytes' gemv_4bit beside it;
@@ -117,7 +118,8 @@ def build(fmt: str, n: int, k: int) -> dict:
     from quantbench.kernels.fourbit import LOOKUPS, code_table
 
     fmt = _pipeline_depth(fmt)[0]
-    modes = ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-xsplit", "-xdirect")  # one_shape's
+    # one_shape's modes
+    modes = ("-shuffle", "-shared", "-early", "-prefetch", "-pdl", "-once", "-xsplit", "-xdirect", "-column")
     while fmt.endswith(modes):  # in any order, e.g. nf4-norm-once-xdirect
         fmt = next(fmt.removesuffix(mode) for mode in modes if fmt.endswith(mode))
     dtype = torch.bfloat16 if "bf16" in fmt else torch.float16
@@ -214,6 +216,7 @@ def one_shape(fmt: str, n: int, k: int, sweep: bool) -> dict:
         "pipeline_stages": depth or defaults["pipeline_stages"],
         "4bit_activation": "split" if "-xsplit" in fmt else "direct" if "-xdirect" in fmt
                            else defaults["4bit_activation"],
+        "4bit_tile": "column" if "-column" in fmt else defaults["4bit_tile"],
     })
     items: list[dict] = []
 

@@ -181,6 +181,60 @@ def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
         set_fourbit_activation(before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode):
+    """config.fourbit_tile "column": the packed bytes and absmax tiled [blocks, rows, bytes]
+    compute what the row tile computes in the same order, so every output bit matches: whole and
+    partial steps, 8 rows in 2048-column steps, a split-K in 3, bias and residual, both numerics
+    and activation crossings, the RMSNorm and silu * up prologues inline and done once; and the
+    result is within an fp16 rounding of dequantize_4bit + an fp64 matmul."""
+    from quantbench.kernels.config import fourbit_activation, fourbit_tile, set_fourbit_activation, set_fourbit_tile
+
+    torch.manual_seed(15)
+    k = 64 * 35  # 2048-column steps end in a partial one
+    w = torch.randn(N, k, dtype=dtype)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    x, bias, residual = torch.randn(2, k, dtype=dtype), torch.randn(N, dtype=dtype), torch.randn(2, N, dtype=dtype)
+    norm = (torch.rand(k, dtype=dtype) + 0.5, 1e-5)
+    before = fourbit_tile(), fourbit_activation()
+    try:
+        for shape, numerics, crossing, kwargs in (
+                ((8, 2048, 4, 1), "fp32", "words", {}), ((4, 512, 4, 3), "fp32", "words", {"residual": residual}),
+                ((8, 1024, 4, 1), "bitsandbytes", "words", {"bias": bias}), ((8, 1024, 4, 1), "fp32", "split", {}),
+                ((4, 1024, 4, 1), "fp32", "words", {"norm": norm}),
+                ((8, 2048, 4, 1), "fp32", "words", {"norm": norm, "once": True}),
+                ((8, 1024, 4, 1), "fp32", "words", {"act": True})):
+            set_config("4bit", shape)
+            set_fourbit_numerics(numerics)
+            set_fourbit_activation(crossing)
+            row_mode("once" if kwargs.pop("once", False) else "inline")
+            xin = torch.cat([x, x.flip(-1)], dim=-1) if "act" in kwargs else x
+            outs = []
+            for tile in ("row", "column"):
+                set_fourbit_tile(tile)
+                outs.append(gemv.gemv_4bit(xin, packed, state.absmax, state.code, N, 64, **kwargs))
+            assert torch.equal(outs[0], outs[1]), (shape, numerics, crossing, list(kwargs))
+            if not kwargs and numerics == "fp32" and dtype == torch.float16:
+                assert _ulps(outs[1], x.double() @ _exact_weights(packed, state).T) <= 1.0
+    finally:
+        set_config("4bit", None)
+        set_fourbit_numerics("fp32")
+        set_fourbit_tile(before[0])
+        set_fourbit_activation(before[1])
+
+
+def test_4bit_one_tile_order_converts_each_activation_value_once_for_its_rows(compiled_code):
+    """Compiled for sm_90 at 8 rows x 2048 columns with no prologue, one of config.fourbit_tile's
+    orders lays each thread's pieces in four rows at the same columns, converting a quarter of
+    the activation values to fp32 that the other does (which one is Triton's layout choice: the
+    column tile under Triton 3.6, the row tile under 3.9), with the same code lookups (one
+    shuffle per nibble)."""
+    row, column = compiled_code["4bit tile=row"], compiled_code["4bit tile=column"]
+    conversions = sorted((row.count("cvt.f32.f16"), column.count("cvt.f32.f16")))
+    assert conversions[0] * 4 == conversions[1] > 0
+    assert column.count("shfl.sync.idx") == row.count("shfl.sync.idx") > 0
+
+
 def test_4bit_direct_activation_only_where_the_launch_has_no_prologue(monkeypatch, row_mode):
     """config.fourbit_activation "direct": launches without a prologue (a plain row, and a norm
     done once by a row kernel) read their words directly; a norm or silu * up inline keeps the
@@ -266,6 +320,10 @@ for lookup in (1, 3):  # bitsandbytes' roundings (an opt-in numerics) with the w
 show("4bit direct", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1, "LOOKUP": 4, "PRO": 0,
      "RES": False, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "DIRECT": True},
      {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"}, asm="ttgir")
+for column in (False, True):  # config.fourbit_tile, at llama-2-7b's 2048-column steps
+    show(f"4bit tile={'column' if column else 'row'}", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64,
+         "SPLIT": 1, "LOOKUP": 4, "PRO": 0, "RES": False, "PAIRS": False, "BLOCK_N": 8, "BLOCK_K": 2048, "WORDS": True,
+         "COLUMN": column}, {"w_ptr": "*u8", "absmax_ptr": "*fp32", "code_ptr": "*fp32", "bias_ptr": "*fp32"})
 for words in (False, True):
     show(f"4bit words={words}", fourbit._fourbit_kernel, {"HAS_BIAS": False, "BLOCKSIZE": 64, "SPLIT": 1,
          "LOOKUP": 4, "PRO": 2, "RES": True, "PAIRS": False, "BLOCK_N": 4, "BLOCK_K": 1024, "WORDS": words},

@@ -40,6 +40,9 @@
 #   ablate        the 4-bit GEMV's loop with parts of its arithmetic left out (kernels_ablate.py: the
 #                 loads alone, + the code lookup, + the activation split, the full loop), beside
 #                 gemv_4bit and a copy of the same bytes, at both models' shapes
+#   column        the 4-bit K-step's tiles ordered [blocks, rows, bytes] (config.fourbit_tile "column") against
+#                 the default order: the GEMVs alone (both models, plain rows and with their row work
+#                 inline), llama-2-7b's launch shapes in that order, then nf4 and nf4-dq decode (MODEL as in rows)
 #   overlap       tinyllama decode with every kernel launched dependently (the rotary + cache
 #                 write too, which "auto" leaves plain): nf4 with prefetch, int8 without
 # LIMIT bounds each process: decode_speed.py measures every precision with every kernels choice
@@ -133,6 +136,13 @@ case "$stage" in
   ablate)
     mkdir -p "$OUT/ablate"
     timeout "${LIMIT:-120}" python3 benchmarks/kernels_ablate.py --out "$OUT/ablate" >> "$log" 2>&1 ;;
+  column)
+    gemv 100 gemv --models tinyllama,llama7b --formats nf4,nf4-column,nf4-norm,nf4-norm-column,nf4-act,nf4-act-column
+    gemv 100 sweep --models llama7b --formats nf4-column --sweep --lookups shuffle \
+      --candidates 4x2048x4x0,8x2048x4x0,8x2048x8x0,16x2048x8x0,8x1024x4x0
+    pick_model
+    decode "$model" nf4,nf4-dq quantbench,quantbench+column "${MODEL:-tinyllama}_column" "${LIMIT:-$limit}" \
+      "${extra[@]}" ;;
   overlap)  # the rotary + cache write launched dependently too (the explicit modes; "auto" keeps it plain)
     decode tinyllama-1.1b-arch nf4 quantbench,quantbench+prefetch tinyllama_overlap_nf4 "${LIMIT:-60}"
     decode tinyllama-1.1b-arch int8 quantbench,quantbench+pdl tinyllama_overlap_int8 "${LIMIT:-60}" ;;

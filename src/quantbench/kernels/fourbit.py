@@ -13,6 +13,8 @@ How it is fast:
     default, nibbles.py), or by config.set_fourbit_gather: from the 16-entry table gathered
     through shared memory ("shared"), per byte from a 256-entry table of (high, low) pairs
     ("bytes"), from L1 ("global"), or by byte permutes over registers ("registers");
+  - opt-in (config.fourbit_tile "column"): a thread's pieces of packed bytes lie in several rows
+    at the same columns, so each activation value it converts to fp32 serves all of them;
   - the absmax is applied once per block: code * x summed over a block in fp32, then one multiply
     by the block's absmax (the weight is code * absmax exactly, never rounded to fp16 first);
   - a step asks for its packed bytes, absmax and activation together, before the activation's
@@ -35,6 +37,7 @@ from quantbench.kernels.config import (
     fourbit_gather,
     fourbit_numerics,
     fourbit_pairs,
+    fourbit_tile,
     interpreted,
     pipeline_stages,
     rows_once,
@@ -57,24 +60,34 @@ from quantbench.kernels.prologue import (
 
 @triton.jit
 def _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE: tl.constexpr,
-             NB: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr):
+             NB: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr, COLUMN: tl.constexpr = False):
     """A step's loads that need nothing from the kernel before: the packed bytes [rows, NB, bytes
     of a block] of quantization blocks b0 .. b0 + NB (positions in blocks, so the compiler sees
     16-byte alignment of every packed row chunk) and, in the split layout, their absmax [rows,
     NB]: asked for together, before the activation's exchange through shared memory (block
-    barriers), behind which a load would wait for the activation's."""
+    barriers), behind which a load would wait for the activation's. COLUMN (config.fourbit_tile
+    "column"): the tiles are [NB, rows, bytes of a block] and [NB, rows], so the compiler lays a
+    thread's 16-byte pieces in several rows at the same columns."""
     HALF: tl.constexpr = BLOCKSIZE // 2
     blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
-    offsets = rows[:, None, None] * row_bytes + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]
     block = b0 + blk
     ok = block < limit
+    if COLUMN:
+        offsets = rows[None, :, None] * row_bytes + (b0 + blk)[:, None, None] * HALF + byte[None, None, :]
+        wmask = ok[:, None, None]
+    else:
+        offsets = rows[:, None, None] * row_bytes + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]
+        wmask = ok[None, :, None]
     if MASKED:
-        packed = tl.load(w_ptr + offsets, mask=ok[None, :, None], other=0, eviction_policy="evict_first")
+        packed = tl.load(w_ptr + offsets, mask=wmask, other=0, eviction_policy="evict_first")
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
     if PAIRS:  # the absmax is loaded in the packed bytes' layout with the activation (_step_with)
         scale = tl.zeros([1], dtype=tl.float32)
+    elif COLUMN:
+        scale_at = absmax_ptr + rows[None, :] * row_blocks + block[:, None]
+        scale = tl.load(scale_at, mask=ok[:, None], other=0.0) if MASKED else tl.load(scale_at)
     else:
         scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
         scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
@@ -91,17 +104,24 @@ def gathered_codes(packed, TABLE):
 
 
 @triton.jit
-def split_pairs(x, NB: tl.constexpr, HALF: tl.constexpr, WORDS: tl.constexpr):
+def split_pairs(x, NB: tl.constexpr, HALF: tl.constexpr, WORDS: tl.constexpr, COLUMN: tl.constexpr = False):
     """A step's 16-bit activation [NB * 2 * HALF] as the fp32 values a byte's high and low nibbles
     meet, [1, NB, HALF] each, for the packed bytes' threads: the (even, odd) pairs cross to them
-    as one 32-bit word each (WORDS, config.fourbit_activation) or as two fp32 values."""
+    as one 32-bit word each (WORDS, config.fourbit_activation) or as two fp32 values. COLUMN:
+    [NB, 1, HALF], for the [NB, rows, HALF] tiles."""
     if WORDS:
         even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, HALF, 2]))
-        x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], x.dtype)
+        if COLUMN:
+            x_hi, x_lo = word_halves(((odd << 16) | even)[:, None, :], x.dtype)
+        else:
+            x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], x.dtype)
         x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
     else:
         x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
-        x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]  # the rows' tiles share them
+        if COLUMN:
+            x_hi, x_lo = x_hi[:, None, :], x_lo[:, None, :]
+        else:
+            x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]  # the rows' tiles share them
     return x_hi, x_lo
 
 
@@ -129,10 +149,11 @@ def _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, l
           nw_ptr, r, BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
           PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
           REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False,
-          DIRECT: tl.constexpr = False):
-    packed, scale = _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE, NB, MASKED, PAIRS)
+          DIRECT: tl.constexpr = False, COLUMN: tl.constexpr = False):
+    packed, scale = _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE, NB, MASKED, PAIRS,
+                             COLUMN)
     return _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks, limit, m, stride_x, nw_ptr,
-                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE, WORDS, DIRECT)
+                      r, BLOCKSIZE, NB, MASKED, PRO, PAIRS, TABLE, BYTES, BNB, REGS, SHUFFLE, WORDS, DIRECT, COLUMN)
 
 
 @triton.jit
@@ -140,7 +161,7 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
                BLOCKSIZE: tl.constexpr, NB: tl.constexpr, MASKED: tl.constexpr, PRO: tl.constexpr,
                PAIRS: tl.constexpr, TABLE=None, BYTES: tl.constexpr = False, BNB: tl.constexpr = False,
                REGS: tl.constexpr = False, SHUFFLE: tl.constexpr = False, WORDS: tl.constexpr = False,
-               DIRECT: tl.constexpr = False):
+               DIRECT: tl.constexpr = False, COLUMN: tl.constexpr = False):
     # One step's arithmetic, on its weights from _weights. PAIRS: the activation read as int32
     # words in the packed bytes' layout, the absmax broadcast along each block, the result per
     # byte (summed after the loop); else the activation split through shared memory into the
@@ -181,14 +202,14 @@ def _step_with(packed, scale, x_ptr, absmax_ptr, code_ptr, rows, b0, row_blocks,
             elem = b0 * BLOCKSIZE + tl.arange(0, NB * BLOCKSIZE)
             x_mask = elem < limit * BLOCKSIZE if MASKED else None
             x = load_x(x_ptr + m * stride_x, elem, x_mask, row_blocks * BLOCKSIZE, PRO, nw_ptr, r)
-            x_hi, x_lo = split_pairs(x, NB, HALF, WORDS)
+            x_hi, x_lo = split_pairs(x, NB, HALF, WORDS, COLUMN)
         if BNB:  # gemv_4bit's arithmetic: code, absmax, weight and product each in the activation dtype
             DT: tl.constexpr = x_ptr.dtype.element_ty
-            s = scale.to(DT).to(tl.float32)[:, :, None]
+            s = scale.to(DT).to(tl.float32)[:, :, None]  # [rows, blocks] or, COLUMN, [blocks, rows]
             w_hi = (hi.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
             w_lo = (lo.to(DT).to(tl.float32) * s).to(DT).to(tl.float32)
             return tl.sum((w_hi * x_hi).to(DT).to(tl.float32) + (w_lo * x_lo).to(DT).to(tl.float32), axis=2)
-        return tl.sum(hi * x_hi + lo * x_lo, axis=2) * scale  # [rows, blocks]
+        return tl.sum(hi * x_hi + lo * x_lo, axis=2) * scale  # [rows, blocks] or, COLUMN, [blocks, rows]
 
 
 @triton.jit
@@ -197,7 +218,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                     BLOCKSIZE: tl.constexpr, SPLIT: tl.constexpr, LOOKUP: tl.constexpr, PRO: tl.constexpr,
                     RES: tl.constexpr, PAIRS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None,
-                    WORDS: tl.constexpr = False, DIRECT: tl.constexpr = False):
+                    WORDS: tl.constexpr = False, DIRECT: tl.constexpr = False, COLUMN: tl.constexpr = False):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -209,6 +230,8 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     end = tl.minimum(start + split_blocks, row_blocks)
     if PAIRS:
         acc = tl.zeros([BLOCK_N, NB, BLOCKSIZE // 2], dtype=tl.float32)
+    elif COLUMN:
+        acc = tl.zeros([NB, BLOCK_N], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_N, NB], dtype=tl.float32)
     full_end = start + ((end - start) // NB) * NB
@@ -235,23 +258,23 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
     loop_start = start
     if PRO == 2:  # the first step's weights asked for before the norm's sum of squares, which they do not need
         first_packed, first_scale = _weights(w_ptr, absmax_ptr, rows, start, row_bytes, row_blocks, full_end,
-                                             BLOCKSIZE, NB, True, PAIRS)
+                                             BLOCKSIZE, NB, True, PAIRS, COLUMN)
     r = row_rsqrt(x_ptr + m * stride_x, row_blocks * BLOCKSIZE, eps, PRO, STAGES=STAGES)
     if PRO == 2:
         if start < full_end:
             acc += _step_with(first_packed, first_scale, x_ptr, absmax_ptr, code_ptr, rows, start, row_blocks, end,
                               m, stride_x, nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT)
+                              LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT, COLUMN)
         loop_start = start + NB
     for b0 in tl.range(loop_start, full_end, NB, num_stages=STAGES):  # config.pipeline_stages
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, b0, row_bytes, row_blocks, end, m, stride_x,
                      nw_ptr, r, BLOCKSIZE, NB, False, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT, COLUMN)
     if full_end < end:  # a last partial step
         acc += _step(x_ptr, w_ptr, absmax_ptr, code_ptr, rows, full_end, row_bytes, row_blocks, end, m,
                      stride_x, nw_ptr, r, BLOCKSIZE, NB, True, PRO, PAIRS, table,
-                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT)
-    out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=1)
+                     LOOKUP == 2, BNB, LOOKUP == 3, LOOKUP == 4, WORDS, DIRECT, COLUMN)
+    out = tl.sum(tl.sum(acc, axis=2), axis=1) if PAIRS else tl.sum(acc, axis=0) if COLUMN else tl.sum(acc, axis=1)
     if SPLIT == 1:
         if BNB:  # bitsandbytes rounds the product to the activation dtype, then adds the bias
             out = out.to(out_ptr.dtype.element_ty).to(tl.float32)
@@ -342,12 +365,13 @@ def gemv_4bit(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
     crossing = fourbit_activation()
     direct = crossing == "direct" and sixteen_bit and pro == 0 and not pairs
     words = crossing != "split" and sixteen_bit and not direct
+    column = fourbit_tile() == "column" and not pairs and not direct  # those read in the row tile's layout
     _fourbit_kernel[(triton.cdiv(n, block_n), split, rows)](
         x2, packed, absmax, code, bias_arg, nw, eps, res, target, n, k // 2, blocks, split_blocks, x2.stride(0),
         stride_r, out.stride(0), HAS_BIAS=bias is not None, BLOCKSIZE=blocksize, SPLIT=split,
         LOOKUP=lookup, PRO=pro, RES=residual is not None and split == 1,
         PAIRS=pairs, BLOCK_N=block_n, BLOCK_K=block_k, BNB=bnb_numerics, PDL=pdl, STAGES=pipeline_stages("4bit"),
-        WORDS=words, DIRECT=direct, num_warps=warps,
+        WORDS=words, DIRECT=direct, COLUMN=column, num_warps=warps,
         **launch_options(pdl))
     if split > 1:
         block = 1024
