@@ -187,6 +187,8 @@ def compile_one(kernel, family: str, constexprs: dict, warps: int, folder: Path)
         "loop_instructions": len(loop), "loop_barriers": sum(1 for line in loop if re.search(r"\bBAR\b", line)),
         "loop_ldg": sum(1 for line in loop if re.search(r"\bLDG\b", line)),
         "loop_lds": sum(1 for line in loop if re.search(r"\bLDS\b", line)),
+        # fp16 values widened to fp32 (HADD2.F32): the activation's conversions in a 4-bit step
+        "loop_f16_to_f32": sum(1 for line in loop if re.search(r"\bHADD2\.F32\b", line)),
     }
 
 
@@ -210,7 +212,7 @@ def main() -> None:
     (out / "kernels_compile.json").write_text(json.dumps(report, indent=1))
     print(f"Triton {triton.__version__}, sm_90")
     print(f"{'kernel':34} {'regs':>4} {'local':>5} {'smem':>6} {'instr':>6} {'BAR':>4} {'LDG.128':>7} {'LDG':>4} "
-          f"{'LDS':>4} {'LDGSTS':>6} | loop: {'instr':>5} {'BAR':>3} {'LDG':>4} {'LDS':>4}")
+          f"{'LDS':>4} {'LDGSTS':>6} | loop: {'instr':>5} {'BAR':>3} {'LDG':>4} {'LDS':>4} {'f16>f32':>7}")
     for r in rows:
         if "error" in r:
             print(f"{r['kernel']:34} error: {r['error'][:90]}")
@@ -218,7 +220,7 @@ def main() -> None:
         print(f"{r['kernel']:34} {r['registers']:4} {r['local']:5} {r['shared_bytes']:6} {r['instructions']:6} "
               f"{r['barriers']:4} {r['ldg_128']:7} {r['ldg_other']:4} {r['lds']:4} {r['async_copies']:6} |       "
               f"{r['loop_instructions']:5} "
-              f"{r['loop_barriers']:3} {r['loop_ldg']:4} {r['loop_lds']:4}")
+              f"{r['loop_barriers']:3} {r['loop_ldg']:4} {r['loop_lds']:4} {r['loop_f16_to_f32']:7}")
 
 
 if __name__ == "__main__":

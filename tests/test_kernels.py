@@ -182,13 +182,23 @@ def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode):
+def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode, monkeypatch):
     """config.fourbit_tile "column": the packed bytes and absmax tiled [blocks, rows, bytes]
-    compute what the row tile computes in the same order, so every output bit matches: whole and
-    partial steps, 8 rows in 2048-column steps, a split-K in 3, bias and residual, both numerics
-    and activation crossings, the RMSNorm and silu * up prologues inline and done once; and the
-    result is within an fp16 rounding of dequantize_4bit + an fp64 matmul."""
+    compute what the row tile computes, and under the interpreter every output bit matches: whole
+    and partial steps (2048-column steps; the interpreter's launches take 128 rows), a split-K in
+    3, bias and residual, both numerics and activation crossings, the RMSNorm and silu * up
+    prologues inline and done once; the result is within an fp16 rounding of dequantize_4bit + an
+    fp64 matmul; and the kernel was launched with the column tile each time it was asked for."""
+    from quantbench.kernels import fourbit
     from quantbench.kernels.config import fourbit_activation, fourbit_tile, set_fourbit_activation, set_fourbit_tile
+
+    launched = []
+
+    def spy(*args, _run=fourbit._fourbit_kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        launched.append(kwargs["COLUMN"])
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(fourbit._fourbit_kernel, "run", spy)
 
     torch.manual_seed(15)
     k = 64 * 35  # 2048-column steps end in a partial one
@@ -214,6 +224,7 @@ def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode):
                 set_fourbit_tile(tile)
                 outs.append(gemv.gemv_4bit(xin, packed, state.absmax, state.code, N, 64, **kwargs))
             assert torch.equal(outs[0], outs[1]), (shape, numerics, crossing, list(kwargs))
+            assert launched[-2:] == [False, True]
             if not kwargs and numerics == "fp32" and dtype == torch.float16:
                 assert _ulps(outs[1], x.double() @ _exact_weights(packed, state).T) <= 1.0
     finally:
@@ -221,6 +232,43 @@ def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode):
         set_fourbit_numerics("fp32")
         set_fourbit_tile(before[0])
         set_fourbit_activation(before[1])
+
+
+def test_4bit_column_tile_not_where_the_step_reads_row_tiles(monkeypatch):
+    """The "pairs" layout and the "direct" activation (a launch without a prologue) read their
+    activation in the row tile's layout, so they keep the row tile when "column" is asked for."""
+    from quantbench.kernels import fourbit
+    from quantbench.kernels.config import (
+        fourbit_activation,
+        fourbit_tile,
+        set_fourbit_activation,
+        set_fourbit_tile,
+    )
+
+    launched = []
+
+    def spy(*args, _run=fourbit._fourbit_kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        launched.append((kwargs["PAIRS"], kwargs["DIRECT"], kwargs["COLUMN"]))
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(fourbit._fourbit_kernel, "run", spy)
+    torch.manual_seed(16)
+    packed, state = bnbf.quantize_4bit(torch.randn(N, K, dtype=torch.float16), blocksize=64, quant_type="nf4")
+    x = torch.randn(1, K, dtype=torch.float16)
+    before = fourbit_tile(), fourbit_activation(), fourbit_pairs()
+    set_fourbit_tile("column")
+    try:
+        fourbit.gemv_4bit(x, packed, state.absmax, state.code, N, 64)
+        set_fourbit_pairs(True)
+        fourbit.gemv_4bit(x, packed, state.absmax, state.code, N, 64)
+        set_fourbit_pairs(False)
+        set_fourbit_activation("direct")
+        fourbit.gemv_4bit(x, packed, state.absmax, state.code, N, 64)
+    finally:
+        set_fourbit_tile(before[0])
+        set_fourbit_activation(before[1])
+        set_fourbit_pairs(before[2])
+    assert launched == [(False, False, True), (True, False, False), (False, True, False)]
 
 
 def test_4bit_one_tile_order_converts_each_activation_value_once_for_its_rows(compiled_code):

@@ -111,14 +111,17 @@ def set_fourbit_activation(mode: str) -> None:
 
 def fourbit_tile() -> str:
     """The order of a 4-bit K-step's tiles: "row" (the default: [rows, blocks, bytes]) or "column"
-    (opt-in: [blocks, rows, bytes]). The same arithmetic in the same order, so the same bits; what
-    changes is the layout Triton picks, and with it whether a thread's 16-byte pieces lie in one
-    row (each activation value converted to fp32 once per row) or in several rows at the same
-    columns (once for all of them). Compiled for sm_90 at 8 rows x 2048 columns with no prologue,
-    Triton 3.6 (the H100 machine's) shares the conversions in the column tile: 32 per thread and
-    step against 128, 541 instructions against 653 (4.2 per weight; the defaults' 4 rows: 5.4),
-    10 barriers against 18; Triton 3.9 shares them in the row tile instead. Untimed.
-    The "pairs" layout and the "direct" activation keep the row tile."""
+    (opt-in: [blocks, rows, bytes]). The same products and per-block sums; what changes is the
+    layout Triton picks, and with it whether a thread's 16-byte pieces lie in one row (each
+    activation value converted to fp32 once per row) or in several rows at the same columns (once
+    for all of them). Under the interpreter both give the same bits; compiled, the last sum over
+    the blocks runs in another layout and may round differently (kernels.sh column checks it
+    against bitsandbytes). Compiled for sm_90 at 8 rows x 2048 columns with no prologue, Triton 3.6
+    (the H100 machine's) shares the conversions in the column tile: 32 per thread and step against
+    128, 541 instructions against 653 (4.2 per weight; the defaults' 4 rows: 5.4), 10 barriers
+    against 18 (benchmarks/results/cpu/kernels_compile_triton36.json); Triton 3.9 shares them in the
+    row tile instead, where "column" converts four times as often. Untimed. The "pairs" layout and
+    the "direct" activation keep the row tile."""
     return _GATHER["4bit_tile"]
 
 

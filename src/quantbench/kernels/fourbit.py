@@ -220,6 +220,7 @@ def _fourbit_kernel(x_ptr, w_ptr, absmax_ptr, code_ptr, bias_ptr, nw_ptr, eps, r
                     BNB: tl.constexpr = False, PDL: tl.constexpr = 0, STAGES: tl.constexpr = None,
                     WORDS: tl.constexpr = False, DIRECT: tl.constexpr = False, COLUMN: tl.constexpr = False):
     NB: tl.constexpr = BLOCK_K // BLOCKSIZE
+    tl.static_assert(not (COLUMN and (PAIRS or DIRECT)), "the pairs layout and the direct activation read row tiles")
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     m = tl.program_id(2)
