@@ -33,7 +33,8 @@ TARGETS = {  # fast ms/token, batch 1, by model
 VARIANTS = {"int8-t0": ("int8", {"int8_threshold": 0.0})}  # benchmark name -> precision, options
 # Suffixes that change how the fast engine runs: "fp16+exact+autotune"; or the kernels' modes
 # (KERNEL_MODES): "nf4+bnbmath" the 4-bit kernel with bitsandbytes' roundings, "+regs" its
-# register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py),
+# register lookup, "+pdl" / "+prefetch" launches overlapping the previous kernel (overlap.py; "+every":
+# every kernel launched dependently, the 4-bit GEMV also prefetching),
 # "+once" each GEMV's row work (norm, silu * up, LLM.int8's quantization) in a kernel before it,
 # "+early" LLM.int8's outlier list gathered before its int8 dot, "+shuffle" / "+shared" the 4-bit
 # codes looked up by warp shuffles (the default) or from shared memory, "+parts" / "+one" the decode
@@ -51,6 +52,7 @@ KERNEL_MODES = {
     "pdl": ("launch_overlap", "launch"),
     "prefetch": ("launch_overlap", "prefetch"),
     "nopdl": ("launch_overlap", "off"),
+    "every": ("launch_overlap", "every"),
     "auto": ("launch_overlap", "auto"),
     "once": ("row_prologue", "once"),
     "inline": ("row_prologue", "inline"),

@@ -63,6 +63,15 @@ def test_explicit_modes_apply_to_every_kernel(hopper, mode, expected):
     assert {mode_for(CUDA, kind, 2048) for kind in ("4bit", "dense", "int8")} == {expected}
 
 
+def test_every_launches_each_kernel_dependently_and_prefetches_for_the_4bit_gemv(hopper):
+    config.set_launch_overlap("every")
+    kinds = ("4bit", "sum", "attention", "dense", "int8", "int8-rows", "rope")
+    assert {kind: mode_for(CUDA, kind, 2048) for kind in kinds} == {
+        "4bit": PREFETCH, "sum": LAUNCH, "attention": LAUNCH, "dense": LAUNCH, "int8": LAUNCH, "int8-rows": LAUNCH,
+        "rope": LAUNCH}
+    assert mode_for(CUDA, "4bit", 1024, 8) == LAUNCH  # a bulk prefetch needs 16-byte multiples
+
+
 def test_set_modes_takes_what_modes_reports_and_restores_a_snapshot(hopper):
     saved = config.modes()
     config.set_modes({"launch_overlap": "off", "int8_outlier_pass": "skip"})

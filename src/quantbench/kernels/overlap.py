@@ -20,7 +20,8 @@ once.
 Modes (config.set_launch_overlap): "auto" (the default: prefetch for the 4-bit GEMV, dependent
 launch for the attention and the LLM.int8 row kernels and their GEMVs, AUTO below),
 "off" (plain launches), "launch" (dependent launch for every kernel, no prefetch), "prefetch"
-(both, every kernel). Off under Triton's interpreter and below compute capability 9.0.
+(both, every kernel), "every" (dependent launch for every kernel, the prefetch for the 4-bit GEMV
+alone). Off under Triton's interpreter and below compute capability 9.0.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def mode_for(device: torch.device, kind: str, *aligned: int) -> int:
     mode = launch_overlap()
     if mode == "off" or interpreted() or device.type != "cuda" or _major(device.index) < 9:
         return OFF
-    wanted = {"auto": AUTO.get(kind, OFF), "launch": LAUNCH, "prefetch": PREFETCH}[mode]
+    wanted = {"auto": AUTO.get(kind, OFF), "launch": LAUNCH, "prefetch": PREFETCH,
+              "every": PREFETCH if kind == "4bit" else LAUNCH}[mode]
     if wanted == PREFETCH and any(v % 16 for v in aligned):
         return LAUNCH
     return wanted
