@@ -181,24 +181,31 @@ def test_4bit_activation_as_words_or_split_gives_the_same_bits(dtype, row_mode):
         set_fourbit_activation(before)
 
 
+@pytest.fixture
+def fourbit_launches(monkeypatch) -> list[dict]:
+    """The constexpr arguments of every 4-bit kernel launch the test makes, in order."""
+    from quantbench.kernels import fourbit
+
+    launched: list[dict] = []
+
+    def spy(*args, _run=fourbit._fourbit_kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        launched.append(kwargs)
+        return _run(*args, **kwargs)
+
+    monkeypatch.setattr(fourbit._fourbit_kernel, "run", spy)
+    return launched
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode, monkeypatch):
+def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode, fourbit_launches):
     """config.fourbit_tile "column": the packed bytes and absmax tiled [blocks, rows, bytes]
     compute what the row tile computes, and under the interpreter every output bit matches: whole
     and partial steps (2048-column steps; the interpreter's launches take 128 rows), a split-K in
     3, bias and residual, both numerics and activation crossings, the RMSNorm and silu * up
     prologues inline and done once; the result is within an fp16 rounding of dequantize_4bit + an
     fp64 matmul; and the kernel was launched with the column tile each time it was asked for."""
-    from quantbench.kernels import fourbit
     from quantbench.kernels.config import fourbit_activation, fourbit_tile, set_fourbit_activation, set_fourbit_tile
 
-    launched = []
-
-    def spy(*args, _run=fourbit._fourbit_kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        launched.append(kwargs["COLUMN"])
-        return _run(*args, **kwargs)
-
-    monkeypatch.setattr(fourbit._fourbit_kernel, "run", spy)
 
     torch.manual_seed(15)
     k = 64 * 35  # 2048-column steps end in a partial one
@@ -224,7 +231,7 @@ def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode, monkeypatch)
                 set_fourbit_tile(tile)
                 outs.append(gemv.gemv_4bit(xin, packed, state.absmax, state.code, N, 64, **kwargs))
             assert torch.equal(outs[0], outs[1]), (shape, numerics, crossing, list(kwargs))
-            assert launched[-2:] == [False, True]
+            assert [launch["COLUMN"] for launch in fourbit_launches[-2:]] == [False, True]
             if not kwargs and numerics == "fp32" and dtype == torch.float16:
                 assert _ulps(outs[1], x.double() @ _exact_weights(packed, state).T) <= 1.0
     finally:
@@ -234,7 +241,7 @@ def test_4bit_column_tile_gives_the_row_tiles_bits(dtype, row_mode, monkeypatch)
         set_fourbit_activation(before[1])
 
 
-def test_4bit_column_tile_not_where_the_step_reads_row_tiles(monkeypatch):
+def test_4bit_column_tile_not_where_the_step_reads_row_tiles(fourbit_launches):
     """The "pairs" layout and the "direct" activation (a launch without a prologue) read their
     activation in the row tile's layout, so they keep the row tile when "column" is asked for."""
     from quantbench.kernels import fourbit
@@ -245,13 +252,6 @@ def test_4bit_column_tile_not_where_the_step_reads_row_tiles(monkeypatch):
         set_fourbit_tile,
     )
 
-    launched = []
-
-    def spy(*args, _run=fourbit._fourbit_kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        launched.append((kwargs["PAIRS"], kwargs["DIRECT"], kwargs["COLUMN"]))
-        return _run(*args, **kwargs)
-
-    monkeypatch.setattr(fourbit._fourbit_kernel, "run", spy)
     torch.manual_seed(16)
     packed, state = bnbf.quantize_4bit(torch.randn(N, K, dtype=torch.float16), blocksize=64, quant_type="nf4")
     x = torch.randn(1, K, dtype=torch.float16)
@@ -268,7 +268,8 @@ def test_4bit_column_tile_not_where_the_step_reads_row_tiles(monkeypatch):
         set_fourbit_tile(before[0])
         set_fourbit_activation(before[1])
         set_fourbit_pairs(before[2])
-    assert launched == [(False, False, True), (True, False, False), (False, True, False)]
+    assert [(launch["PAIRS"], launch["DIRECT"], launch["COLUMN"]) for launch in fourbit_launches] == [
+        (False, False, True), (True, False, False), (False, True, False)]
 
 
 def test_4bit_one_tile_order_converts_each_activation_value_once_for_its_rows(compiled_code):
@@ -283,20 +284,13 @@ def test_4bit_one_tile_order_converts_each_activation_value_once_for_its_rows(co
     assert column.count("shfl.sync.idx") == row.count("shfl.sync.idx") > 0
 
 
-def test_4bit_direct_activation_only_where_the_launch_has_no_prologue(monkeypatch, row_mode):
+def test_4bit_direct_activation_only_where_the_launch_has_no_prologue(fourbit_launches, row_mode):
     """config.fourbit_activation "direct": launches without a prologue (a plain row, and a norm
     done once by a row kernel) read their words directly; a norm or silu * up inline keeps the
     words crossing; fp32 activations take the split crossing."""
     from quantbench.kernels import fourbit
     from quantbench.kernels.config import fourbit_activation, set_fourbit_activation
 
-    launched = []
-
-    def spy(*args, _run=fourbit._fourbit_kernel.run, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        launched.append((kwargs["DIRECT"], kwargs["WORDS"]))
-        return _run(*args, **kwargs)
-
-    monkeypatch.setattr(fourbit._fourbit_kernel, "run", spy)
     torch.manual_seed(14)
     w = torch.randn(N, K, dtype=torch.float16)
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
@@ -312,7 +306,8 @@ def test_4bit_direct_activation_only_where_the_launch_has_no_prologue(monkeypatc
         fourbit.gemv_4bit(x, packed, state.absmax, state.code, N, 64, **norm)
     finally:
         set_fourbit_activation(before)
-    assert launched == [(True, False), (False, True), (False, True), (False, False), (True, False)]
+    assert [(launch["DIRECT"], launch["WORDS"]) for launch in fourbit_launches] == [
+        (True, False), (False, True), (False, True), (False, False), (True, False)]
 
 
 @pytest.mark.parametrize("double_quant", [False, True])

@@ -59,6 +59,24 @@ from quantbench.kernels.prologue import (
 
 
 @triton.jit
+def _tile_axes(rows, blocks, COLUMN: tl.constexpr):
+    """`rows` and quantization `blocks` as the two leading axes of a step's tiles: [rows, blocks]
+    (the row tile) or, COLUMN (config.fourbit_tile "column"), [blocks, rows]."""
+    if COLUMN:
+        row_at, block_at = rows[None, :], blocks[:, None]
+    else:
+        row_at, block_at = rows[:, None], blocks[None, :]
+    return row_at, block_at
+
+
+@triton.jit
+def _shared_by_rows(t, COLUMN: tl.constexpr):
+    """A step's activation values [NB, HALF] with the tiles' rows axis added, so that the rows'
+    tiles share them: [1, NB, HALF], or [NB, 1, HALF] for the column tile."""
+    return t[:, None, :] if COLUMN else t[None, :, :]
+
+
+@triton.jit
 def _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZE: tl.constexpr,
              NB: tl.constexpr, MASKED: tl.constexpr, PAIRS: tl.constexpr, COLUMN: tl.constexpr = False):
     """A step's loads that need nothing from the kernel before: the packed bytes [rows, NB, bytes
@@ -69,28 +87,19 @@ def _weights(w_ptr, absmax_ptr, rows, b0, row_bytes, row_blocks, limit, BLOCKSIZ
     "column"): the tiles are [NB, rows, bytes of a block] and [NB, rows], so the compiler lays a
     thread's 16-byte pieces in several rows at the same columns."""
     HALF: tl.constexpr = BLOCKSIZE // 2
-    blk = tl.arange(0, NB)
     byte = tl.arange(0, HALF)
-    block = b0 + blk
-    ok = block < limit
-    if COLUMN:
-        offsets = rows[None, :, None] * row_bytes + (b0 + blk)[:, None, None] * HALF + byte[None, None, :]
-        wmask = ok[:, None, None]
-    else:
-        offsets = rows[:, None, None] * row_bytes + (b0 + blk)[None, :, None] * HALF + byte[None, None, :]
-        wmask = ok[None, :, None]
+    row_at, block_at = _tile_axes(rows, b0 + tl.arange(0, NB), COLUMN)
+    offsets = row_at[:, :, None] * row_bytes + block_at[:, :, None] * HALF + byte[None, None, :]
+    ok = block_at < limit
     if MASKED:
-        packed = tl.load(w_ptr + offsets, mask=wmask, other=0, eviction_policy="evict_first")
+        packed = tl.load(w_ptr + offsets, mask=ok[:, :, None], other=0, eviction_policy="evict_first")
     else:
         packed = tl.load(w_ptr + offsets, eviction_policy="evict_first")
     if PAIRS:  # the absmax is loaded in the packed bytes' layout with the activation (_step_with)
         scale = tl.zeros([1], dtype=tl.float32)
-    elif COLUMN:
-        scale_at = absmax_ptr + rows[None, :] * row_blocks + block[:, None]
-        scale = tl.load(scale_at, mask=ok[:, None], other=0.0) if MASKED else tl.load(scale_at)
     else:
-        scale_at = absmax_ptr + rows[:, None] * row_blocks + block[None, :]
-        scale = tl.load(scale_at, mask=ok[None, :], other=0.0) if MASKED else tl.load(scale_at)
+        scale_at = absmax_ptr + row_at * row_blocks + block_at
+        scale = tl.load(scale_at, mask=ok, other=0.0) if MASKED else tl.load(scale_at)
     return packed, scale
 
 
@@ -111,17 +120,11 @@ def split_pairs(x, NB: tl.constexpr, HALF: tl.constexpr, WORDS: tl.constexpr, CO
     [NB, 1, HALF], for the [NB, rows, HALF] tiles."""
     if WORDS:
         even, odd = tl.split(tl.reshape(x.to(tl.uint16, bitcast=True).to(tl.uint32), [NB, HALF, 2]))
-        if COLUMN:
-            x_hi, x_lo = word_halves(((odd << 16) | even)[:, None, :], x.dtype)
-        else:
-            x_hi, x_lo = word_halves(((odd << 16) | even)[None, :, :], x.dtype)
+        x_hi, x_lo = word_halves(_shared_by_rows((odd << 16) | even, COLUMN), x.dtype)
         x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
     else:
         x_hi, x_lo = tl.split(tl.reshape(x.to(tl.float32), [NB, HALF, 2]))
-        if COLUMN:
-            x_hi, x_lo = x_hi[:, None, :], x_lo[:, None, :]
-        else:
-            x_hi, x_lo = x_hi[None, :, :], x_lo[None, :, :]  # the rows' tiles share them
+        x_hi, x_lo = _shared_by_rows(x_hi, COLUMN), _shared_by_rows(x_lo, COLUMN)
     return x_hi, x_lo
 
 
